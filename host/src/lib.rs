@@ -1,0 +1,2 @@
+//! edgeq host library
+pub mod import;

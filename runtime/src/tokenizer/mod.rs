@@ -1,0 +1,1 @@
+//! Tokenizers (placeholder module, being written).
