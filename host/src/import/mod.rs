@@ -1,1 +1,100 @@
+//! Importers: each turns a checkpoint into an [`ImportedModel`] (config,
+//! tokenizer blob, tensors as stored: f32/f16/bf16, or GGUF's quantized
+//! blocks carried exactly where EQF has the scheme).
+pub mod gguf;
+pub mod llama2c;
 
+use anyhow::{bail, Result};
+use edgeq_core::format::writer::{EqfWriter, TensorEntry};
+use edgeq_core::{ModelConfig, QuantSpec, TensorRole};
+use std::path::Path;
+
+pub struct ImportedModel {
+    pub config: ModelConfig,
+    pub tokenizer: Vec<u8>,
+    pub tensors: Vec<TensorEntry>,
+    /// Provenance, stored as the METADATA section.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ImportedModel {
+    pub fn new(config: ModelConfig, tokenizer: Vec<u8>, source: &Path) -> Self {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("source".into(), source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().into());
+        metadata.insert("edgeq_version".into(), env!("CARGO_PKG_VERSION").into());
+        ImportedModel { config, tokenizer, tensors: Vec::new(), metadata }
+    }
+
+    /// Adds an f32 tensor.
+    pub fn push(&mut self, role: TensorRole, layer: u16, rows: usize, cols: usize, data: &[f32]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.push_encoded(role, layer, QuantSpec::F32, rows, cols, bytes.to_vec());
+    }
+
+    /// Adds a tensor already encoded in `spec`'s layout.
+    pub fn push_encoded(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: Vec<u8>) {
+        self.tensors.push(TensorEntry { role, layer, spec, rows: rows as u32, cols: cols as u32, data });
+    }
+
+    /// Validates (config, tensor layouts) and serializes to EQF bytes.
+    pub fn to_eqf(self) -> Result<Vec<u8>> {
+        self.config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut w = EqfWriter::new(self.config, self.tokenizer);
+        w.metadata = serde_json::to_vec(&self.metadata)?;
+        for t in self.tensors {
+            w.add(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let bytes = w.finish();
+        // Self-check: what we write must be readable by the runtime.
+        let mut aligned = AlignedBytes::from(&bytes[..]);
+        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes()).map_err(|e| anyhow::anyhow!("internal error: the written model does not validate: {e}"))?;
+        Ok(bytes)
+    }
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Block64([u8; 64]);
+
+/// A 64-byte-aligned copy of some bytes (tests and in-memory round trips).
+pub struct AlignedBytes {
+    blocks: Vec<Block64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    pub fn from(bytes: &[u8]) -> Self {
+        let mut blocks = vec![Block64([0; 64]); bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<Block64, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
+        AlignedBytes { blocks, len: bytes.len() }
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Block64, u8>(&self.blocks)[..self.len]
+    }
+    pub fn as_mut_bytes(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<Block64, u8>(&mut self.blocks)[..self.len]
+    }
+}
+
+/// Imports any supported source: a Hugging Face directory, a `.gguf` file,
+/// or a llama2.c checkpoint (with `tokenizer`).
+pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
+    if src.is_dir() {
+        bail!("{}: Hugging Face directory import is not available in this build yet", src.display());
+    }
+    let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if ext == "gguf" {
+        bail!("{}: GGUF import is not available in this build yet", src.display());
+    }
+    let tok = match tokenizer {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let t = src.with_file_name("tokenizer.bin");
+            if !t.exists() {
+                bail!("{}: a llama2.c checkpoint needs its tokenizer: pass --tokenizer tokenizer.bin", src.display());
+            }
+            t
+        }
+    };
+    llama2c::import(src, &tok)
+}

@@ -1,0 +1,148 @@
+//! The reference EQF writer (`alloc` feature). Tensors are added in any
+//! order; `finish` sorts them by (layer, role), lays every section and
+//! tensor out on 64-byte boundaries, and fills in all checksums.
+use super::reader::header_crc;
+use super::records::*;
+use crate::config::ModelConfig;
+use crate::scheme::{QuantSpec, ALIGN};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// One tensor to write: its already-encoded bytes in `spec`'s layout.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub role: TensorRole,
+    /// [`GLOBAL_LAYER`] for global tensors.
+    pub layer: u16,
+    pub spec: QuantSpec,
+    pub rows: u32,
+    pub cols: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// Data length does not match the spec's layout for the shape.
+    BadTensor { name: String, why: &'static str },
+    /// Two tensors share (layer, role).
+    Duplicate { name: String },
+}
+
+impl core::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WriteError::BadTensor { name, why } => write!(f, "tensor '{name}': {why}"),
+            WriteError::Duplicate { name } => write!(f, "tensor '{name}' added twice"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for WriteError {}
+
+pub struct EqfWriter {
+    pub config: ModelConfig,
+    pub tokenizer: Vec<u8>,
+    /// Optional UTF-8 JSON provenance (source, method, settings).
+    pub metadata: Vec<u8>,
+    tensors: Vec<TensorEntry>,
+}
+
+fn pad_to(v: &mut Vec<u8>, align: u64) {
+    let n = (v.len() as u64).div_ceil(align) * align;
+    v.resize(n as usize, 0);
+}
+
+impl EqfWriter {
+    pub fn new(config: ModelConfig, tokenizer: Vec<u8>) -> Self {
+        EqfWriter { config, tokenizer, metadata: Vec::new(), tensors: Vec::new() }
+    }
+
+    pub fn add(&mut self, t: TensorEntry) -> Result<(), WriteError> {
+        let name = String::from(TensorRecord { name: canonical_name(t.role, t.layer), ..bytemuck::Zeroable::zeroed() }.name_str());
+        let layout = t.spec.layout(t.rows, t.cols).map_err(|_| WriteError::BadTensor { name: name.clone(), why: "invalid spec for shape" })?;
+        if layout.total_bytes != t.data.len() as u64 {
+            return Err(WriteError::BadTensor { name, why: "data length does not match the scheme's layout" });
+        }
+        if self.tensors.iter().any(|o| o.role == t.role && o.layer == t.layer) {
+            return Err(WriteError::Duplicate { name });
+        }
+        self.tensors.push(t);
+        Ok(())
+    }
+
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// Serializes the whole file.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.tensors.sort_by_key(|t| (t.layer, t.role as u16));
+        // TENSOR_DATA and the directory.
+        let mut data = Vec::new();
+        let mut records = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            pad_to(&mut data, ALIGN);
+            let offset = data.len() as u64;
+            data.extend_from_slice(&t.data);
+            records.push(TensorRecord {
+                name: canonical_name(t.role, t.layer),
+                role: t.role as u16,
+                layer: t.layer,
+                scheme: t.spec.scheme as u8,
+                granularity: t.spec.granularity as u8,
+                reserved0: 0,
+                rows: t.rows,
+                cols: t.cols,
+                group: t.spec.group,
+                crc32: crc32fast::hash(&t.data),
+                offset,
+                size: t.data.len() as u64,
+                reserved: [0; 8],
+            });
+        }
+        let dir: Vec<u8> = bytemuck::cast_slice(&records).to_vec();
+        let mut sections: Vec<(u32, u32, &[u8])> = alloc::vec![
+            (section::CONFIG, 0, bytemuck::bytes_of(&self.config)),
+            (section::TOKENIZER, 0, &self.tokenizer[..]),
+            (section::TENSOR_DIR, 0, &dir[..]),
+        ];
+        if !self.metadata.is_empty() {
+            sections.push((section::METADATA, section::FLAG_OPTIONAL, &self.metadata[..]));
+        }
+        sections.push((section::TENSOR_DATA, 0, &data[..]));
+
+        let dir_end = 64 + 32 * sections.len() as u64;
+        let mut offset = dir_end.div_ceil(ALIGN) * ALIGN;
+        let mut recs = Vec::new();
+        for (kind, flags, body) in &sections {
+            let crc32 = if *kind == section::TENSOR_DATA { 0 } else { crc32fast::hash(body) };
+            recs.push(SectionRecord { kind: *kind, flags: *flags, offset, size: body.len() as u64, crc32, reserved: 0 });
+            offset = (offset + body.len() as u64).div_ceil(ALIGN) * ALIGN;
+        }
+        let file_size = recs.last().map(|r| r.offset + r.size).unwrap_or(dir_end);
+        let mut header = Header {
+            magic: MAGIC,
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
+            header_size: 64,
+            file_size,
+            n_sections: recs.len() as u32,
+            section_dir_offset: 64,
+            flags: 0,
+            header_crc: 0,
+            reserved: [0; 24],
+        };
+        let dir_bytes: &[u8] = bytemuck::cast_slice(&recs);
+        header.header_crc = header_crc(&header, dir_bytes);
+        let mut out = Vec::with_capacity(file_size as usize);
+        out.extend_from_slice(bytemuck::bytes_of(&header));
+        out.extend_from_slice(dir_bytes);
+        for ((_, _, body), r) in sections.iter().zip(&recs) {
+            out.resize(r.offset as usize, 0);
+            out.extend_from_slice(body);
+        }
+        debug_assert_eq!(out.len() as u64, file_size);
+        out
+    }
+}

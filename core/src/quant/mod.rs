@@ -1,0 +1,78 @@
+//! Reference quantize / dequantize for every scheme: round-to-nearest (RTN)
+//! with the conventions of the GPTQ reference quantizer for integer codes
+//! (see `int.rs`), and saturating round-to-nearest-even for FP8 (`fp8.rs`).
+//! These are the semantics every optimized kernel and every calibrated
+//! method (GPTQ, AWQ, HQQ) must reproduce when it writes codes.
+pub mod fp8;
+pub mod int;
+
+use crate::error::QuantError;
+use crate::scheme::{QuantSpec, Scheme};
+use crate::tensor::{Scales, TensorView};
+use half::{bf16, f16};
+
+/// Quantizes a row-major `rows`×`cols` f32 tensor into `out`, which must be
+/// exactly `spec.layout(rows, cols).total_bytes` long and 4-byte aligned
+/// (the writer gives 64). NaN/Inf inputs are an error naming the index.
+pub fn quantize(spec: QuantSpec, rows: u32, cols: u32, src: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    let layout = spec.layout(rows, cols)?;
+    let n = rows as usize * cols as usize;
+    if src.len() != n {
+        return Err(QuantError::BadLength { expected: n, actual: src.len() });
+    }
+    if out.len() as u64 != layout.total_bytes {
+        return Err(QuantError::BadLength { expected: layout.total_bytes as usize, actual: out.len() });
+    }
+    if let Some(index) = src.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { index });
+    }
+    out.fill(0);
+    match spec.scheme {
+        Scheme::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Scheme::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        Scheme::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        s if s.is_int() => int::quantize(spec.scheme, &layout, src, out),
+        _ => fp8::quantize(spec, &layout, src, out),
+    }
+    Ok(())
+}
+
+/// Dequantizes row `r` of `t` into `out[..cols]`.
+pub fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
+    let cols = t.cols();
+    let out = &mut out[..cols];
+    match t.spec.scheme {
+        Scheme::F32 => out.copy_from_slice(&t.as_f32()[r * cols..(r + 1) * cols]),
+        Scheme::F16 => {
+            for (o, v) in out.iter_mut().zip(&t.as_f16()[r * cols..]) {
+                *o = v.to_f32();
+            }
+        }
+        Scheme::BF16 => {
+            for (o, v) in out.iter_mut().zip(&t.as_bf16()[r * cols..]) {
+                *o = v.to_f32();
+            }
+        }
+        s if s.is_int() => int::dequantize_row(t, r, out),
+        s => {
+            let codes = t.row_codes(r);
+            let decode = fp8::decoder(s);
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = decode(codes[c]) * t.fp8_scale(r, c);
+            }
+        }
+    }
+    let _ = Scales::None;
+}

@@ -1,0 +1,119 @@
+//! A typed, borrowed view of one tensor's bytes in any scheme.
+use crate::error::QuantError;
+use crate::scheme::{QuantSpec, Scheme, TensorLayout};
+use half::{bf16, f16};
+
+/// Per-group scales: `f16` for integer schemes, `f32` for FP8.
+#[derive(Debug, Clone, Copy)]
+pub enum Scales<'a> {
+    None,
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+/// A tensor in place: codes, scales and mins sliced per the scheme's layout.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    pub spec: QuantSpec,
+    pub layout: TensorLayout,
+    pub codes: &'a [u8],
+    pub scales: Scales<'a>,
+    pub mins: &'a [f16],
+}
+
+impl<'a> TensorView<'a> {
+    /// Slices `bytes` (exactly `layout.total_bytes` long, start aligned for
+    /// the element type) into regions.
+    pub fn new(spec: QuantSpec, rows: u32, cols: u32, bytes: &'a [u8]) -> Result<Self, QuantError> {
+        let layout = spec.layout(rows, cols)?;
+        if bytes.len() as u64 != layout.total_bytes {
+            return Err(QuantError::BadLength { expected: layout.total_bytes as usize, actual: bytes.len() });
+        }
+        let codes = &bytes[..layout.codes_bytes as usize];
+        let region = |off: u64, n: u64, size: u64| &bytes[off as usize..(off + n * size) as usize];
+        let misaligned = QuantError::BadSpec("tensor data misaligned for its element type");
+        let (scales, mins) = if spec.scheme.is_int() {
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2)).map_err(|_| misaligned)?;
+            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2)).map_err(|_| misaligned)?;
+            (Scales::F16(s), m)
+        } else if spec.scheme.is_fp8() {
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4)).map_err(|_| misaligned)?;
+            (Scales::F32(s), &[][..])
+        } else {
+            (Scales::None, &[][..])
+        };
+        // Float payloads must be castable too; check once here.
+        match spec.scheme {
+            Scheme::F32 => {
+                bytemuck::try_cast_slice::<u8, f32>(codes).map_err(|_| misaligned)?;
+            }
+            Scheme::F16 | Scheme::BF16 => {
+                bytemuck::try_cast_slice::<u8, u16>(codes).map_err(|_| misaligned)?;
+            }
+            _ => {}
+        }
+        Ok(TensorView { spec, layout, codes, scales, mins })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.layout.rows as usize
+    }
+    pub fn cols(&self) -> usize {
+        self.layout.cols as usize
+    }
+    pub fn scheme(&self) -> Scheme {
+        self.spec.scheme
+    }
+
+    /// The codes of row `r` (`row_stride` bytes).
+    pub fn row_codes(&self, r: usize) -> &'a [u8] {
+        let s = self.layout.row_stride as usize;
+        &self.codes[r * s..(r + 1) * s]
+    }
+    /// Integer schemes: the f16 scales of row `r`.
+    pub fn row_scales_f16(&self, r: usize) -> &'a [f16] {
+        let g = self.layout.groups_per_row as usize;
+        match self.scales {
+            Scales::F16(s) => &s[r * g..(r + 1) * g],
+            _ => &[],
+        }
+    }
+    /// Asymmetric integer schemes: the f16 mins of row `r`.
+    pub fn row_mins(&self, r: usize) -> &'a [f16] {
+        let g = self.layout.groups_per_row as usize;
+        if self.mins.is_empty() {
+            &[]
+        } else {
+            &self.mins[r * g..(r + 1) * g]
+        }
+    }
+    /// F32 payload (only for `Scheme::F32`).
+    pub fn as_f32(&self) -> &'a [f32] {
+        bytemuck::try_cast_slice(self.codes).unwrap_or(&[])
+    }
+    pub fn as_f16(&self) -> &'a [f16] {
+        bytemuck::try_cast_slice(self.codes).unwrap_or(&[])
+    }
+    pub fn as_bf16(&self) -> &'a [bf16] {
+        bytemuck::try_cast_slice(self.codes).unwrap_or(&[])
+    }
+    /// FP8: the scale that applies to element (r, c).
+    pub fn fp8_scale(&self, r: usize, c: usize) -> f32 {
+        let Scales::F32(s) = self.scales else { return 0.0 };
+        use crate::scheme::Granularity::*;
+        let i = match self.spec.granularity {
+            PerTensor => 0,
+            PerChannel => r,
+            _ => {
+                let b = self.spec.group as usize;
+                (r / b) * self.layout.groups_per_row as usize + c / b
+            }
+        };
+        s.get(i).copied().unwrap_or(0.0)
+    }
+
+    /// Dequantizes row `r` into `out[..cols]` (reference semantics).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        crate::quant::dequantize_row(self, r, out)
+    }
+}

@@ -1,0 +1,173 @@
+//! `edgeq quantize`: which tensors get which scheme (the policy), and the
+//! round-to-nearest (RTN) quantizer applied tensor by tensor with rayon.
+use anyhow::{bail, Context, Result};
+use edgeq_core::format::writer::{EqfWriter, TensorEntry};
+use edgeq_core::{Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+
+/// What to do with each tensor.
+pub struct Policy {
+    /// Scheme for the linear layers of the blocks.
+    pub linear: QuantSpec,
+    /// Scheme for the token embedding and the classifier (8-bit or higher
+    /// by default: they are the most sensitive tensors).
+    pub embeddings: Option<QuantSpec>,
+    /// Tensors (canonical names, e.g. `blk.*.ffn_down`) left as they are.
+    pub skip: GlobSet,
+}
+
+impl Policy {
+    pub fn new(linear: QuantSpec, embeddings: Option<QuantSpec>, skip: &[String]) -> Result<Policy> {
+        let mut b = GlobSetBuilder::new();
+        for s in skip {
+            b.add(Glob::new(s).with_context(|| format!("bad --skip pattern '{s}'"))?);
+        }
+        Ok(Policy { linear, embeddings, skip: b.build()? })
+    }
+
+    /// The target spec of a tensor, or None to keep it as stored.
+    pub fn target(&self, t: &TensorRecord) -> Option<QuantSpec> {
+        let role = TensorRole::from_u16(t.role)?;
+        if self.skip.is_match(t.name_str()) || role.is_vector() {
+            return None;
+        }
+        match role {
+            TensorRole::TokEmbd | TensorRole::Output => self.embeddings,
+            r if r.is_linear() => Some(self.linear),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a scheme name with bits/group/symmetry into a spec.
+pub fn spec_from_args(bits: u32, group: i64, sym: bool, fp8: Option<&str>) -> Result<QuantSpec> {
+    if let Some(f) = fp8 {
+        let scheme = match f {
+            "e4m3" => Scheme::Fp8E4M3,
+            "e5m2" => Scheme::Fp8E5M2,
+            _ => bail!("--fp8 must be e4m3 or e5m2"),
+        };
+        return Ok(match group {
+            -1 | 0 => QuantSpec::per_channel(scheme),
+            g => QuantSpec { scheme, granularity: edgeq_core::Granularity::Block, group: g as u32 },
+        });
+    }
+    let scheme = match (bits, sym) {
+        (4, true) => Scheme::Q4Sym,
+        (4, false) => Scheme::Q4Asym,
+        (8, true) => Scheme::Q8Sym,
+        (8, false) => Scheme::Q8Asym,
+        (16, _) => Scheme::F16,
+        (32, _) => Scheme::F32,
+        _ => bail!("--bits must be 4, 8, 16 or 32 (got {bits})"),
+    };
+    if bits >= 16 {
+        return Ok(QuantSpec::float(scheme));
+    }
+    let spec = if group <= 0 { QuantSpec::per_channel(scheme) } else { QuantSpec::per_group(scheme, group as u32) };
+    spec.validate().map_err(|e| anyhow::anyhow!("--group {group}: {e}"))?;
+    Ok(spec)
+}
+
+/// Parses a short scheme name used for `--embed` (`keep` = leave as stored).
+pub fn spec_from_name(name: &str, group: i64) -> Result<Option<QuantSpec>> {
+    Ok(Some(match name {
+        "keep" => return Ok(None),
+        "f32" => QuantSpec::F32,
+        "f16" => QuantSpec::float(Scheme::F16),
+        "bf16" => QuantSpec::float(Scheme::BF16),
+        "q8" => QuantSpec::per_channel(Scheme::Q8Sym),
+        "q8a" => QuantSpec::per_channel(Scheme::Q8Asym),
+        "q4" => spec_from_args(4, group, true, None)?,
+        "q4a" => spec_from_args(4, group, false, None)?,
+        _ => bail!("unknown scheme '{name}' (f32, f16, bf16, q8, q8a, q4, q4a, keep)"),
+    }))
+}
+
+/// Report line of one quantized tensor.
+pub struct TensorReport {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    /// ||W − Ŵ||² / ||W||²
+    pub rel_err: f64,
+}
+
+/// Dequantizes a stored tensor to f32 (row-major).
+pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
+    let v = eqf.view(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (rows, cols) = (v.rows(), v.cols());
+    let mut out = vec![0.0f32; rows * cols];
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        v.dequantize_row(r, row);
+    }
+    Ok(out)
+}
+
+/// RTN-quantizes every tensor the policy selects; returns the new file and a report.
+pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+    let results: Vec<Result<(TensorEntry, Option<TensorReport>)>> = eqf
+        .tensors()
+        .par_iter()
+        .map(|t| {
+            let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let role = TensorRole::from_u16(t.role).context("unknown role")?;
+            let target = policy.target(t).filter(|s| *s != spec);
+            let entry = |spec, data| TensorEntry { role, layer: t.layer, spec, rows: t.rows, cols: t.cols, data };
+            let out = match target {
+                None => {
+                    let data = eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    (entry(spec, data.to_vec()), None)
+                }
+                Some(to) => {
+                    let w = to_f32(eqf, t)?;
+                    let layout = to.layout(t.rows, t.cols).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
+                    let mut data = vec![0u8; layout.total_bytes as usize];
+                    // quantize writes f16/f32 values with to_le_bytes: no alignment needed
+                    edgeq_core::quant::quantize(to, t.rows, t.cols, &w, &mut data).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
+                    let rel_err = reconstruction_error(&w, to, t.rows, t.cols, &data)?;
+                    let rep = TensorReport { name: t.name_str().to_string(), from: spec_name(&spec), to: spec_name(&to), rel_err };
+                    (entry(to, data), Some(rep))
+                }
+            };
+            progress.inc(1);
+            Ok(out)
+        })
+        .collect();
+    let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
+    w.metadata = eqf.metadata().to_vec();
+    let mut reports = Vec::new();
+    for r in results {
+        let (e, rep) = r?;
+        w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
+        reports.extend(rep);
+    }
+    Ok((w.finish(), reports))
+}
+
+fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<f64> {
+    let aligned = crate::import::AlignedBytes::from(data);
+    let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut row = vec![0.0f32; cols as usize];
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for r in 0..rows as usize {
+        v.dequantize_row(r, &mut row);
+        for (a, b) in w[r * cols as usize..].iter().zip(&row) {
+            num += ((a - b) as f64).powi(2);
+            den += (*a as f64).powi(2);
+        }
+    }
+    Ok(if den > 0.0 { num / den } else { 0.0 })
+}
+
+pub fn spec_name(s: &QuantSpec) -> String {
+    use edgeq_core::Granularity::*;
+    match s.granularity {
+        PerGroup => format!("{}-g{}", s.scheme.name(), s.group),
+        PerChannel => format!("{}-ch", s.scheme.name()),
+        Block => format!("{}-b{}", s.scheme.name(), s.group),
+        PerTensor if s.scheme.is_fp8() => format!("{}-t", s.scheme.name()),
+        PerTensor => s.scheme.name().to_string(),
+    }
+}

@@ -1,0 +1,101 @@
+//! All scratch and the KV cache live in one caller-provided byte arena,
+//! carved into f32 buffers here. [`arena_bytes`] says how large it must be
+//! before anything runs, so firmware can size a static buffer.
+use crate::error::RuntimeError;
+use edgeq_core::ModelConfig;
+
+/// Sizes (in f32 elements) of every buffer of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaPlan {
+    pub x: usize,
+    pub xb: usize,
+    pub xb2: usize,
+    pub q: usize,
+    pub hb: usize,
+    pub hb2: usize,
+    pub att: usize,
+    pub rope: usize,
+    pub row: usize,
+    pub logits: usize,
+    pub kcache: usize,
+    pub vcache: usize,
+}
+
+impl ArenaPlan {
+    pub fn new(c: &ModelConfig, max_seq: usize, max_batch: usize) -> ArenaPlan {
+        let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
+        let b = max_batch.max(1);
+        ArenaPlan {
+            x: b * dim,
+            xb: b * dim.max(qd),
+            xb2: b * dim,
+            q: b * qd,
+            hb: b * hid,
+            hb2: b * hid,
+            att: max_seq,
+            rope: b * c.rope_dim as usize,
+            row: dim.max(qd).max(hid),
+            logits: c.vocab_size as usize,
+            kcache: c.n_layers as usize * max_seq * kvd,
+            vcache: c.n_layers as usize * max_seq * kvd,
+        }
+    }
+    pub fn floats(&self) -> usize {
+        self.x + self.xb + self.xb2 + self.q + self.hb + self.hb2 + self.att + self.rope + self.row + self.logits + self.kcache + self.vcache
+    }
+    pub fn kv_bytes(&self) -> usize {
+        4 * (self.kcache + self.vcache)
+    }
+}
+
+/// Bytes of arena a session with this context and batch size needs.
+pub fn arena_bytes(cfg: &ModelConfig, max_seq: usize, max_batch: usize) -> usize {
+    ArenaPlan::new(cfg, max_seq, max_batch).floats() * 4
+}
+
+/// The carved buffers.
+pub struct Buffers<'r> {
+    pub x: &'r mut [f32],
+    pub xb: &'r mut [f32],
+    pub xb2: &'r mut [f32],
+    pub q: &'r mut [f32],
+    pub hb: &'r mut [f32],
+    pub hb2: &'r mut [f32],
+    pub att: &'r mut [f32],
+    pub rope: &'r mut [f32],
+    pub row: &'r mut [f32],
+    pub logits: &'r mut [f32],
+    pub kcache: &'r mut [f32],
+    pub vcache: &'r mut [f32],
+}
+
+impl<'r> Buffers<'r> {
+    pub fn carve(plan: &ArenaPlan, arena: &'r mut [u8]) -> Result<Buffers<'r>, RuntimeError> {
+        let need = plan.floats() * 4;
+        if arena.len() < need {
+            return Err(RuntimeError::ArenaTooSmall { need, have: arena.len() });
+        }
+        let all: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..need]).map_err(|_| RuntimeError::ArenaMisaligned)?;
+        all.fill(0.0);
+        let mut rest = all;
+        let mut take = |n: usize| {
+            let (a, b) = core::mem::take(&mut rest).split_at_mut(n);
+            rest = b;
+            a
+        };
+        Ok(Buffers {
+            x: take(plan.x),
+            xb: take(plan.xb),
+            xb2: take(plan.xb2),
+            q: take(plan.q),
+            hb: take(plan.hb),
+            hb2: take(plan.hb2),
+            att: take(plan.att),
+            rope: take(plan.rope),
+            row: take(plan.row),
+            logits: take(plan.logits),
+            kcache: take(plan.kcache),
+            vcache: take(plan.vcache),
+        })
+    }
+}

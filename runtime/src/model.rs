@@ -1,0 +1,97 @@
+//! A validated model: an [`Eqf`] image whose tensors have all been checked
+//! against the config (presence, shape, scheme) once, up front.
+use crate::error::RuntimeError;
+use edgeq_core::format::GLOBAL_LAYER;
+use edgeq_core::{Eqf, FormatError, ModelConfig, ParseOptions, Scheme, TensorRole, TensorView};
+
+#[derive(Clone, Copy)]
+pub struct Model<'a> {
+    pub eqf: Eqf<'a>,
+    pub cfg: ModelConfig,
+}
+
+/// The tensors of one decoder block.
+pub struct Block<'a> {
+    pub attn_norm: &'a [f32],
+    pub wq: TensorView<'a>,
+    pub wk: TensorView<'a>,
+    pub wv: TensorView<'a>,
+    pub wo: TensorView<'a>,
+    pub bq: Option<&'a [f32]>,
+    pub bk: Option<&'a [f32]>,
+    pub bv: Option<&'a [f32]>,
+    pub ffn_norm: &'a [f32],
+    pub w_gate: TensorView<'a>,
+    pub w_down: TensorView<'a>,
+    pub w_up: TensorView<'a>,
+}
+
+impl<'a> Model<'a> {
+    /// Parses (with tensor checksums) and validates a model image.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Model<'a>, RuntimeError> {
+        Self::from_bytes_with(bytes, ParseOptions::default())
+    }
+
+    pub fn from_bytes_with(bytes: &'a [u8], opts: ParseOptions) -> Result<Model<'a>, RuntimeError> {
+        let eqf = Eqf::parse_with(bytes, opts)?;
+        let m = Model { eqf, cfg: *eqf.config() };
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), RuntimeError> {
+        self.tok_embd()?;
+        self.output_norm()?;
+        self.classifier()?;
+        for l in 0..self.cfg.n_layers as usize {
+            self.block(l)?;
+        }
+        Ok(())
+    }
+
+    fn vector(&self, role: TensorRole, layer: u16, n: u32) -> Result<&'a [f32], RuntimeError> {
+        let v = self.eqf.tensor(role, layer, 1, n)?;
+        if v.scheme() != Scheme::F32 {
+            let t = self.eqf.find(role, layer).map(|t| t.tensor_name());
+            return Err(FormatError::SchemeNotAllowed { tensor: t.unwrap_or(edgeq_core::error::TensorName([0; 48])) }.into());
+        }
+        Ok(v.as_f32())
+    }
+
+    pub fn tok_embd(&self) -> Result<TensorView<'a>, RuntimeError> {
+        Ok(self.eqf.tensor(TensorRole::TokEmbd, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
+    }
+    pub fn output_norm(&self) -> Result<&'a [f32], RuntimeError> {
+        self.vector(TensorRole::OutputNorm, GLOBAL_LAYER, self.cfg.dim)
+    }
+    /// The classifier: `output`, or the token embedding when tied.
+    pub fn classifier(&self) -> Result<TensorView<'a>, RuntimeError> {
+        if self.cfg.tied_embeddings() {
+            self.tok_embd()
+        } else {
+            Ok(self.eqf.tensor(TensorRole::Output, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
+        }
+    }
+
+    pub fn block(&self, l: usize) -> Result<Block<'a>, RuntimeError> {
+        let c = &self.cfg;
+        let l16 = l as u16;
+        let (dim, qd, kvd, hid) = (c.dim, c.q_dim() as u32, c.kv_dim() as u32, c.hidden_dim);
+        let lin = |role, rows, cols| self.eqf.tensor(role, l16, rows, cols);
+        let bias = |role, n| if c.qkv_bias() { self.vector(role, l16, n).map(Some) } else { Ok(None) };
+        Ok(Block {
+            attn_norm: self.vector(TensorRole::AttnNorm, l16, dim)?,
+            wq: lin(TensorRole::Wq, qd, dim)?,
+            wk: lin(TensorRole::Wk, kvd, dim)?,
+            wv: lin(TensorRole::Wv, kvd, dim)?,
+            wo: lin(TensorRole::Wo, dim, qd)?,
+            bq: bias(TensorRole::Bq, qd)?,
+            bk: bias(TensorRole::Bk, kvd)?,
+            bv: bias(TensorRole::Bv, kvd)?,
+            ffn_norm: self.vector(TensorRole::FfnNorm, l16, dim)?,
+            w_gate: lin(TensorRole::WGate, hid, dim)?,
+            w_down: lin(TensorRole::WDown, dim, hid)?,
+            w_up: lin(TensorRole::WUp, hid, dim)?,
+        })
+    }
+}
