@@ -127,9 +127,9 @@ struct EvalArgs {
     /// Score at most this many tokens (from the start of the text).
     #[arg(long)]
     max_tokens: Option<usize>,
-    /// Do not prepend BOS to the text.
-    #[arg(long)]
-    no_bos: bool,
+    /// Prepend BOS to the text: auto (as the tokenizer says), yes, no.
+    #[arg(long, default_value = "auto")]
+    bos: String,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -208,7 +208,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
     let tok = text::tokenizer(&model)?;
-    let prompt = text::encode(&tok, &a.prompt, true)?;
+    // BOS as the tokenizer says (llama2.c/Llama: yes; SmolLM2/Qwen2: no), and always for an empty prompt.
+    let prompt = text::encode(&tok, &a.prompt, tok.add_bos_default() || a.prompt.is_empty())?;
+    anyhow::ensure!(!prompt.is_empty(), "empty prompt and the vocabulary has no BOS token: pass --prompt");
     let max_seq = a.ctx.unwrap_or(model.cfg.max_seq_len.min(2048) as usize).min(model.cfg.max_seq_len as usize);
     anyhow::ensure!(prompt.len() < max_seq, "prompt of {} tokens does not fit the context of {max_seq}", prompt.len());
     let batch = prompt.len().min(max_seq).min(512);
@@ -274,7 +276,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         Some(n) => raw.chars().take(n).collect(),
         None => raw,
     };
-    let tokens = text::encode(&tok, &body, !a.no_bos)?;
+    let bos = match a.bos.as_str() {
+        "auto" => tok.add_bos_default(),
+        "yes" => true,
+        "no" => false,
+        o => anyhow::bail!("--bos {o}: expected auto, yes or no"),
+    };
+    let tokens = text::encode(&tok, &body, bos)?;
     let pb = progress(0, "eval");
     let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
     pb.finish_and_clear();

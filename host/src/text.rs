@@ -2,8 +2,9 @@
 use anyhow::Result;
 use edgeq_runtime::tokenizer::Tokenizer;
 
-/// Encodes `text` (BOS first when `bos`).
+/// Encodes `text` (BOS first when `bos` and the vocabulary has one).
 pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
+    let bos = bos && tok.bos().is_some();
     // A token covers at least one byte; +3 for BOS and a dummy prefix.
     let mut out = vec![0u32; text.len() + 3];
     let n = tok.encode(text, bos, &mut out).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;

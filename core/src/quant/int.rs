@@ -167,10 +167,32 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
     let scales = t.row_scales_f16(r);
     let mins = t.row_mins(r);
     let g = t.layout.group_len as usize;
-    for (i, o) in out.iter_mut().enumerate() {
-        let gi = i / g;
-        let q = if matches!(scheme, Scheme::Q4Sym | Scheme::Q4Asym) { q4_code(codes, i) } else { codes[i] };
-        let min = if mins.is_empty() { 0.0 } else { mins[gi].to_f32() };
-        *o = code_value(scheme, q, scales[gi].to_f32(), min);
+    let cols = out.len();
+    for (gi, (chunk, scale)) in out.chunks_mut(g).zip(scales).enumerate() {
+        let s = scale.to_f32();
+        let m = mins.get(gi).map_or(0.0, |m| m.to_f32());
+        let e0 = gi * g;
+        match scheme {
+            Scheme::Q4Sym | Scheme::Q4Asym => {
+                // 16-entry table of this group's values: same products as code_value
+                let mut lut = [0.0f32; 16];
+                for (q, v) in lut.iter_mut().enumerate() {
+                    *v = code_value(scheme, q as u8, s, m);
+                }
+                for (bi, blk) in chunk.chunks_mut(BLOCK).enumerate() {
+                    let packed = &codes[(e0 + bi * BLOCK) / 2..][..16];
+                    for (j, o) in blk.iter_mut().enumerate() {
+                        let b = packed[j % 16];
+                        *o = lut[if j < 16 { b & 0xF } else { b >> 4 } as usize];
+                    }
+                }
+            }
+            _ => {
+                for (o, &q) in chunk.iter_mut().zip(&codes[e0..]) {
+                    *o = code_value(scheme, q, s, m);
+                }
+            }
+        }
     }
+    let _ = cols;
 }

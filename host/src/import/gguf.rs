@@ -321,7 +321,13 @@ impl GgufArray {
             .map(|v| v.summary(max_elems))
             .collect();
         let more = if n > max_elems { ", …" } else { "" };
-        format!("[{}; {}] [{}{}]", self.elem_type(), n, shown.join(", "), more)
+        format!(
+            "[{}; {}] [{}{}]",
+            self.elem_type(),
+            n,
+            shown.join(", "),
+            more
+        )
     }
 }
 
@@ -623,20 +629,17 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 37] = {
+    pub const ALL: [GgmlType; 38] = {
         use GgmlType::*;
         [
             F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
             IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64,
             IQ1_M, BF16, Q4_0_4_4, Q4_0_4_8, Q4_0_8_8, TQ1_0, TQ2_0, IQ4_NL_4_4, IQ4_NL_4_8,
-            IQ4_NL_8_8,
+            IQ4_NL_8_8, MXFP4,
         ]
     };
 
     pub fn from_u32(v: u32) -> Option<Self> {
-        if v == GgmlType::MXFP4 as u32 {
-            return Some(GgmlType::MXFP4);
-        }
         Self::ALL.iter().copied().find(|t| *t as u32 == v)
     }
 
@@ -702,8 +705,24 @@ impl GgmlType {
         use GgmlType::*;
         matches!(
             self,
-            F32 | F16 | BF16 | F64 | I8 | I16 | I32 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1
-                | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K
+            F32 | F16
+                | BF16
+                | F64
+                | I8
+                | I16
+                | I32
+                | Q4_0
+                | Q4_1
+                | Q5_0
+                | Q5_1
+                | Q8_0
+                | Q8_1
+                | Q2_K
+                | Q3_K
+                | Q4_K
+                | Q5_K
+                | Q6_K
+                | Q8_K
         )
     }
 
@@ -813,7 +832,9 @@ impl GgufTensorInfo {
 
     /// Bytes in one row (`ne[0]` elements).
     pub fn row_bytes(&self) -> u64 {
-        self.ggml_type.row_size(self.dims.first().copied().unwrap_or(1)).unwrap_or(0)
+        self.ggml_type
+            .row_size(self.dims.first().copied().unwrap_or(1))
+            .unwrap_or(0)
     }
 }
 
@@ -949,7 +970,10 @@ impl GgufFile {
             None => GGUF_DEFAULT_ALIGNMENT,
             Some((_, v)) => {
                 let a = v.as_u64().ok_or_else(|| {
-                    anyhow!("{GGUF_KEY_ALIGNMENT} must be an unsigned integer, got {:?}", v)
+                    anyhow!(
+                        "{GGUF_KEY_ALIGNMENT} must be an unsigned integer, got {:?}",
+                        v
+                    )
                 })?;
                 ensure!(
                     a != 0 && a.is_power_of_two(),
@@ -1114,7 +1138,11 @@ impl GgufFile {
         let n = usize::try_from(info.n_elements)
             .map_err(|_| anyhow!("tensor '{}' is too large for this platform", info.name))?;
         dequantize(info.ggml_type, bytes, n).with_context(|| {
-            format!("{}: dequantising tensor '{}'", self.display_name(), info.name)
+            format!(
+                "{}: dequantising tensor '{}'",
+                self.display_name(),
+                info.name
+            )
         })
     }
 
@@ -1228,9 +1256,12 @@ fn read_array(r: &mut Reader<'_>, depth: u32) -> Result<GgufArray> {
         GgufValueType::I8 => {
             GgufArray::I8(r.take(n, "array of i8")?.iter().map(|&b| b as i8).collect())
         }
-        GgufValueType::Bool => {
-            GgufArray::Bool(r.take(n, "array of bool")?.iter().map(|&b| b != 0).collect())
-        }
+        GgufValueType::Bool => GgufArray::Bool(
+            r.take(n, "array of bool")?
+                .iter()
+                .map(|&b| b != 0)
+                .collect(),
+        ),
         GgufValueType::U16 => fixed!(U16, u16),
         GgufValueType::I16 => fixed!(I16, i16),
         GgufValueType::U32 => fixed!(U32, u32),
@@ -1242,7 +1273,10 @@ fn read_array(r: &mut Reader<'_>, depth: u32) -> Result<GgufArray> {
         GgufValueType::String => {
             let mut v = Vec::with_capacity(n);
             for i in 0..n {
-                v.push(r.string("string").with_context(|| format!("array element #{i}"))?);
+                v.push(
+                    r.string("string")
+                        .with_context(|| format!("array element #{i}"))?,
+                );
             }
             GgufArray::String(v)
         }
@@ -1655,7 +1689,11 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Quantise to Q8_0 like ggml's `quantize_row_q8_0_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(x.len() % 32 == 0, "Q8_0 needs a multiple of 32 values, got {}", x.len());
+    ensure!(
+        x.len() % 32 == 0,
+        "Q8_0 needs a multiple of 32 values, got {}",
+        x.len()
+    );
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
     for blk in x.chunks_exact(32) {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -1669,7 +1707,11 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Quantise to Q4_0 like ggml's `quantize_row_q4_0_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(x.len() % 32 == 0, "Q4_0 needs a multiple of 32 values, got {}", x.len());
+    ensure!(
+        x.len() % 32 == 0,
+        "Q4_0 needs a multiple of 32 values, got {}",
+        x.len()
+    );
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
     for blk in x.chunks_exact(32) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -1695,7 +1737,11 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Quantise to Q4_1 like ggml's `quantize_row_q4_1_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(x.len() % 32 == 0, "Q4_1 needs a multiple of 32 values, got {}", x.len());
+    ensure!(
+        x.len() % 32 == 0,
+        "Q4_1 needs a multiple of 32 values, got {}",
+        x.len()
+    );
     let mut out = Vec::with_capacity(x.len() / 32 * 20);
     for blk in x.chunks_exact(32) {
         let min = blk.iter().copied().fold(f32::MAX, f32::min);
@@ -1717,12 +1763,16 @@ pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
 
 /// `f32` values as little-endian F16 bytes.
 pub fn encode_f16(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect()
+    x.iter()
+        .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
+        .collect()
 }
 
 /// `f32` values as little-endian BF16 bytes.
 pub fn encode_bf16(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()).collect()
+    x.iter()
+        .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())
+        .collect()
 }
 
 /// `f32` values as little-endian F32 bytes.
@@ -1773,7 +1823,11 @@ impl GgufWriter {
     }
 
     /// Add a metadata KV; an existing key is replaced in place.
-    pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<GgufValue>) -> &mut Self {
+    pub fn add_metadata(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<GgufValue>,
+    ) -> &mut Self {
         let key = key.into();
         let value = value.into();
         match self.metadata.iter_mut().find(|(k, _)| *k == key) {
@@ -1851,7 +1905,12 @@ impl GgufWriter {
     }
 
     /// Add an F32 tensor.
-    pub fn add_f32_tensor(&mut self, name: impl Into<String>, dims: &[u64], x: &[f32]) -> Result<&mut Self> {
+    pub fn add_f32_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        x: &[f32],
+    ) -> Result<&mut Self> {
         self.add_tensor(name, GgmlType::F32, dims, encode_f32(x))
     }
 
@@ -2088,15 +2147,32 @@ mod tests {
             w.add_metadata(k.clone(), v.clone());
         }
         w.add_f32_tensor("f32", &[8, 3], &tt.f32v).unwrap();
-        w.add_tensor("f16", GgmlType::F16, &[16, 2], encode_f16(&tt.f16v)).unwrap();
-        w.add_tensor("bf16", GgmlType::BF16, &[6], encode_bf16(&tt.bf16v)).unwrap();
-        w.add_tensor("q8_0", GgmlType::Q8_0, &[64, 2], quantize_q8_0(&tt.q8v).unwrap())
+        w.add_tensor("f16", GgmlType::F16, &[16, 2], encode_f16(&tt.f16v))
             .unwrap();
-        w.add_tensor("q4_0", GgmlType::Q4_0, &[32, 3, 1], quantize_q4_0(&tt.q40v).unwrap())
+        w.add_tensor("bf16", GgmlType::BF16, &[6], encode_bf16(&tt.bf16v))
             .unwrap();
+        w.add_tensor(
+            "q8_0",
+            GgmlType::Q8_0,
+            &[64, 2],
+            quantize_q8_0(&tt.q8v).unwrap(),
+        )
+        .unwrap();
+        w.add_tensor(
+            "q4_0",
+            GgmlType::Q4_0,
+            &[32, 3, 1],
+            quantize_q4_0(&tt.q40v).unwrap(),
+        )
+        .unwrap();
         // 64 elements of Q4_1 = 40 bytes: pads to the 32-byte alignment at the end.
-        w.add_tensor("q4_1", GgmlType::Q4_1, &[64], quantize_q4_1(&tt.q41v).unwrap())
-            .unwrap();
+        w.add_tensor(
+            "q4_1",
+            GgmlType::Q4_1,
+            &[64],
+            quantize_q4_1(&tt.q41v).unwrap(),
+        )
+        .unwrap();
         (w.to_bytes().unwrap(), meta, tt)
     }
 
@@ -2143,18 +2219,27 @@ mod tests {
                 g.get("t.a_f32").unwrap().as_f32_array(),
                 Some(vec![0.5, -1.25, 3.0])
             );
-            assert_eq!(g.get("t.a_f32").unwrap().as_f32_slice(), Some(&[0.5, -1.25, 3.0][..]));
+            assert_eq!(
+                g.get("t.a_f32").unwrap().as_f32_slice(),
+                Some(&[0.5, -1.25, 3.0][..])
+            );
             assert_eq!(
                 g.get("t.a_i32").unwrap().as_i32_array(),
                 Some(vec![-1, 2, -3, 4])
             );
-            assert_eq!(g.get("t.a_u8").unwrap().as_i32_array(), Some(vec![0, 1, 255]));
+            assert_eq!(
+                g.get("t.a_u8").unwrap().as_i32_array(),
+                Some(vec![0, 1, 255])
+            );
             assert_eq!(g.get("t.a_u64").unwrap().as_i32_array(), None);
             assert_eq!(g.get("t.a_i32").unwrap().as_u64_array(), None);
             assert_eq!(g.get("t.a_f32").unwrap().as_i32_array(), None);
             let nested = g.get("t.a_nested").unwrap().as_array().unwrap();
             assert_eq!(nested.elem_type(), GgufValueType::Array);
-            assert_eq!(nested.as_array_array().unwrap()[1].as_str_array(), Some(vec!["x"]));
+            assert_eq!(
+                nested.as_array_array().unwrap()[1].as_str_array(),
+                Some(vec!["x"])
+            );
             assert!(g.get("t.a_empty").unwrap().as_array().unwrap().is_empty());
             assert!(g.get("missing").is_none());
             assert!(g.require("missing").is_err());
@@ -2163,7 +2248,10 @@ mod tests {
             let names: Vec<&str> = g.tensors.iter().map(|t| t.name.as_str()).collect();
             assert_eq!(names, ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]);
             let t = g.tensor("f32").unwrap();
-            assert_eq!((t.ggml_type, t.dims.clone(), t.n_elements), (GgmlType::F32, vec![8, 3], 24));
+            assert_eq!(
+                (t.ggml_type, t.dims.clone(), t.n_elements),
+                (GgmlType::F32, vec![8, 3], 24)
+            );
             assert_eq!(t.ne(), [8, 3, 1, 1]);
             assert_eq!(t.row_bytes(), 32);
             assert_eq!(g.tensor_data(t).unwrap(), &encode_f32(&tt.f32v)[..]);
@@ -2178,16 +2266,34 @@ mod tests {
 
             let t = g.tensor("q8_0").unwrap();
             assert_eq!((t.n_bytes, t.dims.clone()), (4 * 34, vec![64, 2]));
-            assert_eq!(g.tensor_data(t).unwrap(), &quantize_q8_0(&tt.q8v).unwrap()[..]);
-            assert_close(&g.tensor_f32(t).unwrap(), &tt.q8v, 4.0 / 127.0 * 0.51 + 4e-3, "q8_0");
+            assert_eq!(
+                g.tensor_data(t).unwrap(),
+                &quantize_q8_0(&tt.q8v).unwrap()[..]
+            );
+            assert_close(
+                &g.tensor_f32(t).unwrap(),
+                &tt.q8v,
+                4.0 / 127.0 * 0.51 + 4e-3,
+                "q8_0",
+            );
 
             let t = g.tensor("q4_0").unwrap();
             assert_eq!((t.n_bytes, t.dims.clone()), (3 * 18, vec![32, 3, 1]));
-            assert_close(&g.tensor_f32(t).unwrap(), &tt.q40v, 1.0 / 8.0 + 1e-3, "q4_0");
+            assert_close(
+                &g.tensor_f32(t).unwrap(),
+                &tt.q40v,
+                1.0 / 8.0 + 1e-3,
+                "q4_0",
+            );
 
             let t = g.tensor("q4_1").unwrap();
             assert_eq!(t.n_bytes, 40);
-            assert_close(&g.tensor_f32(t).unwrap(), &tt.q41v, 2.0 / 15.0 * 0.51 + 2e-3, "q4_1");
+            assert_close(
+                &g.tensor_f32(t).unwrap(),
+                &tt.q41v,
+                2.0 / 15.0 * 0.51 + 2e-3,
+                "q4_1",
+            );
 
             for t in &g.tensors {
                 assert_eq!(t.offset % 32, 0);
@@ -2219,13 +2325,38 @@ mod tests {
     fn gguf_type_sizes() {
         use GgmlType::*;
         let expect = [
-            (F32, 1, 4), (F16, 1, 2), (Q4_0, 32, 18), (Q4_1, 32, 20), (Q5_0, 32, 22),
-            (Q5_1, 32, 24), (Q8_0, 32, 34), (Q8_1, 32, 36), (Q2_K, 256, 84), (Q3_K, 256, 110),
-            (Q4_K, 256, 144), (Q5_K, 256, 176), (Q6_K, 256, 210), (Q8_K, 256, 292),
-            (IQ2_XXS, 256, 66), (IQ2_XS, 256, 74), (IQ3_XXS, 256, 98), (IQ1_S, 256, 50),
-            (IQ4_NL, 32, 18), (IQ3_S, 256, 110), (IQ2_S, 256, 82), (IQ4_XS, 256, 136),
-            (I8, 1, 1), (I16, 1, 2), (I32, 1, 4), (I64, 1, 8), (F64, 1, 8), (IQ1_M, 256, 56),
-            (BF16, 1, 2), (TQ1_0, 256, 54), (TQ2_0, 256, 66), (MXFP4, 32, 17),
+            (F32, 1, 4),
+            (F16, 1, 2),
+            (Q4_0, 32, 18),
+            (Q4_1, 32, 20),
+            (Q5_0, 32, 22),
+            (Q5_1, 32, 24),
+            (Q8_0, 32, 34),
+            (Q8_1, 32, 36),
+            (Q2_K, 256, 84),
+            (Q3_K, 256, 110),
+            (Q4_K, 256, 144),
+            (Q5_K, 256, 176),
+            (Q6_K, 256, 210),
+            (Q8_K, 256, 292),
+            (IQ2_XXS, 256, 66),
+            (IQ2_XS, 256, 74),
+            (IQ3_XXS, 256, 98),
+            (IQ1_S, 256, 50),
+            (IQ4_NL, 32, 18),
+            (IQ3_S, 256, 110),
+            (IQ2_S, 256, 82),
+            (IQ4_XS, 256, 136),
+            (I8, 1, 1),
+            (I16, 1, 2),
+            (I32, 1, 4),
+            (I64, 1, 8),
+            (F64, 1, 8),
+            (IQ1_M, 256, 56),
+            (BF16, 1, 2),
+            (TQ1_0, 256, 54),
+            (TQ2_0, 256, 66),
+            (MXFP4, 32, 17),
         ];
         for (t, bs, ts) in expect {
             assert_eq!((t.block_size(), t.type_size()), (bs, ts), "{t}");
@@ -2305,12 +2436,15 @@ mod tests {
         let (chunk, r) = (i / 64, i % 64);
         let (half, l) = (r / 32, r % 32);
         let k = 2 * chunk + half; // 0..8
-        // 6-bit scales/mins: k < 4 in the low 6 bits of s[k]/s[k+4]; k >= 4 split
-        // into a low nibble of s[k+4] and the top 2 bits of s[k-4]/s[k].
+                                  // 6-bit scales/mins: k < 4 in the low 6 bits of s[k]/s[k+4]; k >= 4 split
+                                  // into a low nibble of s[k+4] and the top 2 bits of s[k-4]/s[k].
         let (sc, mn) = if k < 4 {
             (s[k] & 0x3F, s[k + 4] & 0x3F)
         } else {
-            ((s[k + 4] & 0x0F) | ((s[k - 4] & 0xC0) >> 2), (s[k + 4] >> 4) | ((s[k] & 0xC0) >> 2))
+            (
+                (s[k + 4] & 0x0F) | ((s[k - 4] & 0xC0) >> 2),
+                (s[k + 4] >> 4) | ((s[k] & 0xC0) >> 2),
+            )
         };
         let qb = b[16 + chunk * 32 + l];
         let q = if half == 1 { qb >> 4 } else { qb & 0xF };
@@ -2421,7 +2555,10 @@ mod tests {
         assert!(err_string(patch(&bytes, 4, &7u32.to_le_bytes())).contains("version 7"));
         for n in [u64::MAX, 1 << 40, 1 << 20, 100_000] {
             let e = err_string(patch(&bytes, 8, &n.to_le_bytes()));
-            assert!(e.contains("tensor count") || e.contains("tensor info"), "{e}");
+            assert!(
+                e.contains("tensor count") || e.contains("tensor info"),
+                "{e}"
+            );
             let e = err_string(patch(&bytes, 16, &n.to_le_bytes()));
             assert!(e.contains("KV"), "{e}");
         }
@@ -2507,10 +2644,17 @@ mod tests {
             assert!(e.contains("'t'"), "{e}");
         }
         // Overflowing element count.
-        let e = err_string(patch(&patch(&tb, 37, &(1u64 << 40).to_le_bytes()), 45, &(1u64 << 40).to_le_bytes()));
+        let e = err_string(patch(
+            &patch(&tb, 37, &(1u64 << 40).to_le_bytes()),
+            45,
+            &(1u64 << 40).to_le_bytes(),
+        ));
         assert!(e.contains("overflow"), "{e}");
         let e = err_string(patch(&tb, 53, &99u32.to_le_bytes()));
-        assert!(e.contains("unknown ggml type 99") && e.contains("'t'"), "{e}");
+        assert!(
+            e.contains("unknown ggml type 99") && e.contains("'t'"),
+            "{e}"
+        );
         // Q8_0 with ne0 = 4 is not a whole block.
         let e = err_string(patch(&tb, 53, &8u32.to_le_bytes()));
         assert!(e.contains("block size"), "{e}");
@@ -2595,7 +2739,10 @@ mod tests {
             println!("  {k} = {}", v.summary(6));
         }
         for t in &g.tensors {
-            println!("  tensor {} {} {:?} off={} bytes={}", t.name, t.ggml_type, t.dims, t.offset, t.n_bytes);
+            println!(
+                "  tensor {} {} {:?} off={} bytes={}",
+                t.name, t.ggml_type, t.dims, t.offset, t.n_bytes
+            );
         }
         assert_eq!(g.architecture(), Some("llama"));
         assert_eq!(g.get_u64("llama.block_count"), Some(30));
@@ -2611,13 +2758,21 @@ mod tests {
         for t in &g.tensors {
             let data = g.tensor_data(t).unwrap();
             assert_eq!(data.len() as u64, t.n_bytes, "{}", t.name);
-            assert!(g.data_offset + t.offset + t.n_bytes <= file_size, "{}", t.name);
+            assert!(
+                g.data_offset + t.offset + t.n_bytes <= file_size,
+                "{}",
+                t.name
+            );
             assert_eq!(t.ggml_type.bytes_for(t.n_elements), Some(t.n_bytes));
         }
         let emb = g.tensor("token_embd.weight").unwrap();
         assert_eq!(emb.dims, vec![576, 49152]);
         // Tensors must not overlap.
-        let mut spans: Vec<(u64, u64)> = g.tensors.iter().map(|t| (t.offset, t.offset + t.n_bytes)).collect();
+        let mut spans: Vec<(u64, u64)> = g
+            .tensors
+            .iter()
+            .map(|t| (t.offset, t.offset + t.n_bytes))
+            .collect();
         spans.sort();
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
 
@@ -2631,7 +2786,10 @@ mod tests {
             let y = g.tensor_f32(t).unwrap();
             let max = y.iter().fold(0f32, |a, v| a.max(v.abs()));
             let mean_abs = y.iter().map(|v| v.abs() as f64).sum::<f64>() / y.len() as f64;
-            println!("  dequant {} ({}): max|x| = {max}, mean|x| = {mean_abs:.5}", t.name, t.ggml_type);
+            println!(
+                "  dequant {} ({}): max|x| = {max}, mean|x| = {mean_abs:.5}",
+                t.name, t.ggml_type
+            );
             assert!(y.iter().all(|v| v.is_finite()), "{}", t.name);
             assert!(max > 0.0 && max < 1e4, "{}: max {max}", t.name);
         }

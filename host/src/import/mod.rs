@@ -1,6 +1,7 @@
 //! Importers: each turns a checkpoint into an [`ImportedModel`] (config,
 //! tokenizer blob, tensors as stored: f32/f16/bf16, or GGUF's quantized
 //! blocks carried exactly where EQF has the scheme).
+pub mod from_gguf;
 pub mod gguf;
 pub mod llama2c;
 
@@ -84,7 +85,7 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
     }
     let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext == "gguf" {
-        bail!("{}: GGUF import is not available in this build yet", src.display());
+        return from_gguf::import(src);
     }
     let tok = match tokenizer {
         Some(t) => t.to_path_buf(),
