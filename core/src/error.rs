@@ -34,7 +34,11 @@ impl defmt::Format for TensorName {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FormatError {
     /// The buffer is shorter than the structure being read needs.
-    Truncated { what: &'static str, need: u64, have: u64 },
+    Truncated {
+        what: &'static str,
+        need: u64,
+        have: u64,
+    },
     /// The buffer does not start 64-byte aligned (tensor data is read in place).
     Misaligned { what: &'static str, align: u32 },
     /// The first 8 bytes are not the EQF magic.
@@ -52,7 +56,11 @@ pub enum FormatError {
     /// A section does not start on a 64-byte boundary.
     SectionMisaligned { kind: u32 },
     /// A section's CRC-32 does not match its bytes.
-    SectionChecksum { kind: u32, expected: u32, actual: u32 },
+    SectionChecksum {
+        kind: u32,
+        expected: u32,
+        actual: u32,
+    },
     /// A required section is absent.
     MissingSection { kind: u32 },
     /// The same section kind appears twice.
@@ -64,15 +72,26 @@ pub enum FormatError {
     /// A tensor record has a scheme byte this reader does not know.
     UnknownScheme { tensor: TensorName, scheme: u8 },
     /// A tensor record has an unknown granularity or an invalid group size.
-    BadQuantSpec { tensor: TensorName, why: &'static str },
+    BadQuantSpec {
+        tensor: TensorName,
+        why: &'static str,
+    },
     /// A tensor's data range runs outside the data section.
     TensorOutOfBounds { tensor: TensorName },
     /// A tensor's data does not start on a 64-byte boundary.
     TensorMisaligned { tensor: TensorName },
     /// A tensor's stored size does not equal what its scheme and shape need.
-    TensorSize { tensor: TensorName, expected: u64, actual: u64 },
+    TensorSize {
+        tensor: TensorName,
+        expected: u64,
+        actual: u64,
+    },
     /// A tensor's CRC-32 does not match its bytes.
-    TensorChecksum { tensor: TensorName, expected: u32, actual: u32 },
+    TensorChecksum {
+        tensor: TensorName,
+        expected: u32,
+        actual: u32,
+    },
     /// A tensor record's name is not NUL-padded UTF-8.
     BadTensorName { index: u32 },
     /// Tensor records are not sorted by (layer, role), or appear twice.
@@ -80,7 +99,13 @@ pub enum FormatError {
     /// A tensor the model needs is missing.
     MissingTensor { role: u16, layer: u16 },
     /// A tensor has the wrong shape for the model config.
-    BadShape { tensor: TensorName, expected_rows: u32, expected_cols: u32, rows: u32, cols: u32 },
+    BadShape {
+        tensor: TensorName,
+        expected_rows: u32,
+        expected_cols: u32,
+        rows: u32,
+        cols: u32,
+    },
     /// A tensor's scheme cannot be used for its role (e.g. quantized norm weights).
     SchemeNotAllowed { tensor: TensorName },
 }
@@ -138,6 +163,9 @@ impl std::error::Error for FormatError {}
 pub enum QuantError {
     /// An input value is NaN or infinite (index of the first one).
     NonFinite { index: usize },
+    /// A finite value too large for the scheme (its scale, min or value
+    /// would overflow f16/bf16); index of the first such value's group or element.
+    OutOfRange { index: usize },
     /// The output or input buffer has the wrong length.
     BadLength { expected: usize, actual: usize },
     /// The spec is not valid for this shape (see [`crate::QuantSpec::validate`]).
@@ -148,6 +176,7 @@ impl fmt::Display for QuantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             QuantError::NonFinite { index } => write!(f, "weight {index} is NaN or infinite: fix the checkpoint (or exclude the tensor with --skip)"),
+            QuantError::OutOfRange { index } => write!(f, "value {index} is too large for this scheme's f16 scales or values: use f32/fp8 or --skip this tensor"),
             QuantError::BadLength { expected, actual } => write!(f, "buffer length {actual}, expected {expected}"),
             QuantError::BadSpec(why) => write!(f, "invalid quantization spec: {why}"),
         }

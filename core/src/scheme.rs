@@ -73,7 +73,10 @@ impl Scheme {
         matches!(self, Scheme::F32 | Scheme::F16 | Scheme::BF16)
     }
     pub fn is_int(self) -> bool {
-        matches!(self, Scheme::Q8Sym | Scheme::Q8Asym | Scheme::Q4Sym | Scheme::Q4Asym)
+        matches!(
+            self,
+            Scheme::Q8Sym | Scheme::Q8Asym | Scheme::Q4Sym | Scheme::Q4Asym
+        )
     }
     pub fn is_fp8(self) -> bool {
         matches!(self, Scheme::Fp8E4M3 | Scheme::Fp8E5M2)
@@ -133,19 +136,35 @@ impl QuantSpec {
     pub const F32: QuantSpec = QuantSpec::float(Scheme::F32);
 
     pub const fn float(scheme: Scheme) -> QuantSpec {
-        QuantSpec { scheme, granularity: Granularity::PerTensor, group: 0 }
+        QuantSpec {
+            scheme,
+            granularity: Granularity::PerTensor,
+            group: 0,
+        }
     }
     pub const fn per_group(scheme: Scheme, group: u32) -> QuantSpec {
-        QuantSpec { scheme, granularity: Granularity::PerGroup, group }
+        QuantSpec {
+            scheme,
+            granularity: Granularity::PerGroup,
+            group,
+        }
     }
     pub const fn per_channel(scheme: Scheme) -> QuantSpec {
-        QuantSpec { scheme, granularity: Granularity::PerChannel, group: 0 }
+        QuantSpec {
+            scheme,
+            granularity: Granularity::PerChannel,
+            group: 0,
+        }
     }
 
     /// Checks that the combination is one the format defines.
     pub fn validate(&self) -> Result<(), &'static str> {
         use Granularity::*;
-        match (self.scheme.is_float(), self.scheme.is_int(), self.granularity) {
+        match (
+            self.scheme.is_float(),
+            self.scheme.is_int(),
+            self.granularity,
+        ) {
             (true, _, PerTensor) if self.group == 0 => Ok(()),
             (true, _, _) => Err("float schemes take no granularity or group"),
             (_, true, PerChannel) if self.group == 0 => Ok(()),
@@ -168,6 +187,11 @@ impl QuantSpec {
         self.validate().map_err(QuantError::BadSpec)?;
         if rows == 0 || cols == 0 {
             return Err(QuantError::BadSpec("tensor has a zero dimension"));
+        }
+        // Bounds that keep every size below 2^44 bytes, so none of the
+        // arithmetic below can overflow (a hostile record cannot wrap a size).
+        if rows > 1 << 31 || cols > 1 << 31 || rows as u64 * cols as u64 > 1 << 40 {
+            return Err(QuantError::BadSpec("tensor larger than 2^40 elements"));
         }
         let (r, c) = (rows as u64, cols as u64);
         let up = |v: u64, m: u64| v.div_ceil(m) * m;
@@ -234,8 +258,16 @@ impl QuantSpec {
             rows,
             cols,
             padded_cols: cols,
-            group_len: if self.granularity == Granularity::Block { self.group } else { cols },
-            groups_per_row: if self.granularity == Granularity::Block { c.div_ceil(self.group as u64) as u32 } else { 1 },
+            group_len: if self.granularity == Granularity::Block {
+                self.group
+            } else {
+                cols
+            },
+            groups_per_row: if self.granularity == Granularity::Block {
+                c.div_ceil(self.group as u64) as u32
+            } else {
+                1
+            },
             row_stride: c,
             codes_bytes: codes,
             scales_offset,

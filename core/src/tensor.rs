@@ -27,17 +27,23 @@ impl<'a> TensorView<'a> {
     pub fn new(spec: QuantSpec, rows: u32, cols: u32, bytes: &'a [u8]) -> Result<Self, QuantError> {
         let layout = spec.layout(rows, cols)?;
         if bytes.len() as u64 != layout.total_bytes {
-            return Err(QuantError::BadLength { expected: layout.total_bytes as usize, actual: bytes.len() });
+            return Err(QuantError::BadLength {
+                expected: layout.total_bytes as usize,
+                actual: bytes.len(),
+            });
         }
         let codes = &bytes[..layout.codes_bytes as usize];
         let region = |off: u64, n: u64, size: u64| &bytes[off as usize..(off + n * size) as usize];
         let misaligned = QuantError::BadSpec("tensor data misaligned for its element type");
         let (scales, mins) = if spec.scheme.is_int() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2)).map_err(|_| misaligned)?;
-            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2)).map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2))
+                .map_err(|_| misaligned)?;
+            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2))
+                .map_err(|_| misaligned)?;
             (Scales::F16(s), m)
         } else if spec.scheme.is_fp8() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4)).map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4))
+                .map_err(|_| misaligned)?;
             (Scales::F32(s), &[][..])
         } else {
             (Scales::None, &[][..])
@@ -52,7 +58,13 @@ impl<'a> TensorView<'a> {
             }
             _ => {}
         }
-        Ok(TensorView { spec, layout, codes, scales, mins })
+        Ok(TensorView {
+            spec,
+            layout,
+            codes,
+            scales,
+            mins,
+        })
     }
 
     pub fn rows(&self) -> usize {
@@ -99,7 +111,9 @@ impl<'a> TensorView<'a> {
     }
     /// FP8: the scale that applies to element (r, c).
     pub fn fp8_scale(&self, r: usize, c: usize) -> f32 {
-        let Scales::F32(s) = self.scales else { return 0.0 };
+        let Scales::F32(s) = self.scales else {
+            return 0.0;
+        };
         use crate::scheme::Granularity::*;
         let i = match self.spec.granularity {
             PerTensor => 0,

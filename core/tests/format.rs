@@ -28,7 +28,11 @@ impl Buf {
         assert!(base < 64);
         let start = base + misalign;
         store[start..start + bytes.len()].copy_from_slice(bytes);
-        Buf { store, start, len: bytes.len() }
+        Buf {
+            store,
+            start,
+            len: bytes.len(),
+        }
     }
     fn aligned(bytes: &[u8]) -> Buf {
         Self::with_misalignment(bytes, 0)
@@ -106,13 +110,21 @@ fn sections(b: &[u8]) -> Vec<Sec> {
     (0..n)
         .map(|i| {
             let rec = 64 + 32 * i;
-            Sec { rec, kind: rd_u32(b, rec + S_KIND), offset: rd_u64(b, rec + S_OFFSET) as usize, size: rd_u64(b, rec + S_SIZE) as usize }
+            Sec {
+                rec,
+                kind: rd_u32(b, rec + S_KIND),
+                offset: rd_u64(b, rec + S_OFFSET) as usize,
+                size: rd_u64(b, rec + S_SIZE) as usize,
+            }
         })
         .collect()
 }
 
 fn sec(b: &[u8], kind: u32) -> Sec {
-    sections(b).into_iter().find(|s| s.kind == kind).expect("section present")
+    sections(b)
+        .into_iter()
+        .find(|s| s.kind == kind)
+        .expect("section present")
 }
 
 /// Recomputes every section CRC (TENSOR_DATA stays 0) and then the header CRC.
@@ -204,13 +216,23 @@ struct Src {
 }
 
 fn make(role: TensorRole, layer: u16, spec: QuantSpec, rows: u32, cols: u32, rng: &mut Rng) -> Src {
-    let values: Vec<f32> = (0..rows as usize * cols as usize).map(|_| rng.f32()).collect();
+    let values: Vec<f32> = (0..rows as usize * cols as usize)
+        .map(|_| rng.f32())
+        .collect();
     let n = spec.layout(rows, cols).unwrap().total_bytes as usize;
     // quantize wants a 4-byte aligned output buffer for nothing but speed;
     // a Vec<u8> from the global allocator is fine, TensorView checks later.
     let mut data = vec![0u8; n];
     quantize(spec, rows, cols, &values, &mut data).unwrap();
-    Src { role, layer, spec, rows, cols, values, data }
+    Src {
+        role,
+        layer,
+        spec,
+        rows,
+        cols,
+        values,
+        data,
+    }
 }
 
 /// The tensors of the test model, deliberately added out of order.
@@ -219,34 +241,107 @@ fn model_tensors() -> Vec<Src> {
     let (d, h, kv, v) = (c.dim, c.hidden_dim, c.kv_dim() as u32, c.vocab_size);
     let mut rng = Rng(42);
     vec![
-        make(TensorRole::WDown, 0, QuantSpec::per_group(Scheme::Q4Asym, 64), d, h, &mut rng),
-        make(TensorRole::TokEmbd, GLOBAL_LAYER, QuantSpec::float(Scheme::F16), v, d, &mut rng),
-        make(TensorRole::Wq, 0, QuantSpec::per_group(Scheme::Q4Sym, 32), d, d, &mut rng),
-        make(TensorRole::Wk, 0, QuantSpec::per_channel(Scheme::Q8Sym), kv, d, &mut rng),
-        make(TensorRole::Wv, 0, QuantSpec::per_channel(Scheme::Q8Asym), kv, d, &mut rng),
-        make(TensorRole::Wo, 0, QuantSpec::float(Scheme::BF16), d, d, &mut rng),
+        make(
+            TensorRole::WDown,
+            0,
+            QuantSpec::per_group(Scheme::Q4Asym, 64),
+            d,
+            h,
+            &mut rng,
+        ),
+        make(
+            TensorRole::TokEmbd,
+            GLOBAL_LAYER,
+            QuantSpec::float(Scheme::F16),
+            v,
+            d,
+            &mut rng,
+        ),
+        make(
+            TensorRole::Wq,
+            0,
+            QuantSpec::per_group(Scheme::Q4Sym, 32),
+            d,
+            d,
+            &mut rng,
+        ),
+        make(
+            TensorRole::Wk,
+            0,
+            QuantSpec::per_channel(Scheme::Q8Sym),
+            kv,
+            d,
+            &mut rng,
+        ),
+        make(
+            TensorRole::Wv,
+            0,
+            QuantSpec::per_channel(Scheme::Q8Asym),
+            kv,
+            d,
+            &mut rng,
+        ),
+        make(
+            TensorRole::Wo,
+            0,
+            QuantSpec::float(Scheme::BF16),
+            d,
+            d,
+            &mut rng,
+        ),
         make(TensorRole::AttnNorm, 0, QuantSpec::F32, 1, d, &mut rng),
         make(TensorRole::FfnNorm, 0, QuantSpec::F32, 1, d, &mut rng),
         make(
             TensorRole::WGate,
             0,
-            QuantSpec { scheme: Scheme::Fp8E4M3, granularity: edgeq_core::Granularity::Block, group: 32 },
+            QuantSpec {
+                scheme: Scheme::Fp8E4M3,
+                granularity: edgeq_core::Granularity::Block,
+                group: 32,
+            },
             h,
             d,
             &mut rng,
         ),
-        make(TensorRole::WUp, 0, QuantSpec { scheme: Scheme::Fp8E5M2, granularity: edgeq_core::Granularity::PerChannel, group: 0 }, h, d, &mut rng),
-        make(TensorRole::OutputNorm, GLOBAL_LAYER, QuantSpec::F32, 1, d, &mut rng),
+        make(
+            TensorRole::WUp,
+            0,
+            QuantSpec {
+                scheme: Scheme::Fp8E5M2,
+                granularity: edgeq_core::Granularity::PerChannel,
+                group: 0,
+            },
+            h,
+            d,
+            &mut rng,
+        ),
+        make(
+            TensorRole::OutputNorm,
+            GLOBAL_LAYER,
+            QuantSpec::F32,
+            1,
+            d,
+            &mut rng,
+        ),
     ]
 }
 
-const TOKENIZER: &[u8] = b"not a real tokenizer: the EQF reader treats this section as opaque bytes";
+const TOKENIZER: &[u8] =
+    b"not a real tokenizer: the EQF reader treats this section as opaque bytes";
 
 fn build(tensors: &[Src], metadata: &[u8]) -> Vec<u8> {
     let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
     w.metadata = metadata.to_vec();
     for t in tensors {
-        w.add(TensorEntry { role: t.role, layer: t.layer, spec: t.spec, rows: t.rows, cols: t.cols, data: t.data.clone() }).unwrap();
+        w.add(TensorEntry {
+            role: t.role,
+            layer: t.layer,
+            spec: t.spec,
+            rows: t.rows,
+            cols: t.cols,
+            data: t.data.clone(),
+        })
+        .unwrap();
     }
     w.finish()
 }
@@ -256,7 +351,9 @@ fn valid_file() -> Vec<u8> {
 }
 
 fn no_verify() -> ParseOptions {
-    ParseOptions { verify_tensor_checksums: false }
+    ParseOptions {
+        verify_tensor_checksums: false,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -289,7 +386,11 @@ fn valid_file_parses_and_exposes_everything() {
     let mut row = vec![0f32; 256];
     for s in &srcs {
         let rec = eqf.find(s.role, s.layer).expect("find");
-        let name = if s.layer == GLOBAL_LAYER { s.role.name().to_string() } else { format!("blk.{}.{}", s.layer, s.role.name()) };
+        let name = if s.layer == GLOBAL_LAYER {
+            s.role.name().to_string()
+        } else {
+            format!("blk.{}.{}", s.layer, s.role.name())
+        };
         assert_eq!(rec.name_str(), name);
         assert_eq!((rec.rows, rec.cols), (s.rows, s.cols));
         assert_eq!(rec.scheme, s.spec.scheme as u8);
@@ -308,7 +409,11 @@ fn valid_file_parses_and_exposes_everything() {
         let data_sec = sec(buf.bytes(), section::TENSOR_DATA);
         let at = data_sec.offset + rec.offset as usize;
         assert_eq!(&buf.bytes()[at..at + s.data.len()], &s.data[..]);
-        assert_eq!(v.codes.as_ptr() as usize % 64, 0, "tensor data 64-byte aligned in memory");
+        assert_eq!(
+            v.codes.as_ptr() as usize % 64,
+            0,
+            "tensor data 64-byte aligned in memory"
+        );
 
         // Dequantized rows match the reference dequantization of the same bytes
         // and approximate the source values.
@@ -325,16 +430,35 @@ fn valid_file_parses_and_exposes_everything() {
             v.dequantize_row(r, &mut row);
             for c in 0..s.cols as usize {
                 let x = s.values[r * s.cols as usize + c];
-                assert!((row[c] - x).abs() <= tol, "{name}[{r},{c}]: {} vs {x}", row[c]);
+                assert!(
+                    (row[c] - x).abs() <= tol,
+                    "{name}[{r},{c}]: {} vs {x}",
+                    row[c]
+                );
             }
         }
     }
-    assert!(eqf.find(TensorRole::Output, GLOBAL_LAYER).is_none(), "tied embeddings: no output tensor");
+    assert!(
+        eqf.find(TensorRole::Output, GLOBAL_LAYER).is_none(),
+        "tied embeddings: no output tensor"
+    );
     assert!(eqf.find(TensorRole::Wq, 1).is_none());
     assert!(eqf.find(TensorRole::Bq, 0).is_none());
-    assert_eq!(eqf.tensor(TensorRole::Wq, 1, 64, 64).unwrap_err(), FormatError::MissingTensor { role: TensorRole::Wq as u16, layer: 1 });
+    assert_eq!(
+        eqf.tensor(TensorRole::Wq, 1, 64, 64).unwrap_err(),
+        FormatError::MissingTensor {
+            role: TensorRole::Wq as u16,
+            layer: 1
+        }
+    );
     match eqf.tensor(TensorRole::Wq, 0, 64, 65) {
-        Err(FormatError::BadShape { expected_rows: 64, expected_cols: 65, rows: 64, cols: 64, tensor }) => {
+        Err(FormatError::BadShape {
+            expected_rows: 64,
+            expected_cols: 65,
+            rows: 64,
+            cols: 64,
+            tensor,
+        }) => {
             assert_eq!(tensor.as_str(), "blk.0.attn_q")
         }
         other => panic!("{other:?}"),
@@ -347,17 +471,36 @@ fn layout_of_sections_follows_the_spec() {
     let b = &file[..];
     let secs = sections(b);
     let kinds: Vec<u32> = secs.iter().map(|s| s.kind).collect();
-    assert_eq!(kinds, [section::CONFIG, section::TOKENIZER, section::TENSOR_DIR, section::METADATA, section::TENSOR_DATA]);
+    assert_eq!(
+        kinds,
+        [
+            section::CONFIG,
+            section::TOKENIZER,
+            section::TENSOR_DIR,
+            section::METADATA,
+            section::TENSOR_DATA
+        ]
+    );
     let dir_end = 64 + 32 * secs.len();
     let mut prev_end = dir_end;
     for s in &secs {
         assert_eq!(s.offset % 64, 0);
         assert!(s.offset >= prev_end);
         assert!(s.offset - prev_end < 64, "no more padding than needed");
-        assert!(b[prev_end..s.offset].iter().all(|&x| x == 0), "padding is zero");
+        assert!(
+            b[prev_end..s.offset].iter().all(|&x| x == 0),
+            "padding is zero"
+        );
         prev_end = s.offset + s.size;
         let flags = rd_u32(b, s.rec + S_FLAGS);
-        assert_eq!(flags, if s.kind == section::METADATA { section::FLAG_OPTIONAL } else { 0 });
+        assert_eq!(
+            flags,
+            if s.kind == section::METADATA {
+                section::FLAG_OPTIONAL
+            } else {
+                0
+            }
+        );
         let crc = rd_u32(b, s.rec + S_CRC);
         if s.kind == section::TENSOR_DATA {
             assert_eq!(crc, 0);
@@ -376,7 +519,15 @@ fn layout_of_sections_follows_the_spec() {
     // Without metadata, there is no METADATA section and metadata() is empty.
     let file2 = build(&model_tensors(), b"");
     let kinds2: Vec<u32> = sections(&file2).iter().map(|s| s.kind).collect();
-    assert_eq!(kinds2, [section::CONFIG, section::TOKENIZER, section::TENSOR_DIR, section::TENSOR_DATA]);
+    assert_eq!(
+        kinds2,
+        [
+            section::CONFIG,
+            section::TOKENIZER,
+            section::TENSOR_DIR,
+            section::TENSOR_DATA
+        ]
+    );
     let buf2 = Buf::aligned(&file2);
     assert_eq!(parse(buf2.bytes()).unwrap().metadata(), b"");
 }
@@ -384,13 +535,39 @@ fn layout_of_sections_follows_the_spec() {
 #[test]
 fn writer_rejects_bad_tensors() {
     let mut w = EqfWriter::new(config(), vec![]);
-    let bad = TensorEntry { role: TensorRole::Wq, layer: 0, spec: QuantSpec::per_group(Scheme::Q4Sym, 32), rows: 64, cols: 64, data: vec![0; 3] };
+    let bad = TensorEntry {
+        role: TensorRole::Wq,
+        layer: 0,
+        spec: QuantSpec::per_group(Scheme::Q4Sym, 32),
+        rows: 64,
+        cols: 64,
+        data: vec![0; 3],
+    };
     assert!(matches!(w.add(bad), Err(WriteError::BadTensor { .. })));
-    let bad_spec = TensorEntry { role: TensorRole::Wq, layer: 0, spec: QuantSpec::per_group(Scheme::Q4Sym, 48), rows: 64, cols: 64, data: vec![] };
+    let bad_spec = TensorEntry {
+        role: TensorRole::Wq,
+        layer: 0,
+        spec: QuantSpec::per_group(Scheme::Q4Sym, 48),
+        rows: 64,
+        cols: 64,
+        data: vec![],
+    };
     assert!(matches!(w.add(bad_spec), Err(WriteError::BadTensor { .. })));
-    let ok = TensorEntry { role: TensorRole::AttnNorm, layer: 3, spec: QuantSpec::F32, rows: 1, cols: 4, data: vec![0; 16] };
+    let ok = TensorEntry {
+        role: TensorRole::AttnNorm,
+        layer: 3,
+        spec: QuantSpec::F32,
+        rows: 1,
+        cols: 4,
+        data: vec![0; 16],
+    };
     w.add(ok.clone()).unwrap();
-    assert_eq!(w.add(ok), Err(WriteError::Duplicate { name: "blk.3.attn_norm".into() }));
+    assert_eq!(
+        w.add(ok),
+        Err(WriteError::Duplicate {
+            name: "blk.3.attn_norm".into()
+        })
+    );
 }
 
 #[test]
@@ -419,7 +596,11 @@ fn every_truncation_is_an_error() {
         assert!(r2.is_err(), "prefix of {n} bytes parsed (no verify)");
         if n >= 8 {
             // Past the magic, a short file is reported as truncated.
-            assert!(matches!(r.err().unwrap(), FormatError::Truncated { .. }), "prefix {n}: {:?}", Eqf::parse(buf.prefix(n)).err());
+            assert!(
+                matches!(r.err().unwrap(), FormatError::Truncated { .. }),
+                "prefix {n}: {:?}",
+                Eqf::parse(buf.prefix(n)).err()
+            );
         }
     }
     assert!(Eqf::parse(buf.prefix(file.len())).is_ok());
@@ -449,7 +630,10 @@ fn coverage(b: &[u8]) -> Vec<Cover> {
     let dir = sec(b, section::TENSOR_DIR);
     for i in 0..dir.size / T_REC {
         let r = dir.offset + i * T_REC;
-        let (o, s) = (rd_u64(b, r + T_OFFSET) as usize, rd_u64(b, r + T_SIZE) as usize);
+        let (o, s) = (
+            rd_u64(b, r + T_OFFSET) as usize,
+            rd_u64(b, r + T_SIZE) as usize,
+        );
         cov[data.offset + o..data.offset + o + s].fill(Cover::TensorData);
     }
     cov
@@ -475,13 +659,26 @@ fn single_bit_flips_never_panic_and_are_detected() {
         match cov[byte] {
             Cover::Checked => {
                 counts[0] += 1;
-                assert!(strict.is_err(), "flip of bit {bit} (byte {byte}) not detected");
-                assert!(lax.is_err(), "flip of bit {bit} (byte {byte}) not detected without tensor CRCs");
+                assert!(
+                    strict.is_err(),
+                    "flip of bit {bit} (byte {byte}) not detected"
+                );
+                assert!(
+                    lax.is_err(),
+                    "flip of bit {bit} (byte {byte}) not detected without tensor CRCs"
+                );
             }
             Cover::TensorData => {
                 counts[1] += 1;
-                assert!(matches!(strict, Err(FormatError::TensorChecksum { .. })), "byte {byte}: {strict:?}");
-                assert_eq!(lax, Ok(()), "byte {byte}: tensor data is not checked without tensor CRCs");
+                assert!(
+                    matches!(strict, Err(FormatError::TensorChecksum { .. })),
+                    "byte {byte}: {strict:?}"
+                );
+                assert_eq!(
+                    lax,
+                    Ok(()),
+                    "byte {byte}: tensor data is not checked without tensor CRCs"
+                );
             }
             Cover::Padding => {
                 // Alignment padding is covered by no checksum, and the
@@ -543,7 +740,9 @@ fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn parse_err(file: &[u8]) -> FormatError {
     let buf = Buf::aligned(file);
     let e = Eqf::parse(buf.bytes()).err().expect("must not parse");
-    let e2 = Eqf::parse_with(buf.bytes(), no_verify()).err().expect("must not parse (no verify)");
+    let e2 = Eqf::parse_with(buf.bytes(), no_verify())
+        .err()
+        .expect("must not parse (no verify)");
     assert_eq!(e, e2);
     e
 }
@@ -553,7 +752,14 @@ fn misaligned_buffer() {
     let file = valid_file();
     for mis in [1, 2, 4, 8, 16, 32, 63] {
         let buf = Buf::with_misalignment(&file, mis);
-        assert_eq!(Eqf::parse(buf.bytes()).err(), Some(FormatError::Misaligned { what: "EQF buffer", align: 64 }), "misaligned by {mis}");
+        assert_eq!(
+            Eqf::parse(buf.bytes()).err(),
+            Some(FormatError::Misaligned {
+                what: "EQF buffer",
+                align: 64
+            }),
+            "misaligned by {mis}"
+        );
     }
 }
 
@@ -570,8 +776,22 @@ fn wrong_magic() {
     let mut f = valid_file();
     f.remove(4);
     assert_eq!(parse_err(&f), FormatError::BadMagic);
-    assert_eq!(parse_err(b"EQF"), FormatError::Truncated { what: "header", need: 64, have: 3 });
-    assert_eq!(parse_err(&MAGIC), FormatError::Truncated { what: "header", need: 64, have: 8 });
+    assert_eq!(
+        parse_err(b"EQF"),
+        FormatError::Truncated {
+            what: "header",
+            need: 64,
+            have: 3
+        }
+    );
+    assert_eq!(
+        parse_err(&MAGIC),
+        FormatError::Truncated {
+            what: "header",
+            need: 64,
+            have: 8
+        }
+    );
 }
 
 #[test]
@@ -581,7 +801,10 @@ fn wrong_major_version() {
             wr_u16(f, H_MAJOR, major);
             fix_crcs(f);
         });
-        assert_eq!(parse_err(&f), FormatError::UnsupportedVersion { major, minor: 0 });
+        assert_eq!(
+            parse_err(&f),
+            FormatError::UnsupportedVersion { major, minor: 0 }
+        );
     }
     // A newer minor version is accepted (same major).
     let f = patched(|f| {
@@ -596,10 +819,16 @@ fn wrong_major_version() {
 fn trailing_garbage() {
     let mut f = valid_file();
     f.extend_from_slice(&[0u8; 64]);
-    assert_eq!(parse_err(&f), FormatError::BadHeader("file is longer than header.file_size (trailing bytes)"));
+    assert_eq!(
+        parse_err(&f),
+        FormatError::BadHeader("file is longer than header.file_size (trailing bytes)")
+    );
     let mut f = valid_file();
     f.push(0xAA);
-    assert_eq!(parse_err(&f), FormatError::BadHeader("file is longer than header.file_size (trailing bytes)"));
+    assert_eq!(
+        parse_err(&f),
+        FormatError::BadHeader("file is longer than header.file_size (trailing bytes)")
+    );
 }
 
 #[test]
@@ -613,7 +842,9 @@ fn header_checksum_mismatch() {
         wr_u32(f, H_CRC, c ^ 0x8000_0000);
     });
     match parse_err(&f) {
-        FormatError::HeaderChecksum { expected, actual } => assert_eq!(expected ^ 0x8000_0000, actual),
+        FormatError::HeaderChecksum { expected, actual } => {
+            assert_eq!(expected ^ 0x8000_0000, actual)
+        }
         e => panic!("{e:?}"),
     }
 }
@@ -629,24 +860,38 @@ fn bad_header_fields() {
         let f = patched(|f| {
             wr_u32(f, H_N_SECTIONS, n);
         });
-        assert_eq!(parse_err(&f), FormatError::BadHeader("section count must be 1..=64"));
+        assert_eq!(
+            parse_err(&f),
+            FormatError::BadHeader("section count must be 1..=64")
+        );
     }
     let f = patched(|f| {
         let n = f.len() as u64;
         wr_u64(f, H_FILE_SIZE, n + 1);
         fix_crcs(f);
     });
-    assert!(matches!(parse_err(&f), FormatError::Truncated { what: "file", .. }));
+    assert!(matches!(
+        parse_err(&f),
+        FormatError::Truncated { what: "file", .. }
+    ));
 }
 
 #[test]
 fn section_checksum_mismatch() {
-    for kind in [section::CONFIG, section::TOKENIZER, section::TENSOR_DIR, section::METADATA] {
+    for kind in [
+        section::CONFIG,
+        section::TOKENIZER,
+        section::TENSOR_DIR,
+        section::METADATA,
+    ] {
         let f = patched(|f| {
             let s = sec(f, kind);
             f[s.offset + s.size - 1] ^= 0x10;
         });
-        assert!(matches!(parse_err(&f), FormatError::SectionChecksum { kind: k, .. } if k == kind), "kind {kind}");
+        assert!(
+            matches!(parse_err(&f), FormatError::SectionChecksum { kind: k, .. } if k == kind),
+            "kind {kind}"
+        );
     }
 }
 
@@ -658,21 +903,36 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u64(f, s.rec + S_SIZE, s.size as u64 + 1);
         fix_header_crc(f);
     });
-    assert_eq!(parse_err(&f), FormatError::SectionOutOfBounds { kind: section::TENSOR_DATA });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::SectionOutOfBounds {
+            kind: section::TENSOR_DATA
+        }
+    );
     // offset + size overflows.
     let f = patched(|f| {
         let s = sec(f, section::TOKENIZER);
         wr_u64(f, s.rec + S_SIZE, u64::MAX - 10);
         fix_header_crc(f);
     });
-    assert_eq!(parse_err(&f), FormatError::SectionOutOfBounds { kind: section::TOKENIZER });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::SectionOutOfBounds {
+            kind: section::TOKENIZER
+        }
+    );
     // Overlaps the header / directory.
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
         wr_u64(f, s.rec + S_OFFSET, 64);
         fix_header_crc(f);
     });
-    assert_eq!(parse_err(&f), FormatError::SectionOutOfBounds { kind: section::CONFIG });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::SectionOutOfBounds {
+            kind: section::CONFIG
+        }
+    );
     // Not 64-byte aligned.
     let f = patched(|f| {
         let s = sec(f, section::TOKENIZER);
@@ -680,14 +940,24 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u64(f, s.rec + S_SIZE, s.size as u64 - 8);
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::SectionMisaligned { kind: section::TOKENIZER });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::SectionMisaligned {
+            kind: section::TOKENIZER
+        }
+    );
     // The same kind twice.
     let f = patched(|f| {
         let s = sec(f, section::METADATA);
         wr_u32(f, s.rec + S_KIND, section::TOKENIZER);
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::DuplicateSection { kind: section::TOKENIZER });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::DuplicateSection {
+            kind: section::TOKENIZER
+        }
+    );
     // A required section missing.
     let f = patched(|f| {
         let s = sec(f, section::TOKENIZER);
@@ -697,7 +967,12 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u32(f, m.rec + S_FLAGS, section::FLAG_OPTIONAL);
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::MissingSection { kind: section::TOKENIZER });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::MissingSection {
+            kind: section::TOKENIZER
+        }
+    );
     // Unknown kind: an error when required, skipped when optional.
     let f = patched(|f| {
         let m = sec(f, section::METADATA);
@@ -723,20 +998,33 @@ fn bad_config() {
         wr_u32(f, s.offset, 2); // arch
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::BadConfig("unknown architecture id"));
+    assert_eq!(
+        parse_err(&f),
+        FormatError::BadConfig("unknown architecture id")
+    );
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
         wr_u32(f, s.offset + 72, 32); // bos_id == vocab_size
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::BadConfig("bos/eos id outside the vocabulary"));
+    assert_eq!(
+        parse_err(&f),
+        FormatError::BadConfig("bos/eos id outside the vocabulary")
+    );
     // CONFIG shorter than 128 bytes.
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
         wr_u64(f, s.rec + S_SIZE, 64);
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::Truncated { what: "CONFIG section", need: 128, have: 64 });
+    assert_eq!(
+        parse_err(&f),
+        FormatError::Truncated {
+            what: "CONFIG section",
+            need: 128,
+            have: 64
+        }
+    );
 }
 
 #[test]
@@ -764,7 +1052,13 @@ fn bad_granularity_or_group() {
         f[r + T_GRAN] = 9;
         fix_crcs(f);
     });
-    assert!(matches!(parse_err(&f), FormatError::BadQuantSpec { why: "unknown granularity", .. }));
+    assert!(matches!(
+        parse_err(&f),
+        FormatError::BadQuantSpec {
+            why: "unknown granularity",
+            ..
+        }
+    ));
     let f = patched(|f| {
         let r = trec(f, 1); // blk.0.attn_q, Q4 sym g32
         wr_u32(f, r + T_GROUP, 48);
@@ -782,7 +1076,9 @@ fn tensor_size_mismatch() {
         fix_crcs(f);
     });
     match parse_err(&f) {
-        FormatError::TensorSize { expected, actual, .. } => assert_eq!(expected, actual + 2),
+        FormatError::TensorSize {
+            expected, actual, ..
+        } => assert_eq!(expected, actual + 2),
         e => panic!("{e:?}"),
     }
     // A shape that does not match the stored size.
@@ -802,7 +1098,9 @@ fn tensor_out_of_bounds() {
         let dir = sec(f, section::TENSOR_DIR);
         let data = sec(f, section::TENSOR_DATA);
         let n = dir.size / T_REC;
-        let last = (0..n).max_by_key(|&i| rd_u64(f, dir.offset + i * T_REC + T_OFFSET)).unwrap();
+        let last = (0..n)
+            .max_by_key(|&i| rd_u64(f, dir.offset + i * T_REC + T_OFFSET))
+            .unwrap();
         let r = dir.offset + last * T_REC;
         let size = rd_u64(f, r + T_SIZE);
         let new_off = (data.size as u64).div_ceil(64) * 64;
@@ -810,7 +1108,10 @@ fn tensor_out_of_bounds() {
         wr_u64(f, r + T_OFFSET, new_off);
         fix_crcs(f);
     });
-    assert!(matches!(parse_err(&f), FormatError::TensorOutOfBounds { .. }));
+    assert!(matches!(
+        parse_err(&f),
+        FormatError::TensorOutOfBounds { .. }
+    ));
     // offset + size overflowing u64.
     let f = patched(|f| {
         let r = trec(f, 0);
@@ -831,7 +1132,10 @@ fn tensor_misaligned() {
         wr_u64(f, r + T_OFFSET, o + 4);
         fix_crcs(f);
     });
-    assert!(matches!(parse_err(&f), FormatError::TensorMisaligned { .. }));
+    assert!(matches!(
+        parse_err(&f),
+        FormatError::TensorMisaligned { .. }
+    ));
 }
 
 #[test]
@@ -843,7 +1147,10 @@ fn tensor_checksum_mismatch() {
         fix_crcs(f);
     });
     let buf = Buf::aligned(&f);
-    assert!(matches!(Eqf::parse(buf.bytes()), Err(FormatError::TensorChecksum { .. })));
+    assert!(matches!(
+        Eqf::parse(buf.bytes()),
+        Err(FormatError::TensorChecksum { .. })
+    ));
     assert!(Eqf::parse_with(buf.bytes(), no_verify()).is_ok());
 }
 
@@ -902,7 +1209,11 @@ fn bad_tensor_names() {
             f[r..r + patch.len()].copy_from_slice(patch);
             fix_crcs(f);
         });
-        assert_eq!(parse_err(&f), FormatError::BadTensorName { index: 3 }, "case {i}");
+        assert_eq!(
+            parse_err(&f),
+            FormatError::BadTensorName { index: 3 },
+            "case {i}"
+        );
     }
     // Garbage after the NUL terminator.
     let f = patched(|f| {
@@ -917,7 +1228,10 @@ fn bad_tensor_names() {
         wr_u64(f, s.rec + S_SIZE, s.size as u64 - 1);
         fix_crcs(f);
     });
-    assert_eq!(parse_err(&f), FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96"));
+    assert_eq!(
+        parse_err(&f),
+        FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96")
+    );
 }
 
 /// Tensor shapes whose byte size overflows u64 must be rejected, not panic
@@ -931,7 +1245,6 @@ fn bad_tensor_names() {
 /// 2^31 (F32) wraps `total_bytes` to 0, so a record with size 0 passes
 /// validation and `dequantize_row` then indexes out of bounds.
 #[test]
-#[ignore = "BUG: QuantSpec::layout overflows u64 on huge shapes (see doc comment)"]
 fn huge_shapes_are_rejected_without_panic() {
     for (scheme, gran, group, rows, cols, size) in [
         (Scheme::F32 as u8, 0u8, 0u32, u32::MAX, u32::MAX, 0u64),
@@ -992,12 +1305,30 @@ fn golden_config() -> ModelConfig {
 fn golden_file() -> Vec<u8> {
     let mut w = EqfWriter::new(golden_config(), b"tok".to_vec());
     let norm: Vec<u8> = [1.0f32; 32].iter().flat_map(|v| v.to_le_bytes()).collect();
-    w.add(TensorEntry { role: TensorRole::AttnNorm, layer: 0, spec: QuantSpec::F32, rows: 1, cols: 32, data: norm }).unwrap();
+    w.add(TensorEntry {
+        role: TensorRole::AttnNorm,
+        layer: 0,
+        spec: QuantSpec::F32,
+        rows: 1,
+        cols: 32,
+        data: norm,
+    })
+    .unwrap();
     let spec = QuantSpec::per_group(Scheme::Q4Sym, 32);
-    let src: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) as f32 - 16.0) / 8.0).collect();
+    let src: Vec<f32> = (0..32 * 32)
+        .map(|i| ((i % 32) as f32 - 16.0) / 8.0)
+        .collect();
     let mut q = vec![0u8; spec.layout(32, 32).unwrap().total_bytes as usize];
     quantize(spec, 32, 32, &src, &mut q).unwrap();
-    w.add(TensorEntry { role: TensorRole::Wq, layer: 0, spec, rows: 32, cols: 32, data: q }).unwrap();
+    w.add(TensorEntry {
+        role: TensorRole::Wq,
+        layer: 0,
+        spec,
+        rows: 32,
+        cols: 32,
+        data: q,
+    })
+    .unwrap();
     w.finish()
 }
 

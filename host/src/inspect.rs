@@ -11,7 +11,9 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
     let mut by_scheme: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut params, mut bytes) = (0u64, 0u64);
     for t in model.eqf.tensors() {
-        let spec = record_spec(t).map(|s| spec_name(&s)).unwrap_or_else(|_| "?".into());
+        let spec = record_spec(t)
+            .map(|s| spec_name(&s))
+            .unwrap_or_else(|_| "?".into());
         let n = t.rows as u64 * t.cols as u64;
         params += n;
         bytes += t.size;
@@ -20,7 +22,8 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
         e.1 += t.size;
         tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64}));
     }
-    let metadata: serde_json::Value = serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
+    let metadata: serde_json::Value =
+        serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
     json!({
         "config": {
             "dim": c.dim, "hidden_dim": c.hidden_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
@@ -41,8 +44,26 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
 
 pub fn print_human(r: &serde_json::Value) {
     let c = &r["config"];
-    println!("model: dim {} hidden {} layers {} heads {}/{} (kv) head_dim {} vocab {} ctx {}", c["dim"], c["hidden_dim"], c["n_layers"], c["n_heads"], c["n_kv_heads"], c["head_dim"], c["vocab_size"], c["max_seq_len"]);
-    println!("       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {}", c["rope_theta"], c["rope_layout"].as_str().unwrap_or(""), c["rope_scaling"].as_str().unwrap_or(""), c["rms_eps"], c["tied_embeddings"], c["qkv_bias"]);
+    println!(
+        "model: dim {} hidden {} layers {} heads {}/{} (kv) head_dim {} vocab {} ctx {}",
+        c["dim"],
+        c["hidden_dim"],
+        c["n_layers"],
+        c["n_heads"],
+        c["n_kv_heads"],
+        c["head_dim"],
+        c["vocab_size"],
+        c["max_seq_len"]
+    );
+    println!(
+        "       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {}",
+        c["rope_theta"],
+        c["rope_layout"].as_str().unwrap_or(""),
+        c["rope_scaling"].as_str().unwrap_or(""),
+        c["rms_eps"],
+        c["tied_embeddings"],
+        c["qkv_bias"]
+    );
     println!(
         "size:  {} params, {:.3} MB tensors, {:.3} MB file, {:.3} bits/weight",
         r["params"],
@@ -50,15 +71,34 @@ pub fn print_human(r: &serde_json::Value) {
         r["file_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         r["bits_per_weight"].as_f64().unwrap_or(0.0)
     );
-    println!("\n{:<16} {:>12} {:>12} {:>8}", "scheme", "params", "bytes", "bpw");
+    println!(
+        "\n{:<16} {:>12} {:>12} {:>8}",
+        "scheme", "params", "bytes", "bpw"
+    );
     if let Some(m) = r["schemes"].as_object() {
         for (k, v) in m {
-            println!("{:<16} {:>12} {:>12} {:>8.3}", k, v["params"], v["bytes"], v["bpw"].as_f64().unwrap_or(0.0));
+            println!(
+                "{:<16} {:>12} {:>12} {:>8.3}",
+                k,
+                v["params"],
+                v["bytes"],
+                v["bpw"].as_f64().unwrap_or(0.0)
+            );
         }
     }
-    println!("\n{:<24} {:>14} {:<14} {:>10} {:>7}", "tensor", "shape", "scheme", "bytes", "bpw");
+    println!(
+        "\n{:<24} {:>14} {:<14} {:>10} {:>7}",
+        "tensor", "shape", "scheme", "bytes", "bpw"
+    );
     for t in r["tensors"].as_array().into_iter().flatten() {
         let shape = format!("{}x{}", t["shape"][0], t["shape"][1]);
-        println!("{:<24} {:>14} {:<14} {:>10} {:>7.3}", t["name"].as_str().unwrap_or(""), shape, t["scheme"].as_str().unwrap_or(""), t["bytes"], t["bpw"].as_f64().unwrap_or(0.0));
+        println!(
+            "{:<24} {:>14} {:<14} {:>10} {:>7.3}",
+            t["name"].as_str().unwrap_or(""),
+            shape,
+            t["scheme"].as_str().unwrap_or(""),
+            t["bytes"],
+            t["bpw"].as_f64().unwrap_or(0.0)
+        );
     }
 }

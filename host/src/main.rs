@@ -1,7 +1,11 @@
 //! The `edgeq` command line.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use edgeq_host::{eval, import, inspect, model_file::{write_atomic, ModelFile}, progress, quantize, text};
+use edgeq_host::{
+    eval, import, inspect,
+    model_file::{write_atomic, ModelFile},
+    progress, quantize, text,
+};
 use edgeq_runtime::{arena_bytes, Sampler, SamplerConfig, Session};
 use std::io::Write;
 use std::path::PathBuf;
@@ -168,12 +172,22 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
     let n = m.tensors.len();
     let bytes = m.to_eqf()?;
     write_atomic(&a.out, &bytes)?;
-    eprintln!("imported {} -> {} ({n} tensors, {:.2} MB) in {:.2}s", a.src.display(), a.out.display(), bytes.len() as f64 / 1e6, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "imported {} -> {} ({n} tensors, {:.2} MB) in {:.2}s",
+        a.src.display(),
+        a.out.display(),
+        bytes.len() as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    anyhow::ensure!(a.method == "rtn", "--method {}: only rtn is available in this build (gptq, awq, hqq are coming)", a.method);
+    anyhow::ensure!(
+        a.method == "rtn",
+        "--method {}: only rtn is available in this build (gptq, awq, hqq are coming)",
+        a.method
+    );
     let t0 = Instant::now();
     let f = ModelFile::open(&a.input)?;
     let model = f.model()?;
@@ -189,7 +203,10 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for r in &reports {
-            eprintln!("{:<24} {:>10} -> {:<12} rel.err {:.3e}", r.name, r.from, r.to, r.rel_err);
+            eprintln!(
+                "{:<24} {:>10} -> {:<12} rel.err {:.3e}",
+                r.name, r.from, r.to, r.rel_err
+            );
         }
     }
     eprintln!(
@@ -209,21 +226,43 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let model = f.model()?;
     let tok = text::tokenizer(&model)?;
     // BOS as the tokenizer says (llama2.c/Llama: yes; SmolLM2/Qwen2: no), and always for an empty prompt.
-    let prompt = text::encode(&tok, &a.prompt, tok.add_bos_default() || a.prompt.is_empty())?;
-    anyhow::ensure!(!prompt.is_empty(), "empty prompt and the vocabulary has no BOS token: pass --prompt");
-    let max_seq = a.ctx.unwrap_or(model.cfg.max_seq_len.min(2048) as usize).min(model.cfg.max_seq_len as usize);
-    anyhow::ensure!(prompt.len() < max_seq, "prompt of {} tokens does not fit the context of {max_seq}", prompt.len());
+    let prompt = text::encode(
+        &tok,
+        &a.prompt,
+        tok.add_bos_default() || a.prompt.is_empty(),
+    )?;
+    anyhow::ensure!(
+        !prompt.is_empty(),
+        "empty prompt and the vocabulary has no BOS token: pass --prompt"
+    );
+    let max_seq = a
+        .ctx
+        .unwrap_or(model.cfg.max_seq_len.min(2048) as usize)
+        .min(model.cfg.max_seq_len as usize);
+    anyhow::ensure!(
+        prompt.len() < max_seq,
+        "prompt of {} tokens does not fit the context of {max_seq}",
+        prompt.len()
+    );
     let batch = prompt.len().min(max_seq).min(512);
     let mut arena = vec![0u64; arena_bytes(&model.cfg, max_seq, batch).div_ceil(8)];
-    let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut sampler = Sampler::new(SamplerConfig { temperature: a.temp, top_p: a.top_p, seed: a.seed });
+    let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temp,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
     let mut out = std::io::stdout().lock();
     // Echo the prompt text (without BOS) so the output reads as a continuation.
     out.write_all(&text::decode(&tok, &prompt)[..])?;
     let t0 = Instant::now();
     let mut logits = Vec::new();
     for chunk in prompt.chunks(batch) {
-        logits = s.forward(chunk, None).map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
+        logits = s
+            .forward(chunk, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_vec();
     }
     let t_prefill = t0.elapsed().as_secs_f64();
     let mut prev = *prompt.last().unwrap_or(&model.cfg.bos_id);
@@ -249,7 +288,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     writeln!(out)?;
     let dt = t1.elapsed().as_secs_f64();
     if a.show_tokens {
-        eprintln!("tokens: {:?}", prompt.iter().chain(&generated).collect::<Vec<_>>());
+        eprintln!(
+            "tokens: {:?}",
+            prompt.iter().chain(&generated).collect::<Vec<_>>()
+        );
     }
     eprintln!(
         "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); arena {:.2} MB",
@@ -266,12 +308,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
     }
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
     let tok = text::tokenizer(&model)?;
-    let raw = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    let raw = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
     let body: String = match a.chars {
         Some(n) => raw.chars().take(n).collect(),
         None => raw,
@@ -284,7 +330,14 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     };
     let tokens = text::encode(&tok, &body, bos)?;
     let pb = progress(0, "eval");
-    let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
+    let r = eval::perplexity(
+        &model,
+        &tokens,
+        a.window,
+        a.stride.unwrap_or(a.window),
+        a.max_tokens,
+        &pb,
+    )?;
     pb.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

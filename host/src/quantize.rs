@@ -18,12 +18,20 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(linear: QuantSpec, embeddings: Option<QuantSpec>, skip: &[String]) -> Result<Policy> {
+    pub fn new(
+        linear: QuantSpec,
+        embeddings: Option<QuantSpec>,
+        skip: &[String],
+    ) -> Result<Policy> {
         let mut b = GlobSetBuilder::new();
         for s in skip {
             b.add(Glob::new(s).with_context(|| format!("bad --skip pattern '{s}'"))?);
         }
-        Ok(Policy { linear, embeddings, skip: b.build()? })
+        Ok(Policy {
+            linear,
+            embeddings,
+            skip: b.build()?,
+        })
     }
 
     /// The target spec of a tensor, or None to keep it as stored.
@@ -50,7 +58,11 @@ pub fn spec_from_args(bits: u32, group: i64, sym: bool, fp8: Option<&str>) -> Re
         };
         return Ok(match group {
             -1 | 0 => QuantSpec::per_channel(scheme),
-            g => QuantSpec { scheme, granularity: edgeq_core::Granularity::Block, group: g as u32 },
+            g => QuantSpec {
+                scheme,
+                granularity: edgeq_core::Granularity::Block,
+                group: g as u32,
+            },
         });
     }
     let scheme = match (bits, sym) {
@@ -65,8 +77,13 @@ pub fn spec_from_args(bits: u32, group: i64, sym: bool, fp8: Option<&str>) -> Re
     if bits >= 16 {
         return Ok(QuantSpec::float(scheme));
     }
-    let spec = if group <= 0 { QuantSpec::per_channel(scheme) } else { QuantSpec::per_group(scheme, group as u32) };
-    spec.validate().map_err(|e| anyhow::anyhow!("--group {group}: {e}"))?;
+    let spec = if group <= 0 {
+        QuantSpec::per_channel(scheme)
+    } else {
+        QuantSpec::per_group(scheme, group as u32)
+    };
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("--group {group}: {e}"))?;
     Ok(spec)
 }
 
@@ -106,7 +123,11 @@ pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
 }
 
 /// RTN-quantizes every tensor the policy selects; returns the new file and a report.
-pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+pub fn quantize_rtn(
+    eqf: &Eqf<'_>,
+    policy: &Policy,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     let results: Vec<Result<(TensorEntry, Option<TensorReport>)>> = eqf
         .tensors()
         .par_iter()
@@ -114,7 +135,14 @@ pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::Progre
             let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
             let role = TensorRole::from_u16(t.role).context("unknown role")?;
             let target = policy.target(t).filter(|s| *s != spec);
-            let entry = |spec, data| TensorEntry { role, layer: t.layer, spec, rows: t.rows, cols: t.cols, data };
+            let entry = |spec, data| TensorEntry {
+                role,
+                layer: t.layer,
+                spec,
+                rows: t.rows,
+                cols: t.cols,
+                data,
+            };
             let out = match target {
                 None => {
                     let data = eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -122,12 +150,20 @@ pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::Progre
                 }
                 Some(to) => {
                     let w = to_f32(eqf, t)?;
-                    let layout = to.layout(t.rows, t.cols).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
+                    let layout = to
+                        .layout(t.rows, t.cols)
+                        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
                     let mut data = vec![0u8; layout.total_bytes as usize];
                     // quantize writes f16/f32 values with to_le_bytes: no alignment needed
-                    edgeq_core::quant::quantize(to, t.rows, t.cols, &w, &mut data).map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
+                    edgeq_core::quant::quantize(to, t.rows, t.cols, &w, &mut data)
+                        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
                     let rel_err = reconstruction_error(&w, to, t.rows, t.cols, &data)?;
-                    let rep = TensorReport { name: t.name_str().to_string(), from: spec_name(&spec), to: spec_name(&to), rel_err };
+                    let rep = TensorReport {
+                        name: t.name_str().to_string(),
+                        from: spec_name(&spec),
+                        to: spec_name(&to),
+                        rel_err,
+                    };
                     (entry(to, data), Some(rep))
                 }
             };
@@ -146,9 +182,16 @@ pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::Progre
     Ok((w.finish(), reports))
 }
 
-fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<f64> {
+fn reconstruction_error(
+    w: &[f32],
+    spec: QuantSpec,
+    rows: u32,
+    cols: u32,
+    data: &[u8],
+) -> Result<f64> {
     let aligned = crate::import::AlignedBytes::from(data);
-    let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut row = vec![0.0f32; cols as usize];
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for r in 0..rows as usize {

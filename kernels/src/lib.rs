@@ -21,7 +21,14 @@ use edgeq_core::TensorView;
 /// floats (one dequantized row). Slices that are too short are a caller bug
 /// and make the call return without writing (never a panic, never UB).
 #[inline]
-pub fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: core::ops::Range<usize>, scratch: &mut [f32]) {
+pub fn matmul(
+    y: &mut [f32],
+    w: &TensorView<'_>,
+    x: &[f32],
+    t: usize,
+    rows: core::ops::Range<usize>,
+    scratch: &mut [f32],
+) {
     scalar::matmul(y, w, x, t, rows, scratch)
 }
 

@@ -41,7 +41,18 @@ impl ArenaPlan {
         }
     }
     pub fn floats(&self) -> usize {
-        self.x + self.xb + self.xb2 + self.q + self.hb + self.hb2 + self.att + self.rope + self.row + self.logits + self.kcache + self.vcache
+        self.x
+            + self.xb
+            + self.xb2
+            + self.q
+            + self.hb
+            + self.hb2
+            + self.att
+            + self.rope
+            + self.row
+            + self.logits
+            + self.kcache
+            + self.vcache
     }
     pub fn kv_bytes(&self) -> usize {
         4 * (self.kcache + self.vcache)
@@ -73,9 +84,13 @@ impl<'r> Buffers<'r> {
     pub fn carve(plan: &ArenaPlan, arena: &'r mut [u8]) -> Result<Buffers<'r>, RuntimeError> {
         let need = plan.floats() * 4;
         if arena.len() < need {
-            return Err(RuntimeError::ArenaTooSmall { need, have: arena.len() });
+            return Err(RuntimeError::ArenaTooSmall {
+                need,
+                have: arena.len(),
+            });
         }
-        let all: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..need]).map_err(|_| RuntimeError::ArenaMisaligned)?;
+        let all: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..need])
+            .map_err(|_| RuntimeError::ArenaMisaligned)?;
         all.fill(0.0);
         let mut rest = all;
         let mut take = |n: usize| {

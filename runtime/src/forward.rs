@@ -57,8 +57,19 @@ fn rope_angles(cs: &mut [f32], model: &Model<'_>, pos: usize) {
     let half = c.rope_dim as usize / 2;
     for i in 0..half {
         let mut freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.rope_dim as f64);
-        if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } = c.rope_scaling() {
-            let (f, lo, hi, old) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64, original_max_position as f64);
+        if let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } = c.rope_scaling()
+        {
+            let (f, lo, hi, old) = (
+                factor as f64,
+                low_freq_factor as f64,
+                high_freq_factor as f64,
+                original_max_position as f64,
+            );
             let wavelen = 2.0 * core::f64::consts::PI / freq;
             if wavelen > old / lo {
                 freq /= f;
@@ -97,12 +108,23 @@ fn silu(x: f32) -> f32 {
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// A session of up to `max_seq` positions fed in calls of at most
     /// `max_batch` tokens; `arena` must hold `arena_bytes(cfg, max_seq, max_batch)`.
-    pub fn new(model: &'m Model<'a>, arena: &'r mut [u8], max_seq: usize, max_batch: usize) -> Result<Self, RuntimeError> {
+    pub fn new(
+        model: &'m Model<'a>,
+        arena: &'r mut [u8],
+        max_seq: usize,
+        max_batch: usize,
+    ) -> Result<Self, RuntimeError> {
         let max_seq = max_seq.clamp(1, model.cfg.max_seq_len as usize);
         let max_batch = max_batch.clamp(1, max_seq);
         let plan = ArenaPlan::new(&model.cfg, max_seq, max_batch);
         let buf = Buffers::carve(&plan, arena)?;
-        Ok(Session { model, buf, max_seq, max_batch, pos: 0 })
+        Ok(Session {
+            model,
+            buf,
+            max_seq,
+            max_batch,
+            pos: 0,
+        })
     }
 
     pub fn pos(&self) -> usize {
@@ -124,7 +146,11 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// Feeds `tokens` (at most `max_batch`) at the current position. With
     /// `all_logits` (len ≥ n·vocab) the logits after every token are written
     /// there; the logits after the last token are always returned.
-    pub fn forward(&mut self, tokens: &[u32], all_logits: Option<&mut [f32]>) -> Result<&[f32], RuntimeError> {
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        all_logits: Option<&mut [f32]>,
+    ) -> Result<&[f32], RuntimeError> {
         let m = self.model;
         let c = &m.cfg;
         let n = tokens.len();
@@ -132,18 +158,30 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             return Ok(self.buf.logits);
         }
         if n > self.max_batch {
-            return Err(RuntimeError::BatchTooLarge { tokens: n, max_batch: self.max_batch });
+            return Err(RuntimeError::BatchTooLarge {
+                tokens: n,
+                max_batch: self.max_batch,
+            });
         }
         if self.pos + n > self.max_seq {
-            return Err(RuntimeError::ContextFull { pos: self.pos + n - 1, max_seq: self.max_seq });
+            return Err(RuntimeError::ContextFull {
+                pos: self.pos + n - 1,
+                max_seq: self.max_seq,
+            });
         }
         if let Some(&t) = tokens.iter().find(|&&t| t >= c.vocab_size) {
-            return Err(RuntimeError::BadToken { token: t, vocab: c.vocab_size });
+            return Err(RuntimeError::BadToken {
+                token: t,
+                vocab: c.vocab_size,
+            });
         }
         let vocab = c.vocab_size as usize;
         if let Some(ref out) = all_logits {
             if out.len() < n * vocab {
-                return Err(RuntimeError::OutputTooSmall { need: n * vocab, have: out.len() });
+                return Err(RuntimeError::OutputTooSmall {
+                    need: n * vocab,
+                    have: out.len(),
+                });
             }
         }
         let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
@@ -169,14 +207,23 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             );
             // Attention: q, k, v projections (k and v straight into the cache).
             for i in 0..n {
-                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.attn_norm, eps);
+                rmsnorm(
+                    &mut b.xb[i * dim..(i + 1) * dim],
+                    &b.x[i * dim..(i + 1) * dim],
+                    w.attn_norm,
+                    eps,
+                );
             }
             let h = &b.xb[..n * dim];
             matmul(&mut b.q[..n * qd], &w.wq, h, n, b.row);
             matmul(k_new, &w.wk, h, n, b.row);
             matmul(v_new, &w.wv, h, n, b.row);
             for i in 0..n {
-                let (q, kk, vv) = (&mut b.q[i * qd..(i + 1) * qd], &mut k_new[i * kvd..(i + 1) * kvd], &mut v_new[i * kvd..(i + 1) * kvd]);
+                let (q, kk, vv) = (
+                    &mut b.q[i * qd..(i + 1) * qd],
+                    &mut k_new[i * kvd..(i + 1) * kvd],
+                    &mut v_new[i * kvd..(i + 1) * kvd],
+                );
                 if let (Some(bq), Some(bk), Some(bv)) = (w.bq, w.bk, w.bv) {
                     q.iter_mut().zip(bq).for_each(|(a, b)| *a += b);
                     kk.iter_mut().zip(bk).for_each(|(a, b)| *a += b);
@@ -187,7 +234,10 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 rope(kk, cs, hd, c.rope_layout());
             }
             // Causal grouped-query attention over the cache, into xb.
-            let (kc, vc) = (&b.kcache[cache..cache + self.max_seq * kvd], &b.vcache[cache..cache + self.max_seq * kvd]);
+            let (kc, vc) = (
+                &b.kcache[cache..cache + self.max_seq * kvd],
+                &b.vcache[cache..cache + self.max_seq * kvd],
+            );
             let scale = 1.0 / libm::sqrtf(hd as f32);
             for i in 0..n {
                 let p = self.pos + i;
@@ -208,24 +258,43 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 }
             }
             matmul(&mut b.xb2[..n * dim], &w.wo, &b.xb[..n * qd], n, b.row);
-            b.x[..n * dim].iter_mut().zip(&b.xb2[..n * dim]).for_each(|(x, d)| *x += d);
+            b.x[..n * dim]
+                .iter_mut()
+                .zip(&b.xb2[..n * dim])
+                .for_each(|(x, d)| *x += d);
 
             // Feed-forward (SwiGLU).
             for i in 0..n {
-                rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], w.ffn_norm, eps);
+                rmsnorm(
+                    &mut b.xb[i * dim..(i + 1) * dim],
+                    &b.x[i * dim..(i + 1) * dim],
+                    w.ffn_norm,
+                    eps,
+                );
             }
             let h = &b.xb[..n * dim];
             matmul(&mut b.hb[..n * hid], &w.w_gate, h, n, b.row);
             matmul(&mut b.hb2[..n * hid], &w.w_up, h, n, b.row);
-            b.hb[..n * hid].iter_mut().zip(&b.hb2[..n * hid]).for_each(|(g, u)| *g = silu(*g) * u);
+            b.hb[..n * hid]
+                .iter_mut()
+                .zip(&b.hb2[..n * hid])
+                .for_each(|(g, u)| *g = silu(*g) * u);
             matmul(&mut b.xb2[..n * dim], &w.w_down, &b.hb[..n * hid], n, b.row);
-            b.x[..n * dim].iter_mut().zip(&b.xb2[..n * dim]).for_each(|(x, d)| *x += d);
+            b.x[..n * dim]
+                .iter_mut()
+                .zip(&b.xb2[..n * dim])
+                .for_each(|(x, d)| *x += d);
         }
 
         // Final norm and classifier.
         let norm = m.output_norm()?;
         for i in 0..n {
-            rmsnorm(&mut b.xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], norm, eps);
+            rmsnorm(
+                &mut b.xb[i * dim..(i + 1) * dim],
+                &b.x[i * dim..(i + 1) * dim],
+                norm,
+                eps,
+            );
         }
         let cls = m.classifier()?;
         match all_logits {

@@ -34,7 +34,10 @@ impl<'a> Model<'a> {
 
     pub fn from_bytes_with(bytes: &'a [u8], opts: ParseOptions) -> Result<Model<'a>, RuntimeError> {
         let eqf = Eqf::parse_with(bytes, opts)?;
-        let m = Model { eqf, cfg: *eqf.config() };
+        let m = Model {
+            eqf,
+            cfg: *eqf.config(),
+        };
         m.validate()?;
         Ok(m)
     }
@@ -53,13 +56,21 @@ impl<'a> Model<'a> {
         let v = self.eqf.tensor(role, layer, 1, n)?;
         if v.scheme() != Scheme::F32 {
             let t = self.eqf.find(role, layer).map(|t| t.tensor_name());
-            return Err(FormatError::SchemeNotAllowed { tensor: t.unwrap_or(edgeq_core::error::TensorName([0; 48])) }.into());
+            return Err(FormatError::SchemeNotAllowed {
+                tensor: t.unwrap_or(edgeq_core::error::TensorName([0; 48])),
+            }
+            .into());
         }
         Ok(v.as_f32())
     }
 
     pub fn tok_embd(&self) -> Result<TensorView<'a>, RuntimeError> {
-        Ok(self.eqf.tensor(TensorRole::TokEmbd, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
+        Ok(self.eqf.tensor(
+            TensorRole::TokEmbd,
+            GLOBAL_LAYER,
+            self.cfg.vocab_size,
+            self.cfg.dim,
+        )?)
     }
     pub fn output_norm(&self) -> Result<&'a [f32], RuntimeError> {
         self.vector(TensorRole::OutputNorm, GLOBAL_LAYER, self.cfg.dim)
@@ -69,7 +80,12 @@ impl<'a> Model<'a> {
         if self.cfg.tied_embeddings() {
             self.tok_embd()
         } else {
-            Ok(self.eqf.tensor(TensorRole::Output, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
+            Ok(self.eqf.tensor(
+                TensorRole::Output,
+                GLOBAL_LAYER,
+                self.cfg.vocab_size,
+                self.cfg.dim,
+            )?)
         }
     }
 
@@ -78,7 +94,13 @@ impl<'a> Model<'a> {
         let l16 = l as u16;
         let (dim, qd, kvd, hid) = (c.dim, c.q_dim() as u32, c.kv_dim() as u32, c.hidden_dim);
         let lin = |role, rows, cols| self.eqf.tensor(role, l16, rows, cols);
-        let bias = |role, n| if c.qkv_bias() { self.vector(role, l16, n).map(Some) } else { Ok(None) };
+        let bias = |role, n| {
+            if c.qkv_bias() {
+                self.vector(role, l16, n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         Ok(Block {
             attn_norm: self.vector(TensorRole::AttnNorm, l16, dim)?,
             wq: lin(TensorRole::Wq, qd, dim)?,

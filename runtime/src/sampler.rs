@@ -18,7 +18,11 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_p: 0.9, seed: 42 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_p: 0.9,
+            seed: 42,
+        }
     }
 }
 
@@ -40,7 +44,10 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Sampler {
-        Sampler { cfg, state: cfg.seed.max(1) }
+        Sampler {
+            cfg,
+            state: cfg.seed.max(1),
+        }
     }
 
     /// xorshift64* (as llama2.c), 32 random bits.
@@ -75,7 +82,11 @@ impl Sampler {
             *v /= sum;
         }
         let p = self.cfg.top_p;
-        let theta = if p > 0.0 && p < 1.0 { nucleus_threshold(logits, p) } else { 0.0 };
+        let theta = if p > 0.0 && p < 1.0 {
+            nucleus_threshold(logits, p)
+        } else {
+            0.0
+        };
         let mass: f32 = logits.iter().filter(|&&v| v >= theta).sum();
         let r = self.next_f32() * mass;
         let mut cdf = 0.0;
@@ -126,7 +137,11 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // probabilities ~ [0.6, 0.3, 0.05, 0.05]: top_p 0.8 keeps tokens 0 and 1
         let logits = [0.6f32.ln(), 0.3f32.ln(), 0.05f32.ln(), 0.05f32.ln()];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_p: 0.8, seed: 7 });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: 7,
+        });
         let mut seen = [0u32; 4];
         for _ in 0..2000 {
             let mut l = logits;
@@ -139,8 +154,14 @@ mod tests {
     #[test]
     fn seeded_runs_repeat() {
         let run = |seed| {
-            let mut s = Sampler::new(SamplerConfig { temperature: 0.9, top_p: 0.95, seed });
-            (0..50).map(|i| s.sample(&mut [0.0, 0.5, 1.0, (i % 3) as f32])).collect::<heapless::Vec<u32, 64>>()
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: 0.9,
+                top_p: 0.95,
+                seed,
+            });
+            (0..50)
+                .map(|i| s.sample(&mut [0.0, 0.5, 1.0, (i % 3) as f32]))
+                .collect::<heapless::Vec<u32, 64>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));

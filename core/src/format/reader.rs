@@ -18,7 +18,9 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { verify_tensor_checksums: true }
+        ParseOptions {
+            verify_tensor_checksums: true,
+        }
     }
 }
 
@@ -34,14 +36,29 @@ pub struct Eqf<'a> {
     data: &'a [u8],
 }
 
-fn read<'a, T: bytemuck::Pod>(bytes: &'a [u8], off: u64, what: &'static str) -> Result<&'a T, FormatError> {
+fn read<'a, T: bytemuck::Pod>(
+    bytes: &'a [u8],
+    off: u64,
+    what: &'static str,
+) -> Result<&'a T, FormatError> {
     let size = core::mem::size_of::<T>() as u64;
     let have = bytes.len() as u64;
-    let end = off.checked_add(size).ok_or(FormatError::BadHeader("offset overflow"))?;
+    let end = off
+        .checked_add(size)
+        .ok_or(FormatError::BadHeader("offset overflow"))?;
     if end > have {
-        return Err(FormatError::Truncated { what, need: end, have });
+        return Err(FormatError::Truncated {
+            what,
+            need: end,
+            have,
+        });
     }
-    bytemuck::try_from_bytes(&bytes[off as usize..end as usize]).map_err(|_| FormatError::Misaligned { what, align: core::mem::align_of::<T>() as u32 })
+    bytemuck::try_from_bytes(&bytes[off as usize..end as usize]).map_err(|_| {
+        FormatError::Misaligned {
+            what,
+            align: core::mem::align_of::<T>() as u32,
+        }
+    })
 }
 
 fn crc(parts: &[&[u8]]) -> u32 {
@@ -71,22 +88,42 @@ impl<'a> Eqf<'a> {
             return Err(FormatError::UnsupportedEndian);
         }
         if (bytes.as_ptr() as usize) % ALIGN as usize != 0 {
-            return Err(FormatError::Misaligned { what: "EQF buffer", align: ALIGN as u32 });
+            return Err(FormatError::Misaligned {
+                what: "EQF buffer",
+                align: ALIGN as u32,
+            });
         }
         let have = bytes.len() as u64;
         if have < 8 || bytes[..8] != MAGIC {
-            return Err(if have < 8 { FormatError::Truncated { what: "header", need: 64, have } } else { FormatError::BadMagic });
+            return Err(if have < 8 {
+                FormatError::Truncated {
+                    what: "header",
+                    need: 64,
+                    have,
+                }
+            } else {
+                FormatError::BadMagic
+            });
         }
         let header: &Header = read(bytes, 0, "header")?;
         if header.version_major != VERSION_MAJOR {
-            return Err(FormatError::UnsupportedVersion { major: header.version_major, minor: header.version_minor });
+            return Err(FormatError::UnsupportedVersion {
+                major: header.version_major,
+                minor: header.version_minor,
+            });
         }
         if header.header_size != 64 || header.section_dir_offset != 64 {
-            return Err(FormatError::BadHeader("header_size / section_dir_offset must be 64"));
+            return Err(FormatError::BadHeader(
+                "header_size / section_dir_offset must be 64",
+            ));
         }
         if header.file_size != have {
             return Err(if header.file_size > have {
-                FormatError::Truncated { what: "file", need: header.file_size, have }
+                FormatError::Truncated {
+                    what: "file",
+                    need: header.file_size,
+                    have,
+                }
             } else {
                 FormatError::BadHeader("file is longer than header.file_size (trailing bytes)")
             });
@@ -97,18 +134,32 @@ impl<'a> Eqf<'a> {
         let dir_len = header.n_sections as u64 * 32;
         let dir_end = 64 + dir_len;
         if dir_end > have {
-            return Err(FormatError::Truncated { what: "section directory", need: dir_end, have });
+            return Err(FormatError::Truncated {
+                what: "section directory",
+                need: dir_end,
+                have,
+            });
         }
         let dir_bytes = &bytes[64..dir_end as usize];
         let actual = header_crc(header, dir_bytes);
         if actual != header.header_crc {
-            return Err(FormatError::HeaderChecksum { expected: header.header_crc, actual });
+            return Err(FormatError::HeaderChecksum {
+                expected: header.header_crc,
+                actual,
+            });
         }
-        let sections: &[SectionRecord] = bytemuck::try_cast_slice(dir_bytes).map_err(|_| FormatError::Misaligned { what: "section directory", align: 8 })?;
+        let sections: &[SectionRecord] =
+            bytemuck::try_cast_slice(dir_bytes).map_err(|_| FormatError::Misaligned {
+                what: "section directory",
+                align: 8,
+            })?;
 
         let mut found: [Option<&[u8]>; 6] = [None; 6];
         for s in sections {
-            let end = s.offset.checked_add(s.size).ok_or(FormatError::SectionOutOfBounds { kind: s.kind })?;
+            let end = s
+                .offset
+                .checked_add(s.size)
+                .ok_or(FormatError::SectionOutOfBounds { kind: s.kind })?;
             if s.offset < dir_end || end > have {
                 return Err(FormatError::SectionOutOfBounds { kind: s.kind });
             }
@@ -119,7 +170,11 @@ impl<'a> Eqf<'a> {
             if s.kind != section::TENSOR_DATA {
                 let actual = crc(&[body]);
                 if actual != s.crc32 {
-                    return Err(FormatError::SectionChecksum { kind: s.kind, expected: s.crc32, actual });
+                    return Err(FormatError::SectionChecksum {
+                        kind: s.kind,
+                        expected: s.crc32,
+                        actual,
+                    });
                 }
             }
             match s.kind {
@@ -137,7 +192,11 @@ impl<'a> Eqf<'a> {
         let need = |k: u32| found[k as usize].ok_or(FormatError::MissingSection { kind: k });
         let config_bytes = need(section::CONFIG)?;
         if config_bytes.len() < ModelConfig::SIZE {
-            return Err(FormatError::Truncated { what: "CONFIG section", need: ModelConfig::SIZE as u64, have: config_bytes.len() as u64 });
+            return Err(FormatError::Truncated {
+                what: "CONFIG section",
+                need: ModelConfig::SIZE as u64,
+                have: config_bytes.len() as u64,
+            });
         }
         let config: &ModelConfig = read(config_bytes, 0, "CONFIG section")?;
         config.validate()?;
@@ -146,10 +205,24 @@ impl<'a> Eqf<'a> {
         let data = need(section::TENSOR_DATA)?;
         let metadata = found[section::METADATA as usize].unwrap_or(&[]);
         if dir.len() % core::mem::size_of::<TensorRecord>() != 0 {
-            return Err(FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96"));
+            return Err(FormatError::BadHeader(
+                "TENSOR_DIR size is not a multiple of 96",
+            ));
         }
-        let tensors: &[TensorRecord] = bytemuck::try_cast_slice(dir).map_err(|_| FormatError::Misaligned { what: "tensor directory", align: 8 })?;
-        let eqf = Eqf { bytes, header, config, tokenizer, metadata, tensors, data };
+        let tensors: &[TensorRecord] =
+            bytemuck::try_cast_slice(dir).map_err(|_| FormatError::Misaligned {
+                what: "tensor directory",
+                align: 8,
+            })?;
+        let eqf = Eqf {
+            bytes,
+            header,
+            config,
+            tokenizer,
+            metadata,
+            tensors,
+            data,
+        };
         eqf.validate_tensors(opts)?;
         Ok(eqf)
     }
@@ -158,7 +231,10 @@ impl<'a> Eqf<'a> {
         let mut prev: Option<(u16, u16)> = None;
         for (i, t) in self.tensors.iter().enumerate() {
             let n = t.name.iter().position(|&b| b == 0).unwrap_or(48);
-            if n == 0 || core::str::from_utf8(&t.name[..n]).is_err() || t.name[n..].iter().any(|&b| b != 0) {
+            if n == 0
+                || core::str::from_utf8(&t.name[..n]).is_err()
+                || t.name[n..].iter().any(|&b| b != 0)
+            {
                 return Err(FormatError::BadTensorName { index: i as u32 });
             }
             let name = TensorName(t.name);
@@ -167,21 +243,37 @@ impl<'a> Eqf<'a> {
             }
             prev = Some(t.sort_key());
             let spec = record_spec(t)?;
-            let layout = spec.layout(t.rows, t.cols).map_err(|_| FormatError::BadQuantSpec { tensor: name, why: "invalid scheme/granularity/group for this shape" })?;
+            let layout = spec
+                .layout(t.rows, t.cols)
+                .map_err(|_| FormatError::BadQuantSpec {
+                    tensor: name,
+                    why: "invalid scheme/granularity/group for this shape",
+                })?;
             if layout.total_bytes != t.size {
-                return Err(FormatError::TensorSize { tensor: name, expected: layout.total_bytes, actual: t.size });
+                return Err(FormatError::TensorSize {
+                    tensor: name,
+                    expected: layout.total_bytes,
+                    actual: t.size,
+                });
             }
             if t.offset % ALIGN != 0 {
                 return Err(FormatError::TensorMisaligned { tensor: name });
             }
-            let end = t.offset.checked_add(t.size).ok_or(FormatError::TensorOutOfBounds { tensor: name })?;
+            let end = t
+                .offset
+                .checked_add(t.size)
+                .ok_or(FormatError::TensorOutOfBounds { tensor: name })?;
             if end > self.data.len() as u64 {
                 return Err(FormatError::TensorOutOfBounds { tensor: name });
             }
             if opts.verify_tensor_checksums {
                 let actual = crc(&[&self.data[t.offset as usize..end as usize]]);
                 if actual != t.crc32 {
-                    return Err(FormatError::TensorChecksum { tensor: name, expected: t.crc32, actual });
+                    return Err(FormatError::TensorChecksum {
+                        tensor: name,
+                        expected: t.crc32,
+                        actual,
+                    });
                 }
             }
         }
@@ -212,12 +304,21 @@ impl<'a> Eqf<'a> {
     /// Binary search by `(layer, role)`.
     pub fn find(&self, role: TensorRole, layer: u16) -> Option<&'a TensorRecord> {
         let key = (layer, role as u16);
-        self.tensors.binary_search_by(|t| t.sort_key().cmp(&key)).ok().map(|i| &self.tensors[i])
+        self.tensors
+            .binary_search_by(|t| t.sort_key().cmp(&key))
+            .ok()
+            .map(|i| &self.tensors[i])
     }
 
     /// The raw bytes of a tensor (all its regions).
     pub fn tensor_bytes(&self, t: &TensorRecord) -> Result<&'a [u8], FormatError> {
-        let end = t.offset.checked_add(t.size).filter(|&e| e <= self.data.len() as u64).ok_or(FormatError::TensorOutOfBounds { tensor: TensorName(t.name) })?;
+        let end = t
+            .offset
+            .checked_add(t.size)
+            .filter(|&e| e <= self.data.len() as u64)
+            .ok_or(FormatError::TensorOutOfBounds {
+                tensor: TensorName(t.name),
+            })?;
         Ok(&self.data[t.offset as usize..end as usize])
     }
 
@@ -226,14 +327,35 @@ impl<'a> Eqf<'a> {
     pub fn view(&self, t: &TensorRecord) -> Result<TensorView<'a>, FormatError> {
         let name = TensorName(t.name);
         let spec = record_spec(t)?;
-        TensorView::new(spec, t.rows, t.cols, self.tensor_bytes(t)?).map_err(|_| FormatError::TensorSize { tensor: name, expected: 0, actual: t.size })
+        TensorView::new(spec, t.rows, t.cols, self.tensor_bytes(t)?).map_err(|_| {
+            FormatError::TensorSize {
+                tensor: name,
+                expected: 0,
+                actual: t.size,
+            }
+        })
     }
 
     /// Finds and views a tensor, checking its shape; `MissingTensor` if absent.
-    pub fn tensor(&self, role: TensorRole, layer: u16, rows: u32, cols: u32) -> Result<TensorView<'a>, FormatError> {
-        let t = self.find(role, layer).ok_or(FormatError::MissingTensor { role: role as u16, layer })?;
+    pub fn tensor(
+        &self,
+        role: TensorRole,
+        layer: u16,
+        rows: u32,
+        cols: u32,
+    ) -> Result<TensorView<'a>, FormatError> {
+        let t = self.find(role, layer).ok_or(FormatError::MissingTensor {
+            role: role as u16,
+            layer,
+        })?;
         if t.rows != rows || t.cols != cols {
-            return Err(FormatError::BadShape { tensor: TensorName(t.name), expected_rows: rows, expected_cols: cols, rows: t.rows, cols: t.cols });
+            return Err(FormatError::BadShape {
+                tensor: TensorName(t.name),
+                expected_rows: rows,
+                expected_cols: cols,
+                rows: t.rows,
+                cols: t.cols,
+            });
         }
         self.view(t)
     }
@@ -242,9 +364,20 @@ impl<'a> Eqf<'a> {
 /// The quantization spec stored in a record.
 pub fn record_spec(t: &TensorRecord) -> Result<QuantSpec, FormatError> {
     let name = TensorName(t.name);
-    let scheme = Scheme::from_u8(t.scheme).ok_or(FormatError::UnknownScheme { tensor: name, scheme: t.scheme })?;
-    let granularity = Granularity::from_u8(t.granularity).ok_or(FormatError::BadQuantSpec { tensor: name, why: "unknown granularity" })?;
-    let spec = QuantSpec { scheme, granularity, group: t.group };
-    spec.validate().map_err(|why| FormatError::BadQuantSpec { tensor: name, why })?;
+    let scheme = Scheme::from_u8(t.scheme).ok_or(FormatError::UnknownScheme {
+        tensor: name,
+        scheme: t.scheme,
+    })?;
+    let granularity = Granularity::from_u8(t.granularity).ok_or(FormatError::BadQuantSpec {
+        tensor: name,
+        why: "unknown granularity",
+    })?;
+    let spec = QuantSpec {
+        scheme,
+        granularity,
+        group: t.group,
+    };
+    spec.validate()
+        .map_err(|why| FormatError::BadQuantSpec { tensor: name, why })?;
     Ok(spec)
 }

@@ -102,7 +102,10 @@ impl TensorRole {
         TensorRole::ALL.iter().copied().find(|r| *r as u16 == v)
     }
     pub fn is_global(self) -> bool {
-        matches!(self, TensorRole::TokEmbd | TensorRole::OutputNorm | TensorRole::Output)
+        matches!(
+            self,
+            TensorRole::TokEmbd | TensorRole::OutputNorm | TensorRole::Output
+        )
     }
     /// Canonical short name (`tok_embd`, `attn_q`, ...), as in `blk.3.attn_q`.
     pub fn name(self) -> &'static str {
@@ -128,14 +131,26 @@ impl TensorRole {
     pub fn is_linear(self) -> bool {
         matches!(
             self,
-            TensorRole::Wq | TensorRole::Wk | TensorRole::Wv | TensorRole::Wo | TensorRole::WGate | TensorRole::WDown | TensorRole::WUp | TensorRole::Output
+            TensorRole::Wq
+                | TensorRole::Wk
+                | TensorRole::Wv
+                | TensorRole::Wo
+                | TensorRole::WGate
+                | TensorRole::WDown
+                | TensorRole::WUp
+                | TensorRole::Output
         )
     }
     /// Norm weights and biases: always F32.
     pub fn is_vector(self) -> bool {
         matches!(
             self,
-            TensorRole::OutputNorm | TensorRole::AttnNorm | TensorRole::FfnNorm | TensorRole::Bq | TensorRole::Bk | TensorRole::Bv
+            TensorRole::OutputNorm
+                | TensorRole::AttnNorm
+                | TensorRole::FfnNorm
+                | TensorRole::Bq
+                | TensorRole::Bk
+                | TensorRole::Bv
         )
     }
 }
@@ -172,7 +187,11 @@ impl TensorRecord {
         (self.layer, self.role)
     }
     pub fn name_str(&self) -> &str {
-        let n = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let n = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..n]).unwrap_or("<non-utf8 name>")
     }
 }

@@ -55,16 +55,40 @@ fn pad_to(v: &mut Vec<u8>, align: u64) {
 
 impl EqfWriter {
     pub fn new(config: ModelConfig, tokenizer: Vec<u8>) -> Self {
-        EqfWriter { config, tokenizer, metadata: Vec::new(), tensors: Vec::new() }
+        EqfWriter {
+            config,
+            tokenizer,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     pub fn add(&mut self, t: TensorEntry) -> Result<(), WriteError> {
-        let name = String::from(TensorRecord { name: canonical_name(t.role, t.layer), ..bytemuck::Zeroable::zeroed() }.name_str());
-        let layout = t.spec.layout(t.rows, t.cols).map_err(|_| WriteError::BadTensor { name: name.clone(), why: "invalid spec for shape" })?;
+        let name = String::from(
+            TensorRecord {
+                name: canonical_name(t.role, t.layer),
+                ..bytemuck::Zeroable::zeroed()
+            }
+            .name_str(),
+        );
+        let layout = t
+            .spec
+            .layout(t.rows, t.cols)
+            .map_err(|_| WriteError::BadTensor {
+                name: name.clone(),
+                why: "invalid spec for shape",
+            })?;
         if layout.total_bytes != t.data.len() as u64 {
-            return Err(WriteError::BadTensor { name, why: "data length does not match the scheme's layout" });
+            return Err(WriteError::BadTensor {
+                name,
+                why: "data length does not match the scheme's layout",
+            });
         }
-        if self.tensors.iter().any(|o| o.role == t.role && o.layer == t.layer) {
+        if self
+            .tensors
+            .iter()
+            .any(|o| o.role == t.role && o.layer == t.layer)
+        {
             return Err(WriteError::Duplicate { name });
         }
         self.tensors.push(t);
@@ -108,7 +132,11 @@ impl EqfWriter {
             (section::TENSOR_DIR, 0, &dir[..]),
         ];
         if !self.metadata.is_empty() {
-            sections.push((section::METADATA, section::FLAG_OPTIONAL, &self.metadata[..]));
+            sections.push((
+                section::METADATA,
+                section::FLAG_OPTIONAL,
+                &self.metadata[..],
+            ));
         }
         sections.push((section::TENSOR_DATA, 0, &data[..]));
 
@@ -116,8 +144,19 @@ impl EqfWriter {
         let mut offset = dir_end.div_ceil(ALIGN) * ALIGN;
         let mut recs = Vec::new();
         for (kind, flags, body) in &sections {
-            let crc32 = if *kind == section::TENSOR_DATA { 0 } else { crc32fast::hash(body) };
-            recs.push(SectionRecord { kind: *kind, flags: *flags, offset, size: body.len() as u64, crc32, reserved: 0 });
+            let crc32 = if *kind == section::TENSOR_DATA {
+                0
+            } else {
+                crc32fast::hash(body)
+            };
+            recs.push(SectionRecord {
+                kind: *kind,
+                flags: *flags,
+                offset,
+                size: body.len() as u64,
+                crc32,
+                reserved: 0,
+            });
             offset = (offset + body.len() as u64).div_ceil(ALIGN) * ALIGN;
         }
         let file_size = recs.last().map(|r| r.offset + r.size).unwrap_or(dir_end);

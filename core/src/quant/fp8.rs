@@ -18,8 +18,22 @@ pub struct Fp8Format {
     pub has_inf: bool,
 }
 
-pub const E4M3: Fp8Format = Fp8Format { mbits: 3, bias: 7, max: 448.0, max_code: 0x7E, nan_code: 0x7F, has_inf: false };
-pub const E5M2: Fp8Format = Fp8Format { mbits: 2, bias: 15, max: 57344.0, max_code: 0x7B, nan_code: 0x7F, has_inf: true };
+pub const E4M3: Fp8Format = Fp8Format {
+    mbits: 3,
+    bias: 7,
+    max: 448.0,
+    max_code: 0x7E,
+    nan_code: 0x7F,
+    has_inf: false,
+};
+pub const E5M2: Fp8Format = Fp8Format {
+    mbits: 2,
+    bias: 15,
+    max: 57344.0,
+    max_code: 0x7B,
+    nan_code: 0x7F,
+    has_inf: true,
+};
 
 pub fn format_of(s: Scheme) -> Fp8Format {
     if s == Scheme::Fp8E5M2 {
@@ -53,7 +67,11 @@ pub fn encode(f: &Fp8Format, x: f32) -> u8 {
         libm::rintf(libm::scalbnf(a, m - emin)) as u32
     } else {
         let q = libm::rintf(libm::scalbnf(a, m - e)) as u32; // in [2^m, 2^(m+1)]
-        let (e, q) = if q == 1 << (m + 1) { (e + 1, 1 << m) } else { (e, q) };
+        let (e, q) = if q == 1 << (m + 1) {
+            (e + 1, 1 << m)
+        } else {
+            (e, q)
+        };
         (((e + f.bias) as u32) << m) | (q - (1 << m))
     };
     let code = code.min(f.max_code as u32) as u8;
@@ -68,7 +86,11 @@ pub fn decode(f: &Fp8Format, c: u8) -> f32 {
     let mant = (c & ((1 << m) - 1)) as f32;
     let emax_field = (1i32 << (7 - m)) - 1;
     if f.has_inf && e == emax_field {
-        return if mant == 0.0 { sign * f32::INFINITY } else { f32::NAN };
+        return if mant == 0.0 {
+            sign * f32::INFINITY
+        } else {
+            f32::NAN
+        };
     }
     if !f.has_inf && (c & 0x7F) == f.nan_code {
         return f32::NAN;
@@ -94,10 +116,11 @@ pub fn decoder(s: Scheme) -> fn(u8) -> f32 {
     }
 }
 
-/// Scale for a set of values: amax / max (1 when all are zero).
+/// Scale for a set of values: amax / max (1 when all are zero), never
+/// below the smallest normal f32 (so x/scale cannot be 0/0).
 pub fn scale_for(f: &Fp8Format, amax: f32) -> f32 {
     if amax > 0.0 {
-        amax / f.max
+        (amax / f.max).max(f32::MIN_POSITIVE)
     } else {
         1.0
     }

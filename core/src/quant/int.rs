@@ -10,6 +10,7 @@
 //!   `q = clamp(rne(x/scale) + zero, 0, maxq)`; stored as `scale` and
 //!   `min = −scale·zero`, value `scale·q + min`.
 //! * An all-zero group gets the reference's range `[-1, 1]`.
+use crate::error::QuantError;
 use crate::scheme::{Scheme, TensorLayout, BLOCK};
 use crate::tensor::TensorView;
 use half::f16;
@@ -50,26 +51,59 @@ impl GroupParams {
         match scheme {
             Scheme::Q8Sym => {
                 let amax = (-lo).max(hi);
-                let scale = f16::from_f32(if amax == 0.0 { 1.0 / 127.0 } else { amax / 127.0 });
-                GroupParams { scheme, scale, min: f16::ZERO, zero: 0.0, maxq: 127.0, minq: -128.0 }
+                let scale = f16::from_f32(if amax == 0.0 {
+                    1.0 / 127.0
+                } else {
+                    amax / 127.0
+                });
+                GroupParams {
+                    scheme,
+                    scale,
+                    min: f16::ZERO,
+                    zero: 0.0,
+                    maxq: 127.0,
+                    minq: -128.0,
+                }
             }
             Scheme::Q4Sym => {
                 let amax = (-lo).max(hi);
                 let amax = if amax == 0.0 { 1.0 } else { amax };
                 let scale = f16::from_f32(2.0 * amax / 15.0);
-                GroupParams { scheme, scale, min: f16::ZERO, zero: 8.0, maxq: 15.0, minq: 0.0 }
+                GroupParams {
+                    scheme,
+                    scale,
+                    min: f16::ZERO,
+                    zero: 8.0,
+                    maxq: 15.0,
+                    minq: 0.0,
+                }
             }
             _ => {
-                let maxq = if scheme == Scheme::Q4Asym { 15.0 } else { 255.0 };
+                let maxq = if scheme == Scheme::Q4Asym {
+                    15.0
+                } else {
+                    255.0
+                };
                 if lo == 0.0 && hi == 0.0 {
                     lo = -1.0;
                     hi = 1.0;
                 }
                 let scale = f16::from_f32((hi - lo) / maxq);
                 let s = scale.to_f32();
-                let zero = if s > 0.0 { rne(-lo / s).clamp(0.0, maxq) } else { 0.0 };
+                let zero = if s > 0.0 {
+                    rne(-lo / s).clamp(0.0, maxq)
+                } else {
+                    0.0
+                };
                 let min = f16::from_f32(-s * zero);
-                GroupParams { scheme, scale, min, zero, maxq, minq: 0.0 }
+                GroupParams {
+                    scheme,
+                    scale,
+                    min,
+                    zero,
+                    maxq,
+                    minq: 0.0,
+                }
             }
         }
     }
@@ -126,8 +160,17 @@ pub fn q4_code(row: &[u8], i: usize) -> u8 {
     }
 }
 
-pub(super) fn quantize(scheme: Scheme, l: &TensorLayout, src: &[f32], out: &mut [u8]) {
-    let (cols, g, gpr) = (l.cols as usize, l.group_len as usize, l.groups_per_row as usize);
+pub(super) fn quantize(
+    scheme: Scheme,
+    l: &TensorLayout,
+    src: &[f32],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    let (cols, g, gpr) = (
+        l.cols as usize,
+        l.group_len as usize,
+        l.groups_per_row as usize,
+    );
     let q4 = matches!(scheme, Scheme::Q4Sym | Scheme::Q4Asym);
     let mut block = [0u8; BLOCK];
     for r in 0..l.rows as usize {
@@ -136,6 +179,11 @@ pub(super) fn quantize(scheme: Scheme, l: &TensorLayout, src: &[f32], out: &mut 
             let start = gi * g;
             let end = (start + g).min(cols);
             let p = GroupParams::fit(scheme, &x[start..end]);
+            if !p.scale.is_finite() || !p.min.is_finite() {
+                return Err(QuantError::OutOfRange {
+                    index: r * cols + start,
+                });
+            }
             let si = r * gpr + gi;
             let so = l.scales_offset as usize + 2 * si;
             out[so..so + 2].copy_from_slice(&p.scale.to_le_bytes());
@@ -148,7 +196,11 @@ pub(super) fn quantize(scheme: Scheme, l: &TensorLayout, src: &[f32], out: &mut 
                 for (j, c) in block.iter_mut().enumerate() {
                     let i = start + b * BLOCK + j;
                     let q = if i < end { p.code(x[i]) } else { p.zero };
-                    *c = if scheme == Scheme::Q8Sym { (q as i32 as i8) as u8 } else { q as u8 };
+                    *c = if scheme == Scheme::Q8Sym {
+                        (q as i32 as i8) as u8
+                    } else {
+                        q as u8
+                    };
                 }
                 let e0 = start + b * BLOCK;
                 if q4 {
@@ -159,6 +211,7 @@ pub(super) fn quantize(scheme: Scheme, l: &TensorLayout, src: &[f32], out: &mut 
             }
         }
     }
+    Ok(())
 }
 
 pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
@@ -181,9 +234,17 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
                 }
                 for (bi, blk) in chunk.chunks_mut(BLOCK).enumerate() {
                     let packed = &codes[(e0 + bi * BLOCK) / 2..][..16];
-                    for (j, o) in blk.iter_mut().enumerate() {
-                        let b = packed[j % 16];
-                        *o = lut[if j < 16 { b & 0xF } else { b >> 4 } as usize];
+                    if let Ok(blk) = <&mut [f32; BLOCK]>::try_from(&mut *blk) {
+                        for j in 0..16 {
+                            blk[j] = lut[(packed[j] & 0xF) as usize];
+                            blk[j + 16] = lut[(packed[j] >> 4) as usize];
+                        }
+                    } else {
+                        // partial last block of a row
+                        for (j, o) in blk.iter_mut().enumerate() {
+                            let b = packed[j % 16];
+                            *o = lut[if j < 16 { b & 0xF } else { b >> 4 } as usize];
+                        }
                     }
                 }
             }

@@ -14,14 +14,26 @@ use half::{bf16, f16};
 /// Quantizes a row-major `rows`×`cols` f32 tensor into `out`, which must be
 /// exactly `spec.layout(rows, cols).total_bytes` long and 4-byte aligned
 /// (the writer gives 64). NaN/Inf inputs are an error naming the index.
-pub fn quantize(spec: QuantSpec, rows: u32, cols: u32, src: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+pub fn quantize(
+    spec: QuantSpec,
+    rows: u32,
+    cols: u32,
+    src: &[f32],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
     let layout = spec.layout(rows, cols)?;
     let n = rows as usize * cols as usize;
     if src.len() != n {
-        return Err(QuantError::BadLength { expected: n, actual: src.len() });
+        return Err(QuantError::BadLength {
+            expected: n,
+            actual: src.len(),
+        });
     }
     if out.len() as u64 != layout.total_bytes {
-        return Err(QuantError::BadLength { expected: layout.total_bytes as usize, actual: out.len() });
+        return Err(QuantError::BadLength {
+            expected: layout.total_bytes as usize,
+            actual: out.len(),
+        });
     }
     if let Some(index) = src.iter().position(|v| !v.is_finite()) {
         return Err(QuantError::NonFinite { index });
@@ -34,16 +46,24 @@ pub fn quantize(spec: QuantSpec, rows: u32, cols: u32, src: &[f32], out: &mut [u
             }
         }
         Scheme::F16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(src) {
-                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            for (i, (o, v)) in out.chunks_exact_mut(2).zip(src).enumerate() {
+                let h = f16::from_f32(*v);
+                if h.is_infinite() {
+                    return Err(QuantError::OutOfRange { index: i });
+                }
+                o.copy_from_slice(&h.to_le_bytes());
             }
         }
         Scheme::BF16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(src) {
-                o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            for (i, (o, v)) in out.chunks_exact_mut(2).zip(src).enumerate() {
+                let h = bf16::from_f32(*v);
+                if h.is_infinite() {
+                    return Err(QuantError::OutOfRange { index: i });
+                }
+                o.copy_from_slice(&h.to_le_bytes());
             }
         }
-        s if s.is_int() => int::quantize(spec.scheme, &layout, src, out),
+        s if s.is_int() => int::quantize(spec.scheme, &layout, src, out)?,
         _ => fp8::quantize(spec, &layout, src, out),
     }
     Ok(())

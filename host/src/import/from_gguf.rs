@@ -8,28 +8,53 @@ use anyhow::{bail, ensure, Context, Result};
 use edgeq_core::config::{flags, ARCH_LLAMA};
 use edgeq_core::format::GLOBAL_LAYER;
 use edgeq_core::{ModelConfig, QuantSpec, Scheme, TensorRole};
-use edgeq_runtime::tokenizer::{build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer, SentencePieceConfig, TokenType};
+use edgeq_runtime::tokenizer::{
+    build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer,
+    SentencePieceConfig, TokenType,
+};
 use std::collections::HashMap;
 use std::path::Path;
 
 pub fn import(path: &Path) -> Result<ImportedModel> {
     let g = GgufFile::open(path)?;
     let p = path.display();
-    let arch = g.architecture().context("general.architecture missing")?.to_string();
-    ensure!(arch == "llama" || arch == "qwen2", "{p}: architecture '{arch}' is not supported (llama, qwen2)");
-    let u = |k: &str| -> Result<u32> { g.arch_get(k).and_then(|v| v.as_u32()).with_context(|| format!("{p}: metadata {arch}.{k} missing")) };
+    let arch = g
+        .architecture()
+        .context("general.architecture missing")?
+        .to_string();
+    ensure!(
+        arch == "llama" || arch == "qwen2",
+        "{p}: architecture '{arch}' is not supported (llama, qwen2)"
+    );
+    let u = |k: &str| -> Result<u32> {
+        g.arch_get(k)
+            .and_then(|v| v.as_u32())
+            .with_context(|| format!("{p}: metadata {arch}.{k} missing"))
+    };
     let dim = u("embedding_length")?;
     let n_heads = u("attention.head_count")?;
-    let n_kv = g.arch_get("attention.head_count_kv").and_then(|v| v.as_u32()).unwrap_or(n_heads);
-    let head_dim = g.arch_get("attention.key_length").and_then(|v| v.as_u32()).unwrap_or(dim / n_heads.max(1));
-    let emb = g.tensor("token_embd.weight").context("tensor token_embd.weight missing")?;
-    let vocab = g.arch_get("vocab_size").and_then(|v| v.as_u32()).unwrap_or(emb.dims.get(1).copied().unwrap_or(0) as u32);
+    let n_kv = g
+        .arch_get("attention.head_count_kv")
+        .and_then(|v| v.as_u32())
+        .unwrap_or(n_heads);
+    let head_dim = g
+        .arch_get("attention.key_length")
+        .and_then(|v| v.as_u32())
+        .unwrap_or(dim / n_heads.max(1));
+    let emb = g
+        .tensor("token_embd.weight")
+        .context("tensor token_embd.weight missing")?;
+    let vocab = g
+        .arch_get("vocab_size")
+        .and_then(|v| v.as_u32())
+        .unwrap_or(emb.dims.get(1).copied().unwrap_or(0) as u32);
     let tied = g.tensor("output.weight").is_none();
     let qkv_bias = g.tensor("blk.0.attn_q.bias").is_some();
     if g.tensor("rope_freqs.weight").is_some() {
         eprintln!("warning: {p}: rope_freqs.weight (Llama 3.1 frequency scaling) is ignored; contexts beyond the original length will degrade");
     }
-    let mut fl = if tied { flags::TIED_EMBEDDINGS } else { 0 } | if qkv_bias { flags::QKV_BIAS } else { 0 };
+    let mut fl =
+        if tied { flags::TIED_EMBEDDINGS } else { 0 } | if qkv_bias { flags::QKV_BIAS } else { 0 };
     if arch == "qwen2" {
         fl |= flags::ROPE_HALF; // llama.cpp runs qwen2 with NEOX-style rope
     }
@@ -45,9 +70,18 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         head_dim,
         vocab_size: vocab,
         max_seq_len: u("context_length")?,
-        rope_theta: g.arch_get("rope.freq_base").and_then(|v| v.as_f32()).unwrap_or(10000.0),
-        rms_eps: g.arch_get("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f32()).unwrap_or(1e-5),
-        rope_dim: g.arch_get("rope.dimension_count").and_then(|v| v.as_u32()).unwrap_or(head_dim),
+        rope_theta: g
+            .arch_get("rope.freq_base")
+            .and_then(|v| v.as_f32())
+            .unwrap_or(10000.0),
+        rms_eps: g
+            .arch_get("attention.layer_norm_rms_epsilon")
+            .and_then(|v| v.as_f32())
+            .unwrap_or(1e-5),
+        rope_dim: g
+            .arch_get("rope.dimension_count")
+            .and_then(|v| v.as_u32())
+            .unwrap_or(head_dim),
         bos_id: tok.1,
         eos_id: tok.2,
         ..bytemuck::Zeroable::zeroed()
@@ -72,11 +106,18 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         let vector = role.is_vector();
         match t.ggml_type {
             GgmlType::F32 => {
-                let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let v: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
                 m.push(role, layer, rows, cols, &v);
             }
             GgmlType::F16 | GgmlType::BF16 if !vector => {
-                let s = if t.ggml_type == GgmlType::F16 { Scheme::F16 } else { Scheme::BF16 };
+                let s = if t.ggml_type == GgmlType::F16 {
+                    Scheme::F16
+                } else {
+                    Scheme::BF16
+                };
                 m.push_encoded(role, layer, QuantSpec::float(s), rows, cols, data.to_vec());
             }
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 if !vector => {
@@ -85,7 +126,10 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
             }
             ty => {
                 if !vector {
-                    eprintln!("warning: {name}: {} has no exact EQF scheme; stored dequantized as f32", ty.name());
+                    eprintln!(
+                        "warning: {name}: {} has no exact EQF scheme; stored dequantized as f32",
+                        ty.name()
+                    );
                 }
                 let v = g.tensor_f32(t)?;
                 m.push(role, layer, rows, cols, &v);
@@ -93,8 +137,18 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         }
         Ok(())
     };
-    add("token_embd.weight", TensorRole::TokEmbd, GLOBAL_LAYER, false)?;
-    add("output_norm.weight", TensorRole::OutputNorm, GLOBAL_LAYER, false)?;
+    add(
+        "token_embd.weight",
+        TensorRole::TokEmbd,
+        GLOBAL_LAYER,
+        false,
+    )?;
+    add(
+        "output_norm.weight",
+        TensorRole::OutputNorm,
+        GLOBAL_LAYER,
+        false,
+    )?;
     add("output.weight", TensorRole::Output, GLOBAL_LAYER, true)?;
     for l in 0..config.n_layers as u16 {
         for (suffix, role, opt) in [
@@ -119,7 +173,12 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
 
 /// Re-lays GGUF Q8_0 / Q4_0 / Q4_1 blocks (32 elements each) as EQF's
 /// planar codes + f16 scales (+ f16 mins); bit-exact, nibble order shared.
-pub fn blocks_to_eqf(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Result<(QuantSpec, Vec<u8>)> {
+pub fn blocks_to_eqf(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+) -> Result<(QuantSpec, Vec<u8>)> {
     ensure!(cols % 32 == 0, "row length {cols} is not a multiple of 32");
     let (scheme, bsize) = match ty {
         GgmlType::Q8_0 => (Scheme::Q8Sym, 34),
@@ -128,9 +187,17 @@ pub fn blocks_to_eqf(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Res
         _ => bail!("{} is not a directly mapped block type", ty.name()),
     };
     let spec = QuantSpec::per_group(scheme, 32);
-    let l = spec.layout(rows as u32, cols as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let l = spec
+        .layout(rows as u32, cols as u32)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let nb = rows * cols / 32;
-    ensure!(data.len() == nb * bsize, "expected {} bytes of {} blocks, got {}", nb * bsize, ty.name(), data.len());
+    ensure!(
+        data.len() == nb * bsize,
+        "expected {} bytes of {} blocks, got {}",
+        nb * bsize,
+        ty.name(),
+        data.len()
+    );
     let mut out = vec![0u8; l.total_bytes as usize];
     let code_bytes = if scheme == Scheme::Q8Sym { 32 } else { 16 };
     for (b, blk) in data.chunks_exact(bsize).enumerate() {
@@ -151,28 +218,55 @@ pub fn blocks_to_eqf(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Res
 
 /// Builds the tokenizer blob; returns (blob, bos, eos).
 fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
-    let model = g.get_str("tokenizer.ggml.model").context("tokenizer.ggml.model missing")?;
-    let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_str_array()).context("tokenizer.ggml.tokens missing")?;
-    ensure!(tokens.len() == vocab as usize, "{} tokens but a vocabulary of {vocab}", tokens.len());
-    let types: Vec<i32> = g.get("tokenizer.ggml.token_type").and_then(|v| v.as_i32_array()).unwrap_or_else(|| vec![1; tokens.len()]);
+    let model = g
+        .get_str("tokenizer.ggml.model")
+        .context("tokenizer.ggml.model missing")?;
+    let tokens = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_str_array())
+        .context("tokenizer.ggml.tokens missing")?;
+    ensure!(
+        tokens.len() == vocab as usize,
+        "{} tokens but a vocabulary of {vocab}",
+        tokens.len()
+    );
+    let types: Vec<i32> = g
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_i32_array())
+        .unwrap_or_else(|| vec![1; tokens.len()]);
     let bos = g.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32);
     let eos = g.get_u64("tokenizer.ggml.eos_token_id").map(|v| v as u32);
     let err = |e| anyhow::anyhow!("building tokenizer: {e:?}");
     let blob = match model {
         "gpt2" => {
-            let merges = g.get("tokenizer.ggml.merges").and_then(|v| v.as_str_array()).context("tokenizer.ggml.merges missing")?;
-            let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (*t, i as u32)).collect();
+            let merges = g
+                .get("tokenizer.ggml.merges")
+                .and_then(|v| v.as_str_array())
+                .context("tokenizer.ggml.merges missing")?;
+            let ids: HashMap<&str, u32> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (*t, i as u32))
+                .collect();
             let mut pairs = Vec::with_capacity(merges.len());
             for (i, mg) in merges.iter().enumerate() {
-                let (a, b) = mg.split_once(' ').with_context(|| format!("merge {i} '{mg}' has no space"))?;
-                let (Some(&a), Some(&b)) = (ids.get(a), ids.get(b)) else { bail!("merge {i} '{mg}' names a token not in the vocabulary") };
+                let (a, b) = mg
+                    .split_once(' ')
+                    .with_context(|| format!("merge {i} '{mg}' has no space"))?;
+                let (Some(&a), Some(&b)) = (ids.get(a), ids.get(b)) else {
+                    bail!("merge {i} '{mg}' names a token not in the vocabulary")
+                };
                 pairs.push((a, b));
             }
             let mut vocab_list = Vec::new();
             let mut added = Vec::new();
             for (i, t) in tokens.iter().enumerate() {
                 match types.get(i).copied().unwrap_or(1) {
-                    3 | 4 => added.push(AddedToken { id: i as u32, content: t, special: types[i] == 3 }),
+                    3 | 4 => added.push(AddedToken {
+                        id: i as u32,
+                        content: t,
+                        special: types[i] == 3,
+                    }),
                     _ => vocab_list.push((*t, i as u32)),
                 }
             }
@@ -187,12 +281,25 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
                     (Pretokenizer::Gpt2, false, false)
                 }
             };
-            let cfg = BpeConfig { pretokenizer, individual_digits, ignore_merges, add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false), bos, eos };
+            let cfg = BpeConfig {
+                pretokenizer,
+                individual_digits,
+                ignore_merges,
+                add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
+                bos,
+                eos,
+            };
             build_byte_level_bpe(&vocab_list, &pairs, &added, &cfg).map_err(err)?
         }
         "llama" => {
-            let scores: Vec<f32> = g.get("tokenizer.ggml.scores").and_then(|v| v.as_f32_array()).unwrap_or_else(|| vec![0.0; tokens.len()]);
-            let pieces: Vec<Vec<u8>> = tokens.iter().map(|t| t.replace('\u{2581}', " ").into_bytes()).collect();
+            let scores: Vec<f32> = g
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.as_f32_array())
+                .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let pieces: Vec<Vec<u8>> = tokens
+                .iter()
+                .map(|t| t.replace('\u{2581}', " ").into_bytes())
+                .collect();
             let refs: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
             let tt: Vec<TokenType> = types
                 .iter()
@@ -204,10 +311,21 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
                     _ => TokenType::Normal,
                 })
                 .collect();
-            let cfg = SentencePieceConfig { bos, eos, add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true), add_dummy_prefix: g.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true) };
+            let cfg = SentencePieceConfig {
+                bos,
+                eos,
+                add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
+                add_dummy_prefix: g
+                    .get_bool("tokenizer.ggml.add_space_prefix")
+                    .unwrap_or(true),
+            };
             build_sentencepiece(&refs, &scores, &tt, &cfg).map_err(err)?
         }
         other => bail!("tokenizer model '{other}' is not supported (gpt2, llama)"),
     };
-    Ok((blob, bos.unwrap_or(0).min(vocab - 1), eos.unwrap_or(0).min(vocab - 1)))
+    Ok((
+        blob,
+        bos.unwrap_or(0).min(vocab - 1),
+        eos.unwrap_or(0).min(vocab - 1),
+    ))
 }

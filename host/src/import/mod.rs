@@ -21,9 +21,21 @@ pub struct ImportedModel {
 impl ImportedModel {
     pub fn new(config: ModelConfig, tokenizer: Vec<u8>, source: &Path) -> Self {
         let mut metadata = serde_json::Map::new();
-        metadata.insert("source".into(), source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().into());
+        metadata.insert(
+            "source".into(),
+            source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .into(),
+        );
         metadata.insert("edgeq_version".into(), env!("CARGO_PKG_VERSION").into());
-        ImportedModel { config, tokenizer, tensors: Vec::new(), metadata }
+        ImportedModel {
+            config,
+            tokenizer,
+            tensors: Vec::new(),
+            metadata,
+        }
     }
 
     /// Adds an f32 tensor.
@@ -33,8 +45,23 @@ impl ImportedModel {
     }
 
     /// Adds a tensor already encoded in `spec`'s layout.
-    pub fn push_encoded(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: Vec<u8>) {
-        self.tensors.push(TensorEntry { role, layer, spec, rows: rows as u32, cols: cols as u32, data });
+    pub fn push_encoded(
+        &mut self,
+        role: TensorRole,
+        layer: u16,
+        spec: QuantSpec,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) {
+        self.tensors.push(TensorEntry {
+            role,
+            layer,
+            spec,
+            rows: rows as u32,
+            cols: cols as u32,
+            data,
+        });
     }
 
     /// Validates (config, tensor layouts) and serializes to EQF bytes.
@@ -48,7 +75,9 @@ impl ImportedModel {
         let bytes = w.finish();
         // Self-check: what we write must be readable by the runtime.
         let mut aligned = AlignedBytes::from(&bytes[..]);
-        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes()).map_err(|e| anyhow::anyhow!("internal error: the written model does not validate: {e}"))?;
+        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes()).map_err(|e| {
+            anyhow::anyhow!("internal error: the written model does not validate: {e}")
+        })?;
         Ok(bytes)
     }
 }
@@ -67,7 +96,10 @@ impl AlignedBytes {
     pub fn from(bytes: &[u8]) -> Self {
         let mut blocks = vec![Block64([0; 64]); bytes.len().div_ceil(64)];
         bytemuck::cast_slice_mut::<Block64, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
-        AlignedBytes { blocks, len: bytes.len() }
+        AlignedBytes {
+            blocks,
+            len: bytes.len(),
+        }
     }
     pub fn as_bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<Block64, u8>(&self.blocks)[..self.len]
@@ -81,9 +113,15 @@ impl AlignedBytes {
 /// or a llama2.c checkpoint (with `tokenizer`).
 pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
     if src.is_dir() {
-        bail!("{}: Hugging Face directory import is not available in this build yet", src.display());
+        bail!(
+            "{}: Hugging Face directory import is not available in this build yet",
+            src.display()
+        );
     }
-    let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let ext = src
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     if ext == "gguf" {
         return from_gguf::import(src);
     }
@@ -92,7 +130,10 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
         None => {
             let t = src.with_file_name("tokenizer.bin");
             if !t.exists() {
-                bail!("{}: a llama2.c checkpoint needs its tokenizer: pass --tokenizer tokenizer.bin", src.display());
+                bail!(
+                    "{}: a llama2.c checkpoint needs its tokenizer: pass --tokenizer tokenizer.bin",
+                    src.display()
+                );
             }
             t
         }

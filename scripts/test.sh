@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, no_std builds for every
+# embedded target, then the whole test suite (real-weight tests read
+# ../shared/fixtures and skip with a printed reason when it is absent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf aarch64-unknown-none x86_64-unknown-none; do
+    echo "== no_std build: $t"
+    cargo build --release -p edgeq-core -p edgeq-kernels -p edgeq-runtime --target "$t"
+done
+echo "== no_std build with defmt: thumbv7em-none-eabihf"
+cargo build --release -p edgeq-runtime --features defmt --target thumbv7em-none-eabihf
+echo "== cargo test"
+cargo test --workspace --release
