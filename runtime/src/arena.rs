@@ -64,20 +64,25 @@ pub fn arena_bytes(cfg: &ModelConfig, max_seq: usize, max_batch: usize) -> usize
     ArenaPlan::new(cfg, max_seq, max_batch).floats() * 4
 }
 
-/// The carved buffers.
-pub struct Buffers<'r> {
-    pub x: &'r mut [f32],
+/// Per-call scratch of one block's forward pass (see [`crate::forward::block_forward`]).
+pub struct Scratch<'r> {
     pub xb: &'r mut [f32],
     pub xb2: &'r mut [f32],
     pub q: &'r mut [f32],
     pub hb: &'r mut [f32],
     pub hb2: &'r mut [f32],
     pub att: &'r mut [f32],
-    pub rope: &'r mut [f32],
     pub row: &'r mut [f32],
+}
+
+/// The carved buffers of a session.
+pub struct Buffers<'r> {
+    pub x: &'r mut [f32],
+    pub rope: &'r mut [f32],
     pub logits: &'r mut [f32],
     pub kcache: &'r mut [f32],
     pub vcache: &'r mut [f32],
+    pub s: Scratch<'r>,
 }
 
 impl<'r> Buffers<'r> {
@@ -100,14 +105,16 @@ impl<'r> Buffers<'r> {
         };
         Ok(Buffers {
             x: take(plan.x),
-            xb: take(plan.xb),
-            xb2: take(plan.xb2),
-            q: take(plan.q),
-            hb: take(plan.hb),
-            hb2: take(plan.hb2),
-            att: take(plan.att),
+            s: Scratch {
+                xb: take(plan.xb),
+                xb2: take(plan.xb2),
+                q: take(plan.q),
+                hb: take(plan.hb),
+                hb2: take(plan.hb2),
+                att: take(plan.att),
+                row: take(plan.row),
+            },
             rope: take(plan.rope),
-            row: take(plan.row),
             logits: take(plan.logits),
             kcache: take(plan.kcache),
             vcache: take(plan.vcache),

@@ -1,5 +1,6 @@
 //! The forward pass of a Llama-family decoder, the one model definition of
-//! edgeq (the host's calibration and evaluation run this same code).
+//! edgeq: the host's calibration and evaluation run this same code (the host
+//! calls [`block_forward`] block by block with an [`Observer`]).
 //!
 //! For each of the `n` tokens fed at positions `pos..pos+n`:
 //! ```text
@@ -12,11 +13,27 @@
 //!     x += Wdown · (silu(Wgate h) ⊙ (Wup h))
 //! logits = Wcls · (rmsnorm(x) · output_norm)
 //! ```
-use crate::arena::{ArenaPlan, Buffers};
+use crate::arena::{ArenaPlan, Buffers, Scratch};
 use crate::error::RuntimeError;
-use crate::model::Model;
-use edgeq_core::{RopeLayout, RopeScaling, TensorView};
+use crate::model::{Block, Model};
+use edgeq_core::{ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
 use edgeq_kernels as k;
+
+/// Sees the input of every linear layer as the forward pass runs
+/// (calibration statistics, Hessians). `x` holds `n` vectors of the layer's
+/// input width. q/k/v share one input (reported as `Wq`), gate/up too
+/// (reported as `WGate`); the classifier's input is reported with layer
+/// `usize::MAX` and role `Output`.
+pub trait Observer {
+    fn linear_input(&mut self, layer: usize, role: TensorRole, x: &[f32], n: usize);
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    #[inline]
+    fn linear_input(&mut self, _: usize, _: TensorRole, _: &[f32], _: usize) {}
+}
 
 /// A decoding session: a KV cache and scratch in a caller arena.
 pub struct Session<'m, 'a, 'r> {
@@ -31,7 +48,7 @@ fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32
     k::matmul(y, w, x, n, 0..w.rows(), row);
 }
 
-fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / libm::sqrtf(ss + eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
@@ -51,36 +68,39 @@ fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Fills `cs` (rope_dim floats: cos then sin of each pair) for position `pos`.
-fn rope_angles(cs: &mut [f32], model: &Model<'_>, pos: usize) {
-    let c = &model.cfg;
-    let half = c.rope_dim as usize / 2;
-    for i in 0..half {
-        let mut freq = libm::pow(c.rope_theta as f64, -2.0 * i as f64 / c.rope_dim as f64);
-        if let RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        } = c.rope_scaling()
-        {
-            let (f, lo, hi, old) = (
-                factor as f64,
-                low_freq_factor as f64,
-                high_freq_factor as f64,
-                original_max_position as f64,
-            );
-            let wavelen = 2.0 * core::f64::consts::PI / freq;
-            if wavelen > old / lo {
-                freq /= f;
-            } else if wavelen >= old / hi {
-                let smooth = (old / wavelen - lo) / (hi - lo);
-                freq = (1.0 - smooth) * freq / f + smooth * freq;
+/// Fills `rope` (`n·rope_dim` floats: per position, cos then sin of each
+/// rotated pair) for positions `pos..pos+n`.
+pub fn rope_angles(rope: &mut [f32], c: &ModelConfig, pos: usize, n: usize) {
+    let rd = c.rope_dim as usize;
+    let half = rd / 2;
+    for (i, cs) in rope.chunks_exact_mut(rd).take(n).enumerate() {
+        for j in 0..half {
+            let mut freq = libm::pow(c.rope_theta as f64, -2.0 * j as f64 / rd as f64);
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } = c.rope_scaling()
+            {
+                let (f, lo, hi, old) = (
+                    factor as f64,
+                    low_freq_factor as f64,
+                    high_freq_factor as f64,
+                    original_max_position as f64,
+                );
+                let wavelen = 2.0 * core::f64::consts::PI / freq;
+                if wavelen > old / lo {
+                    freq /= f;
+                } else if wavelen >= old / hi {
+                    let smooth = (old / wavelen - lo) / (hi - lo);
+                    freq = (1.0 - smooth) * freq / f + smooth * freq;
+                }
             }
+            let angle = (pos + i) as f64 * freq;
+            cs[j] = libm::cos(angle) as f32;
+            cs[half + j] = libm::sin(angle) as f32;
         }
-        let angle = pos as f64 * freq;
-        cs[i] = libm::cos(angle) as f32;
-        cs[half + i] = libm::sin(angle) as f32;
     }
 }
 
@@ -103,6 +123,117 @@ fn rope(v: &mut [f32], cs: &[f32], head_dim: usize, layout: RopeLayout) {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + libm::expf(-x))
+}
+
+/// One decoder block on `n` tokens at positions `pos..pos+n`, in place on
+/// `x` (`n·dim`). `kc`/`vc` are this block's caches (`max_seq·kv_dim`, rows
+/// `0..pos` already filled); `rope` holds [`rope_angles`] for the positions;
+/// `s` must be sized for batches of `n` (see [`ArenaPlan`]).
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward<O: Observer>(
+    c: &ModelConfig,
+    w: &Block<'_>,
+    l: usize,
+    x: &mut [f32],
+    n: usize,
+    pos: usize,
+    kc: &mut [f32],
+    vc: &mut [f32],
+    rope_cs: &[f32],
+    s: &mut Scratch<'_>,
+    obs: &mut O,
+) {
+    let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
+    let (hd, n_heads) = (c.head_dim as usize, c.n_heads as usize);
+    let kv_mul = n_heads / c.n_kv_heads as usize;
+    let rd = c.rope_dim as usize;
+    let eps = c.rms_eps;
+
+    // Attention: q, k, v projections (k and v straight into the cache).
+    for i in 0..n {
+        rmsnorm(
+            &mut s.xb[i * dim..(i + 1) * dim],
+            &x[i * dim..(i + 1) * dim],
+            w.attn_norm,
+            eps,
+        );
+    }
+    let h = &s.xb[..n * dim];
+    obs.linear_input(l, TensorRole::Wq, h, n);
+    {
+        let (k_new, v_new) = (
+            &mut kc[pos * kvd..(pos + n) * kvd],
+            &mut vc[pos * kvd..(pos + n) * kvd],
+        );
+        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row);
+        matmul(k_new, &w.wk, h, n, s.row);
+        matmul(v_new, &w.wv, h, n, s.row);
+        for i in 0..n {
+            let (q, kk, vv) = (
+                &mut s.q[i * qd..(i + 1) * qd],
+                &mut k_new[i * kvd..(i + 1) * kvd],
+                &mut v_new[i * kvd..(i + 1) * kvd],
+            );
+            if let (Some(bq), Some(bk), Some(bv)) = (w.bq, w.bk, w.bv) {
+                q.iter_mut().zip(bq).for_each(|(a, b)| *a += b);
+                kk.iter_mut().zip(bk).for_each(|(a, b)| *a += b);
+                vv.iter_mut().zip(bv).for_each(|(a, b)| *a += b);
+            }
+            let cs = &rope_cs[i * rd..(i + 1) * rd];
+            rope(q, cs, hd, c.rope_layout());
+            rope(kk, cs, hd, c.rope_layout());
+        }
+    }
+    // Causal grouped-query attention over the cache, into xb.
+    let scale = 1.0 / libm::sqrtf(hd as f32);
+    for i in 0..n {
+        let p = pos + i;
+        for h in 0..n_heads {
+            let q = &s.q[i * qd + h * hd..i * qd + (h + 1) * hd];
+            let kvh = (h / kv_mul) * hd;
+            let att = &mut s.att[..=p];
+            for (t, a) in att.iter_mut().enumerate() {
+                *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            }
+            softmax(att);
+            let out = &mut s.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
+            out.fill(0.0);
+            for (t, &a) in att.iter().enumerate() {
+                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            }
+        }
+    }
+    obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n);
+    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row);
+    x[..n * dim]
+        .iter_mut()
+        .zip(&s.xb2[..n * dim])
+        .for_each(|(x, d)| *x += d);
+
+    // Feed-forward (SwiGLU).
+    for i in 0..n {
+        rmsnorm(
+            &mut s.xb[i * dim..(i + 1) * dim],
+            &x[i * dim..(i + 1) * dim],
+            w.ffn_norm,
+            eps,
+        );
+    }
+    let h = &s.xb[..n * dim];
+    obs.linear_input(l, TensorRole::WGate, h, n);
+    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row);
+    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row);
+    s.hb[..n * hid]
+        .iter_mut()
+        .zip(&s.hb2[..n * hid])
+        .for_each(|(g, u)| *g = silu(*g) * u);
+    obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n);
+    matmul(&mut s.xb2[..n * dim], &w.w_down, &s.hb[..n * hid], n, s.row);
+    x[..n * dim]
+        .iter_mut()
+        .zip(&s.xb2[..n * dim])
+        .for_each(|(x, d)| *x += d);
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -151,6 +282,16 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         tokens: &[u32],
         all_logits: Option<&mut [f32]>,
     ) -> Result<&[f32], RuntimeError> {
+        self.forward_observed(tokens, all_logits, &mut NoObserver)
+    }
+
+    /// [`Session::forward`] with an observer of every linear layer's input.
+    pub fn forward_observed<O: Observer>(
+        &mut self,
+        tokens: &[u32],
+        all_logits: Option<&mut [f32]>,
+        obs: &mut O,
+    ) -> Result<&[f32], RuntimeError> {
         let m = self.model;
         let c = &m.cfg;
         let n = tokens.len();
@@ -184,125 +325,46 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 });
             }
         }
-        let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
-        let (hd, n_heads) = (c.head_dim as usize, c.n_heads as usize);
-        let kv_mul = n_heads / c.n_kv_heads as usize;
-        let rd = c.rope_dim as usize;
-        let eps = c.rms_eps;
+        let (dim, kvd) = (c.dim as usize, c.kv_dim());
         let b = &mut self.buf;
 
-        // Embeddings and rotary angles for each position.
+        // Embeddings and rotary angles.
         let emb = m.tok_embd()?;
         for (i, &t) in tokens.iter().enumerate() {
             emb.dequantize_row(t as usize, &mut b.x[i * dim..(i + 1) * dim]);
-            rope_angles(&mut b.rope[i * rd..(i + 1) * rd], m, self.pos + i);
         }
+        rope_angles(b.rope, c, self.pos, n);
 
+        // The blocks.
+        let per_layer = self.max_seq * kvd;
         for l in 0..c.n_layers as usize {
             let w = m.block(l)?;
-            let cache = l * self.max_seq * kvd;
-            let (k_new, v_new) = (
-                &mut b.kcache[cache + self.pos * kvd..cache + (self.pos + n) * kvd],
-                &mut b.vcache[cache + self.pos * kvd..cache + (self.pos + n) * kvd],
-            );
-            // Attention: q, k, v projections (k and v straight into the cache).
-            for i in 0..n {
-                rmsnorm(
-                    &mut b.xb[i * dim..(i + 1) * dim],
-                    &b.x[i * dim..(i + 1) * dim],
-                    w.attn_norm,
-                    eps,
-                );
-            }
-            let h = &b.xb[..n * dim];
-            matmul(&mut b.q[..n * qd], &w.wq, h, n, b.row);
-            matmul(k_new, &w.wk, h, n, b.row);
-            matmul(v_new, &w.wv, h, n, b.row);
-            for i in 0..n {
-                let (q, kk, vv) = (
-                    &mut b.q[i * qd..(i + 1) * qd],
-                    &mut k_new[i * kvd..(i + 1) * kvd],
-                    &mut v_new[i * kvd..(i + 1) * kvd],
-                );
-                if let (Some(bq), Some(bk), Some(bv)) = (w.bq, w.bk, w.bv) {
-                    q.iter_mut().zip(bq).for_each(|(a, b)| *a += b);
-                    kk.iter_mut().zip(bk).for_each(|(a, b)| *a += b);
-                    vv.iter_mut().zip(bv).for_each(|(a, b)| *a += b);
-                }
-                let cs = &b.rope[i * rd..(i + 1) * rd];
-                rope(q, cs, hd, c.rope_layout());
-                rope(kk, cs, hd, c.rope_layout());
-            }
-            // Causal grouped-query attention over the cache, into xb.
             let (kc, vc) = (
-                &b.kcache[cache..cache + self.max_seq * kvd],
-                &b.vcache[cache..cache + self.max_seq * kvd],
+                &mut b.kcache[l * per_layer..(l + 1) * per_layer],
+                &mut b.vcache[l * per_layer..(l + 1) * per_layer],
             );
-            let scale = 1.0 / libm::sqrtf(hd as f32);
-            for i in 0..n {
-                let p = self.pos + i;
-                for h in 0..n_heads {
-                    let q = &b.q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    let kvh = (h / kv_mul) * hd;
-                    let att = &mut b.att[..=p];
-                    for (t, a) in att.iter_mut().enumerate() {
-                        *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
-                    }
-                    softmax(att);
-                    let out = &mut b.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    out.fill(0.0);
-                    for (t, &a) in att.iter().enumerate() {
-                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                        out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
-                    }
-                }
-            }
-            matmul(&mut b.xb2[..n * dim], &w.wo, &b.xb[..n * qd], n, b.row);
-            b.x[..n * dim]
-                .iter_mut()
-                .zip(&b.xb2[..n * dim])
-                .for_each(|(x, d)| *x += d);
-
-            // Feed-forward (SwiGLU).
-            for i in 0..n {
-                rmsnorm(
-                    &mut b.xb[i * dim..(i + 1) * dim],
-                    &b.x[i * dim..(i + 1) * dim],
-                    w.ffn_norm,
-                    eps,
-                );
-            }
-            let h = &b.xb[..n * dim];
-            matmul(&mut b.hb[..n * hid], &w.w_gate, h, n, b.row);
-            matmul(&mut b.hb2[..n * hid], &w.w_up, h, n, b.row);
-            b.hb[..n * hid]
-                .iter_mut()
-                .zip(&b.hb2[..n * hid])
-                .for_each(|(g, u)| *g = silu(*g) * u);
-            matmul(&mut b.xb2[..n * dim], &w.w_down, &b.hb[..n * hid], n, b.row);
-            b.x[..n * dim]
-                .iter_mut()
-                .zip(&b.xb2[..n * dim])
-                .for_each(|(x, d)| *x += d);
+            block_forward(c, &w, l, b.x, n, self.pos, kc, vc, b.rope, &mut b.s, obs);
         }
 
         // Final norm and classifier.
         let norm = m.output_norm()?;
+        let xb = &mut b.s.xb;
         for i in 0..n {
             rmsnorm(
-                &mut b.xb[i * dim..(i + 1) * dim],
+                &mut xb[i * dim..(i + 1) * dim],
                 &b.x[i * dim..(i + 1) * dim],
                 norm,
-                eps,
+                c.rms_eps,
             );
         }
+        obs.linear_input(usize::MAX, TensorRole::Output, &xb[..n * dim], n);
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {
-                matmul(&mut out[..n * vocab], &cls, &b.xb[..n * dim], n, b.row);
+                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row);
                 b.logits.copy_from_slice(&out[(n - 1) * vocab..n * vocab]);
             }
-            None => matmul(b.logits, &cls, &b.xb[(n - 1) * dim..n * dim], 1, b.row),
+            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row),
         }
         self.pos += n;
         Ok(self.buf.logits)

@@ -25,6 +25,6 @@ pub mod tokenizer;
 
 pub use arena::{arena_bytes, ArenaPlan};
 pub use error::RuntimeError;
-pub use forward::Session;
+pub use forward::{block_forward, rope_angles, NoObserver, Observer, Session};
 pub use model::Model;
 pub use sampler::{Sampler, SamplerConfig};
