@@ -1,4 +1,5 @@
 //! The edgeq host: import, quantize, run and evaluate models (the `edgeq` CLI).
+pub mod algo;
 pub mod eval;
 pub mod import;
 pub mod inspect;

@@ -3,6 +3,8 @@
 //! blocks carried exactly where EQF has the scheme).
 pub mod from_gguf;
 pub mod gguf;
+pub mod hf;
+pub mod hf_tokenizer;
 pub mod llama2c;
 
 use anyhow::{bail, Result};
@@ -113,10 +115,7 @@ impl AlignedBytes {
 /// or a llama2.c checkpoint (with `tokenizer`).
 pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
     if src.is_dir() {
-        bail!(
-            "{}: Hugging Face directory import is not available in this build yet",
-            src.display()
-        );
+        return hf::import(src);
     }
     let ext = src
         .extension()

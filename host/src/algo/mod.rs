@@ -1,0 +1,223 @@
+//! Weight quantization algorithms on one linear layer `W [out, in]`
+//! (row-major f32): RTN, GPTQ, AWQ, HQQ. Each produces a [`QuantizedLayer`]
+//! on an integer grid with the *reference implementation's* f32 parameters
+//! (`w = scale · (q − zero)`); [`QuantizedLayer::to_eqf`] then stores it in
+//! an EQF scheme (f16 scales, and f16 `min = −scale·zero` for asymmetric
+//! grids), as GPTQ/AWQ exports store fp16 scales after choosing codes.
+pub mod rtn;
+
+use anyhow::{bail, ensure, Result};
+use edgeq_core::{QuantSpec, Scheme};
+use half::f16;
+
+/// The integer grid: `bits` ∈ {4, 8}, `group` columns per scale (0 = one
+/// scale per output row), symmetric or asymmetric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    pub bits: u32,
+    pub group: usize,
+    pub sym: bool,
+}
+
+impl Grid {
+    pub fn maxq(&self) -> f32 {
+        ((1u32 << self.bits) - 1) as f32
+    }
+    /// Columns per group for a row of `cols` (the whole row when per-channel).
+    pub fn group_len(&self, cols: usize) -> usize {
+        if self.group == 0 {
+            cols
+        } else {
+            self.group
+        }
+    }
+    pub fn n_groups(&self, cols: usize) -> usize {
+        cols.div_ceil(self.group_len(cols))
+    }
+    /// The EQF spec this grid is stored in.
+    pub fn spec(&self) -> Result<QuantSpec> {
+        let scheme = match (self.bits, self.sym) {
+            (4, true) => Scheme::Q4Sym,
+            (4, false) => Scheme::Q4Asym,
+            (8, true) => Scheme::Q8Sym,
+            (8, false) => Scheme::Q8Asym,
+            (b, _) => bail!("{b}-bit grids cannot be stored in EQF (4 or 8 bits)"),
+        };
+        let spec = if self.group == 0 {
+            QuantSpec::per_channel(scheme)
+        } else {
+            QuantSpec::per_group(scheme, self.group as u32)
+        };
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("group {}: {e}", self.group))?;
+        Ok(spec)
+    }
+}
+
+/// The reference quantizer's parameters for one set of values
+/// (IST-DASLab `quant.py` `find_params`, `maxshrink`/grid search not used):
+/// range widened to include 0; sym: `scale = 2·amax/maxq`, `zero = (maxq+1)/2`;
+/// asym: `scale = (max−min)/maxq`, `zero = round(−min/scale)`; an all-zero
+/// range becomes [−1, 1].
+pub fn find_params(grid: &Grid, x: impl Iterator<Item = f32>) -> (f32, f32) {
+    let (mut lo, mut hi) = (0.0f32, 0.0f32);
+    for v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let maxq = grid.maxq();
+    if grid.sym {
+        hi = hi.max(-lo);
+        if lo < 0.0 {
+            lo = -hi;
+        }
+    }
+    if lo == 0.0 && hi == 0.0 {
+        lo = -1.0;
+        hi = 1.0;
+    }
+    let scale = (hi - lo) / maxq;
+    let zero = if grid.sym {
+        (maxq + 1.0) / 2.0
+    } else {
+        (-lo / scale).round_ties_even()
+    };
+    (scale, zero)
+}
+
+/// `clamp(round(x/scale) + zero, 0, maxq)`, torch's round-half-even.
+#[inline]
+pub fn quantize_value(x: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
+    ((x / scale).round_ties_even() + zero).clamp(0.0, maxq)
+}
+
+/// A quantized linear layer: codes in `[0, 2^bits)` per element (original
+/// column order), and `scale`/`zero` per (row, group).
+#[derive(Debug, Clone)]
+pub struct QuantizedLayer {
+    pub rows: usize,
+    pub cols: usize,
+    pub grid: Grid,
+    pub codes: Vec<u8>,
+    /// `rows × n_groups`, row-major.
+    pub scales: Vec<f32>,
+    /// Zero points in code units (integers except for HQQ).
+    pub zeros: Vec<f32>,
+    /// Group of each column when groups are not contiguous column ranges
+    /// (GPTQ act-order without static groups); `None` = `col / group_len`.
+    pub g_idx: Option<Vec<u32>>,
+}
+
+impl QuantizedLayer {
+    pub fn group_of(&self, col: usize) -> usize {
+        match &self.g_idx {
+            Some(g) => g[col] as usize,
+            None => col / self.grid.group_len(self.cols),
+        }
+    }
+
+    /// The dequantized weight with the algorithm's own f32 parameters.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let ng = self.grid.n_groups(self.cols);
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let g = r * ng + self.group_of(c);
+                out[r * self.cols + c] =
+                    self.scales[g] * (self.codes[r * self.cols + c] as f32 - self.zeros[g]);
+            }
+        }
+        out
+    }
+
+    /// Stores the layer in EQF: same codes, f16 scale, f16 `min = −scale·zero`.
+    pub fn to_eqf(&self) -> Result<(QuantSpec, Vec<u8>)> {
+        ensure!(
+            self.g_idx.is_none(),
+            "act-order groups are not contiguous: quantize with static groups to store the layer"
+        );
+        let spec = self.grid.spec()?;
+        let l = spec
+            .layout(self.rows as u32, self.cols as u32)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            l.groups_per_row as usize == self.grid.n_groups(self.cols),
+            "group layout mismatch"
+        );
+        let mut out = vec![0u8; l.total_bytes as usize];
+        let ng = l.groups_per_row as usize;
+        let gl = l.group_len as usize;
+        for r in 0..self.rows {
+            for g in 0..ng {
+                let i = r * ng + g;
+                let (s, z) = (self.scales[i], self.zeros[i]);
+                let so = l.scales_offset as usize + 2 * i;
+                ensure!(
+                    f16::from_f32(s).is_finite(),
+                    "scale {s} of row {r} group {g} overflows f16"
+                );
+                out[so..so + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
+                if spec.scheme.is_asym() {
+                    let mo = l.mins_offset as usize + 2 * i;
+                    out[mo..mo + 2].copy_from_slice(&f16::from_f32(-s * z).to_le_bytes());
+                } else {
+                    ensure!(
+                        z == (self.grid.maxq() + 1.0) / 2.0,
+                        "symmetric grid with zero {z}"
+                    );
+                }
+            }
+            let row = &mut out[r * l.row_stride as usize..(r + 1) * l.row_stride as usize];
+            let pad = if self.grid.sym {
+                (self.grid.maxq() as u32 + 1) / 2
+            } else {
+                0
+            };
+            for c in 0..l.padded_cols as usize {
+                let q = if c < self.cols {
+                    self.codes[r * self.cols + c] as u32
+                } else {
+                    pad
+                };
+                match spec.scheme {
+                    Scheme::Q8Sym => row[c] = (q as i32 - 128) as i8 as u8,
+                    Scheme::Q8Asym => row[c] = q as u8,
+                    _ => {
+                        let (blk, j) = (c / 32, c % 32);
+                        let b = &mut row[blk * 16 + j % 16];
+                        if j < 16 {
+                            *b = (*b & 0xF0) | q as u8;
+                        } else {
+                            *b = (*b & 0x0F) | ((q as u8) << 4);
+                        }
+                    }
+                }
+            }
+            let _ = gl;
+        }
+        Ok((spec, out))
+    }
+}
+
+/// `||X Wᵀ − X Ŵᵀ||² / ||X Wᵀ||²` in f64, `x` being `n × cols`.
+pub fn output_rel_err(w: &[f32], wq: &[f32], x: &[f32], rows: usize, cols: usize) -> f64 {
+    let n = x.len() / cols;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in 0..n {
+        let xi = &x[i * cols..(i + 1) * cols];
+        for r in 0..rows {
+            let (mut a, mut b) = (0.0f64, 0.0f64);
+            for c in 0..cols {
+                a += xi[c] as f64 * w[r * cols + c] as f64;
+                b += xi[c] as f64 * wq[r * cols + c] as f64;
+            }
+            num += (a - b).powi(2);
+            den += a * a;
+        }
+    }
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
