@@ -18,7 +18,10 @@ fn fixtures() -> Option<PathBuf> {
     if p.join("stories260K/stories260K.bin").exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: fixtures not found at {} (set EDGEQ_FIXTURES or put ../shared beside the checkout)", p.display());
+        eprintln!(
+            "SKIP: fixtures not found at {} (set EDGEQ_FIXTURES or put ../shared beside the checkout)",
+            p.display()
+        );
         None
     }
 }
@@ -30,19 +33,13 @@ fn smollm2() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIP: {} not found (run scripts/fetch-smollm2.sh)",
-            p.display()
-        );
+        eprintln!("SKIP: {} not found (run scripts/fetch-smollm2.sh)", p.display());
         None
     }
 }
 
 fn edgeq(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeq"))
-        .args(args)
-        .output()
-        .expect("spawn edgeq");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeq")).args(args).output().expect("spawn edgeq");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -63,8 +60,7 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn golden(fx: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fx.join("stories260K/golden.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fx.join("stories260K/golden.json")).unwrap()).unwrap()
 }
 
 /// Imports stories260K into `dir/s.eqf`.
@@ -100,10 +96,7 @@ fn eval_nll(fx: &Path, model: &str) -> f64 {
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["tokens"], 1024);
-    assert_eq!(
-        v["text_tokens"], 2893,
-        "tokenization of the eval text changed"
-    );
+    assert_eq!(v["text_tokens"], 2893, "tokenization of the eval text changed");
     let nll = v["mean_nll"].as_f64().unwrap();
     assert!((v["ppl"].as_f64().unwrap() - nll.exp()).abs() < 1e-9);
     nll
@@ -116,10 +109,7 @@ fn stories260k_greedy_matches_golden() {
     let m = import_stories(&fx, &dir);
     let out = ok(&["run", &m, "--temp", "0", "-n", "128"]);
     let g = golden(&fx);
-    assert_eq!(
-        out.trim_end_matches('\n'),
-        g["greedy_from_bos"]["text"].as_str().unwrap()
-    );
+    assert_eq!(out.trim_end_matches('\n'), g["greedy_from_bos"]["text"].as_str().unwrap());
 }
 
 #[test]
@@ -128,9 +118,7 @@ fn stories260k_nll_and_rtn_quantization() {
     let dir = tmpdir("nll");
     let m = import_stories(&fx, &dir);
     let base = eval_nll(&fx, &m);
-    let want = golden(&fx)["tinystories_val_nll"]["mean_nll"]
-        .as_f64()
-        .unwrap();
+    let want = golden(&fx)["tinystories_val_nll"]["mean_nll"].as_f64().unwrap();
     assert!((base - want).abs() < 1e-3, "NLL {base} vs golden {want}");
 
     let q8 = dir.join("q8.eqf");
@@ -148,11 +136,7 @@ fn stories260k_nll_and_rtn_quantization() {
         q8.to_str().unwrap(),
     ]);
     let d8 = eval_nll(&fx, q8.to_str().unwrap()) / base - 1.0;
-    assert!(
-        d8.abs() < 0.005,
-        "Q8 per-channel changed NLL by {:.3}%",
-        d8 * 100.0
-    );
+    assert!(d8.abs() < 0.005, "Q8 per-channel changed NLL by {:.3}%", d8 * 100.0);
 
     let q4 = dir.join("q4.eqf");
     ok(&[
@@ -169,20 +153,11 @@ fn stories260k_nll_and_rtn_quantization() {
         q4.to_str().unwrap(),
     ]);
     let d4 = eval_nll(&fx, q4.to_str().unwrap()) / base - 1.0;
-    assert!(
-        d4 < 0.10 && d4 > -0.02,
-        "Q4 g32 changed NLL by {:.3}%",
-        d4 * 100.0
-    );
-    eprintln!(
-        "NLL f32 {base:.5}, Q8 {:+.3}%, Q4 g32 {:+.3}%",
-        d8 * 100.0,
-        d4 * 100.0
-    );
+    assert!(d4 < 0.10 && d4 > -0.02, "Q4 g32 changed NLL by {:.3}%", d4 * 100.0);
+    eprintln!("NLL f32 {base:.5}, Q8 {:+.3}%, Q4 g32 {:+.3}%", d8 * 100.0, d4 * 100.0);
 
     // Every linear layer is quantized (w2 included), embeddings at 8 bits.
-    let info: serde_json::Value =
-        serde_json::from_str(&ok(&["inspect", q4.to_str().unwrap(), "--json"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", q4.to_str().unwrap(), "--json"])).unwrap();
     for t in info["tensors"].as_array().unwrap() {
         let (name, scheme) = (t["name"].as_str().unwrap(), t["scheme"].as_str().unwrap());
         if name.contains("norm") {
@@ -221,15 +196,9 @@ fn quantize_is_deterministic_and_skip_works() {
         std::fs::read(&b).unwrap(),
         "same inputs must give identical files"
     );
-    let info: serde_json::Value =
-        serde_json::from_str(&ok(&["inspect", a.to_str().unwrap(), "--json"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", a.to_str().unwrap(), "--json"])).unwrap();
     let scheme = |n: &str| {
-        info["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == n)
-            .unwrap()["scheme"]
+        info["tensors"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["scheme"]
             .as_str()
             .unwrap()
             .to_string()
@@ -254,10 +223,7 @@ fn corrupt_files_give_clear_errors() {
     let cut = dir.join("cut.eqf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let (success, _, err) = edgeq(&["run", cut.to_str().unwrap(), "-n", "4"]);
-    assert!(
-        !success && err.contains("cut.eqf") && err.contains("truncated"),
-        "{err}"
-    );
+    assert!(!success && err.contains("cut.eqf") && err.contains("truncated"), "{err}");
 
     let mut flipped = bytes.clone();
     let n = flipped.len();
@@ -290,10 +256,7 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
         "0",
     ]);
     assert!(out.starts_with("The capital of France is"), "{out}");
-    assert!(
-        out["The capital of France is".len()..].contains("Paris"),
-        "{out}"
-    );
+    assert!(out["The capital of France is".len()..].contains("Paris"), "{out}");
     let text = fx.join("text/wiki.test.raw");
     let r = ok(&[
         "eval",
@@ -308,10 +271,7 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
     ]);
     let v: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
     let ppl = v["ppl"].as_f64().unwrap();
-    eprintln!(
-        "SmolLM2-135M Q4_1 wiki.test.raw[..20000]: ppl {ppl:.3} over {} tokens",
-        v["tokens"]
-    );
+    eprintln!("SmolLM2-135M Q4_1 wiki.test.raw[..20000]: ppl {ppl:.3} over {} tokens", v["tokens"]);
     assert!(ppl.is_finite() && ppl > 1.0 && ppl < 100.0, "{v}");
 }
 
@@ -326,8 +286,7 @@ fn help_explains_every_flag() {
             }
             assert!(
                 line.trim().len() > flag.len() + 8
-                    || out.contains(&format!("{flag}"))
-                        && line.split("  ").filter(|s| !s.trim().is_empty()).count() > 1,
+                    || out.contains(&format!("{flag}")) && line.split("  ").filter(|s| !s.trim().is_empty()).count() > 1,
                 "{cmd} {flag} has no help text:\n{out}"
             );
         }

@@ -137,14 +137,8 @@ impl ModelConfig {
         if self.n_heads % self.n_kv_heads != 0 {
             return Err(BadConfig("n_heads is not a multiple of n_kv_heads"));
         }
-        if self.head_dim % 2 != 0
-            || self.rope_dim % 2 != 0
-            || self.rope_dim > self.head_dim
-            || self.rope_dim == 0
-        {
-            return Err(BadConfig(
-                "head_dim and rope_dim must be even, 0 < rope_dim <= head_dim",
-            ));
+        if self.head_dim % 2 != 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim || self.rope_dim == 0 {
+            return Err(BadConfig("head_dim and rope_dim must be even, 0 < rope_dim <= head_dim"));
         }
         if (self.n_heads as u64) * (self.head_dim as u64) > MAX as u64 {
             return Err(BadConfig("n_heads * head_dim too large"));

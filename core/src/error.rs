@@ -34,11 +34,7 @@ impl defmt::Format for TensorName {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FormatError {
     /// The buffer is shorter than the structure being read needs.
-    Truncated {
-        what: &'static str,
-        need: u64,
-        have: u64,
-    },
+    Truncated { what: &'static str, need: u64, have: u64 },
     /// The buffer does not start 64-byte aligned (tensor data is read in place).
     Misaligned { what: &'static str, align: u32 },
     /// The first 8 bytes are not the EQF magic.
@@ -56,11 +52,7 @@ pub enum FormatError {
     /// A section does not start on a 64-byte boundary.
     SectionMisaligned { kind: u32 },
     /// A section's CRC-32 does not match its bytes.
-    SectionChecksum {
-        kind: u32,
-        expected: u32,
-        actual: u32,
-    },
+    SectionChecksum { kind: u32, expected: u32, actual: u32 },
     /// A required section is absent.
     MissingSection { kind: u32 },
     /// The same section kind appears twice.
@@ -72,26 +64,15 @@ pub enum FormatError {
     /// A tensor record has a scheme byte this reader does not know.
     UnknownScheme { tensor: TensorName, scheme: u8 },
     /// A tensor record has an unknown granularity or an invalid group size.
-    BadQuantSpec {
-        tensor: TensorName,
-        why: &'static str,
-    },
+    BadQuantSpec { tensor: TensorName, why: &'static str },
     /// A tensor's data range runs outside the data section.
     TensorOutOfBounds { tensor: TensorName },
     /// A tensor's data does not start on a 64-byte boundary.
     TensorMisaligned { tensor: TensorName },
     /// A tensor's stored size does not equal what its scheme and shape need.
-    TensorSize {
-        tensor: TensorName,
-        expected: u64,
-        actual: u64,
-    },
+    TensorSize { tensor: TensorName, expected: u64, actual: u64 },
     /// A tensor's CRC-32 does not match its bytes.
-    TensorChecksum {
-        tensor: TensorName,
-        expected: u32,
-        actual: u32,
-    },
+    TensorChecksum { tensor: TensorName, expected: u32, actual: u32 },
     /// A tensor record's name is not NUL-padded UTF-8.
     BadTensorName { index: u32 },
     /// Tensor records are not sorted by (layer, role), or appear twice.
@@ -125,16 +106,36 @@ impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use FormatError::*;
         match *self {
-            Truncated { what, need, have } => write!(f, "file truncated: {what} needs {need} bytes, only {have} present (re-copy or re-export the file)"),
-            Misaligned { what, align } => write!(f, "{what} is not {align}-byte aligned (load the file into an aligned buffer or mmap it)"),
+            Truncated { what, need, have } => write!(
+                f,
+                "file truncated: {what} needs {need} bytes, only {have} present (re-copy or re-export the file)"
+            ),
+            Misaligned { what, align } => write!(
+                f,
+                "{what} is not {align}-byte aligned (load the file into an aligned buffer or mmap it)"
+            ),
             BadMagic => write!(f, "not an EQF file (bad magic; expected b\"EQF1\\r\\n\\x1a\\n\")"),
-            UnsupportedVersion { major, minor } => write!(f, "EQF version {major}.{minor} is not supported by this reader (format 1.x); upgrade edgeq"),
+            UnsupportedVersion { major, minor } => write!(
+                f,
+                "EQF version {major}.{minor} is not supported by this reader (format 1.x); upgrade edgeq"
+            ),
             UnsupportedEndian => write!(f, "EQF is little-endian; this big-endian host cannot read it in place"),
             BadHeader(why) => write!(f, "corrupt EQF header: {why}"),
-            HeaderChecksum { expected, actual } => write!(f, "EQF header/section directory checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the file is corrupt"),
-            SectionOutOfBounds { kind } => write!(f, "section {} ({kind}) lies outside the file: truncated or corrupt", section_name(kind)),
+            HeaderChecksum { expected, actual } => write!(
+                f,
+                "EQF header/section directory checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the file is corrupt"
+            ),
+            SectionOutOfBounds { kind } => write!(
+                f,
+                "section {} ({kind}) lies outside the file: truncated or corrupt",
+                section_name(kind)
+            ),
             SectionMisaligned { kind } => write!(f, "section {} ({kind}) is not 64-byte aligned", section_name(kind)),
-            SectionChecksum { kind, expected, actual } => write!(f, "section {} checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the file is corrupt", section_name(kind)),
+            SectionChecksum { kind, expected, actual } => write!(
+                f,
+                "section {} checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the file is corrupt",
+                section_name(kind)
+            ),
             MissingSection { kind } => write!(f, "required section {} ({kind}) is missing", section_name(kind)),
             DuplicateSection { kind } => write!(f, "section {} ({kind}) appears twice", section_name(kind)),
             UnknownSection { kind } => write!(f, "unknown required section kind {kind}: written by a newer edgeq?"),
@@ -143,13 +144,31 @@ impl fmt::Display for FormatError {
             BadQuantSpec { tensor, why } => write!(f, "tensor '{tensor}': {why}"),
             TensorOutOfBounds { tensor } => write!(f, "tensor '{tensor}': data runs past the end of the data section (truncated file?)"),
             TensorMisaligned { tensor } => write!(f, "tensor '{tensor}': data is not 64-byte aligned"),
-            TensorSize { tensor, expected, actual } => write!(f, "tensor '{tensor}': stored size {actual} bytes but its scheme and shape need {expected}"),
-            TensorChecksum { tensor, expected, actual } => write!(f, "tensor '{tensor}': checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the data is corrupt"),
+            TensorSize { tensor, expected, actual } => write!(
+                f,
+                "tensor '{tensor}': stored size {actual} bytes but its scheme and shape need {expected}"
+            ),
+            TensorChecksum { tensor, expected, actual } => write!(
+                f,
+                "tensor '{tensor}': checksum mismatch (stored {expected:#010x}, computed {actual:#010x}): the data is corrupt"
+            ),
             BadTensorName { index } => write!(f, "tensor record {index}: name is not NUL-padded UTF-8"),
             UnsortedTensors { tensor } => write!(f, "tensor '{tensor}': directory not sorted by (layer, role) or duplicate entry"),
             MissingTensor { role, layer } => write!(f, "missing tensor: role {role} of layer {layer}"),
-            BadShape { tensor, expected_rows, expected_cols, rows, cols } => write!(f, "tensor '{tensor}': shape [{rows}, {cols}] but the config needs [{expected_rows}, {expected_cols}]"),
-            SchemeNotAllowed { tensor } => write!(f, "tensor '{tensor}': this scheme is not allowed for this tensor (norms and biases must be F32)"),
+            BadShape {
+                tensor,
+                expected_rows,
+                expected_cols,
+                rows,
+                cols,
+            } => write!(
+                f,
+                "tensor '{tensor}': shape [{rows}, {cols}] but the config needs [{expected_rows}, {expected_cols}]"
+            ),
+            SchemeNotAllowed { tensor } => write!(
+                f,
+                "tensor '{tensor}': this scheme is not allowed for this tensor (norms and biases must be F32)"
+            ),
         }
     }
 }
@@ -175,8 +194,14 @@ pub enum QuantError {
 impl fmt::Display for QuantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            QuantError::NonFinite { index } => write!(f, "weight {index} is NaN or infinite: fix the checkpoint (or exclude the tensor with --skip)"),
-            QuantError::OutOfRange { index } => write!(f, "value {index} is too large for this scheme's f16 scales or values: use f32/fp8 or --skip this tensor"),
+            QuantError::NonFinite { index } => write!(
+                f,
+                "weight {index} is NaN or infinite: fix the checkpoint (or exclude the tensor with --skip)"
+            ),
+            QuantError::OutOfRange { index } => write!(
+                f,
+                "value {index} is too large for this scheme's f16 scales or values: use f32/fp8 or --skip this tensor"
+            ),
             QuantError::BadLength { expected, actual } => write!(f, "buffer length {actual}, expected {expected}"),
             QuantError::BadSpec(why) => write!(f, "invalid quantization spec: {why}"),
         }

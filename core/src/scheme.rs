@@ -73,10 +73,7 @@ impl Scheme {
         matches!(self, Scheme::F32 | Scheme::F16 | Scheme::BF16)
     }
     pub fn is_int(self) -> bool {
-        matches!(
-            self,
-            Scheme::Q8Sym | Scheme::Q8Asym | Scheme::Q4Sym | Scheme::Q4Asym
-        )
+        matches!(self, Scheme::Q8Sym | Scheme::Q8Asym | Scheme::Q4Sym | Scheme::Q4Asym)
     }
     pub fn is_fp8(self) -> bool {
         matches!(self, Scheme::Fp8E4M3 | Scheme::Fp8E5M2)
@@ -160,11 +157,7 @@ impl QuantSpec {
     /// Checks that the combination is one the format defines.
     pub fn validate(&self) -> Result<(), &'static str> {
         use Granularity::*;
-        match (
-            self.scheme.is_float(),
-            self.scheme.is_int(),
-            self.granularity,
-        ) {
+        match (self.scheme.is_float(), self.scheme.is_int(), self.granularity) {
             (true, _, PerTensor) if self.group == 0 => Ok(()),
             (true, _, _) => Err("float schemes take no granularity or group"),
             (_, true, PerChannel) if self.group == 0 => Ok(()),
@@ -258,11 +251,7 @@ impl QuantSpec {
             rows,
             cols,
             padded_cols: cols,
-            group_len: if self.granularity == Granularity::Block {
-                self.group
-            } else {
-                cols
-            },
+            group_len: if self.granularity == Granularity::Block { self.group } else { cols },
             groups_per_row: if self.granularity == Granularity::Block {
                 c.div_ceil(self.group as u64) as u32
             } else {

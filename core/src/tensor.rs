@@ -36,14 +36,11 @@ impl<'a> TensorView<'a> {
         let region = |off: u64, n: u64, size: u64| &bytes[off as usize..(off + n * size) as usize];
         let misaligned = QuantError::BadSpec("tensor data misaligned for its element type");
         let (scales, mins) = if spec.scheme.is_int() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2))
-                .map_err(|_| misaligned)?;
-            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2))
-                .map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2)).map_err(|_| misaligned)?;
+            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2)).map_err(|_| misaligned)?;
             (Scales::F16(s), m)
         } else if spec.scheme.is_fp8() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4))
-                .map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4)).map_err(|_| misaligned)?;
             (Scales::F32(s), &[][..])
         } else {
             (Scales::None, &[][..])

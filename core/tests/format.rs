@@ -121,10 +121,7 @@ fn sections(b: &[u8]) -> Vec<Sec> {
 }
 
 fn sec(b: &[u8], kind: u32) -> Sec {
-    sections(b)
-        .into_iter()
-        .find(|s| s.kind == kind)
-        .expect("section present")
+    sections(b).into_iter().find(|s| s.kind == kind).expect("section present")
 }
 
 /// Recomputes every section CRC (TENSOR_DATA stays 0) and then the header CRC.
@@ -216,9 +213,7 @@ struct Src {
 }
 
 fn make(role: TensorRole, layer: u16, spec: QuantSpec, rows: u32, cols: u32, rng: &mut Rng) -> Src {
-    let values: Vec<f32> = (0..rows as usize * cols as usize)
-        .map(|_| rng.f32())
-        .collect();
+    let values: Vec<f32> = (0..rows as usize * cols as usize).map(|_| rng.f32()).collect();
     let n = spec.layout(rows, cols).unwrap().total_bytes as usize;
     // quantize wants a 4-byte aligned output buffer for nothing but speed;
     // a Vec<u8> from the global allocator is fine, TensorView checks later.
@@ -241,54 +236,12 @@ fn model_tensors() -> Vec<Src> {
     let (d, h, kv, v) = (c.dim, c.hidden_dim, c.kv_dim() as u32, c.vocab_size);
     let mut rng = Rng(42);
     vec![
-        make(
-            TensorRole::WDown,
-            0,
-            QuantSpec::per_group(Scheme::Q4Asym, 64),
-            d,
-            h,
-            &mut rng,
-        ),
-        make(
-            TensorRole::TokEmbd,
-            GLOBAL_LAYER,
-            QuantSpec::float(Scheme::F16),
-            v,
-            d,
-            &mut rng,
-        ),
-        make(
-            TensorRole::Wq,
-            0,
-            QuantSpec::per_group(Scheme::Q4Sym, 32),
-            d,
-            d,
-            &mut rng,
-        ),
-        make(
-            TensorRole::Wk,
-            0,
-            QuantSpec::per_channel(Scheme::Q8Sym),
-            kv,
-            d,
-            &mut rng,
-        ),
-        make(
-            TensorRole::Wv,
-            0,
-            QuantSpec::per_channel(Scheme::Q8Asym),
-            kv,
-            d,
-            &mut rng,
-        ),
-        make(
-            TensorRole::Wo,
-            0,
-            QuantSpec::float(Scheme::BF16),
-            d,
-            d,
-            &mut rng,
-        ),
+        make(TensorRole::WDown, 0, QuantSpec::per_group(Scheme::Q4Asym, 64), d, h, &mut rng),
+        make(TensorRole::TokEmbd, GLOBAL_LAYER, QuantSpec::float(Scheme::F16), v, d, &mut rng),
+        make(TensorRole::Wq, 0, QuantSpec::per_group(Scheme::Q4Sym, 32), d, d, &mut rng),
+        make(TensorRole::Wk, 0, QuantSpec::per_channel(Scheme::Q8Sym), kv, d, &mut rng),
+        make(TensorRole::Wv, 0, QuantSpec::per_channel(Scheme::Q8Asym), kv, d, &mut rng),
+        make(TensorRole::Wo, 0, QuantSpec::float(Scheme::BF16), d, d, &mut rng),
         make(TensorRole::AttnNorm, 0, QuantSpec::F32, 1, d, &mut rng),
         make(TensorRole::FfnNorm, 0, QuantSpec::F32, 1, d, &mut rng),
         make(
@@ -315,19 +268,11 @@ fn model_tensors() -> Vec<Src> {
             d,
             &mut rng,
         ),
-        make(
-            TensorRole::OutputNorm,
-            GLOBAL_LAYER,
-            QuantSpec::F32,
-            1,
-            d,
-            &mut rng,
-        ),
+        make(TensorRole::OutputNorm, GLOBAL_LAYER, QuantSpec::F32, 1, d, &mut rng),
     ]
 }
 
-const TOKENIZER: &[u8] =
-    b"not a real tokenizer: the EQF reader treats this section as opaque bytes";
+const TOKENIZER: &[u8] = b"not a real tokenizer: the EQF reader treats this section as opaque bytes";
 
 fn build(tensors: &[Src], metadata: &[u8]) -> Vec<u8> {
     let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
@@ -409,11 +354,7 @@ fn valid_file_parses_and_exposes_everything() {
         let data_sec = sec(buf.bytes(), section::TENSOR_DATA);
         let at = data_sec.offset + rec.offset as usize;
         assert_eq!(&buf.bytes()[at..at + s.data.len()], &s.data[..]);
-        assert_eq!(
-            v.codes.as_ptr() as usize % 64,
-            0,
-            "tensor data 64-byte aligned in memory"
-        );
+        assert_eq!(v.codes.as_ptr() as usize % 64, 0, "tensor data 64-byte aligned in memory");
 
         // Dequantized rows match the reference dequantization of the same bytes
         // and approximate the source values.
@@ -430,11 +371,7 @@ fn valid_file_parses_and_exposes_everything() {
             v.dequantize_row(r, &mut row);
             for c in 0..s.cols as usize {
                 let x = s.values[r * s.cols as usize + c];
-                assert!(
-                    (row[c] - x).abs() <= tol,
-                    "{name}[{r},{c}]: {} vs {x}",
-                    row[c]
-                );
+                assert!((row[c] - x).abs() <= tol, "{name}[{r},{c}]: {} vs {x}", row[c]);
             }
         }
     }
@@ -487,20 +424,10 @@ fn layout_of_sections_follows_the_spec() {
         assert_eq!(s.offset % 64, 0);
         assert!(s.offset >= prev_end);
         assert!(s.offset - prev_end < 64, "no more padding than needed");
-        assert!(
-            b[prev_end..s.offset].iter().all(|&x| x == 0),
-            "padding is zero"
-        );
+        assert!(b[prev_end..s.offset].iter().all(|&x| x == 0), "padding is zero");
         prev_end = s.offset + s.size;
         let flags = rd_u32(b, s.rec + S_FLAGS);
-        assert_eq!(
-            flags,
-            if s.kind == section::METADATA {
-                section::FLAG_OPTIONAL
-            } else {
-                0
-            }
-        );
+        assert_eq!(flags, if s.kind == section::METADATA { section::FLAG_OPTIONAL } else { 0 });
         let crc = rd_u32(b, s.rec + S_CRC);
         if s.kind == section::TENSOR_DATA {
             assert_eq!(crc, 0);
@@ -521,12 +448,7 @@ fn layout_of_sections_follows_the_spec() {
     let kinds2: Vec<u32> = sections(&file2).iter().map(|s| s.kind).collect();
     assert_eq!(
         kinds2,
-        [
-            section::CONFIG,
-            section::TOKENIZER,
-            section::TENSOR_DIR,
-            section::TENSOR_DATA
-        ]
+        [section::CONFIG, section::TOKENIZER, section::TENSOR_DIR, section::TENSOR_DATA]
     );
     let buf2 = Buf::aligned(&file2);
     assert_eq!(parse(buf2.bytes()).unwrap().metadata(), b"");
@@ -630,10 +552,7 @@ fn coverage(b: &[u8]) -> Vec<Cover> {
     let dir = sec(b, section::TENSOR_DIR);
     for i in 0..dir.size / T_REC {
         let r = dir.offset + i * T_REC;
-        let (o, s) = (
-            rd_u64(b, r + T_OFFSET) as usize,
-            rd_u64(b, r + T_SIZE) as usize,
-        );
+        let (o, s) = (rd_u64(b, r + T_OFFSET) as usize, rd_u64(b, r + T_SIZE) as usize);
         cov[data.offset + o..data.offset + o + s].fill(Cover::TensorData);
     }
     cov
@@ -659,26 +578,13 @@ fn single_bit_flips_never_panic_and_are_detected() {
         match cov[byte] {
             Cover::Checked => {
                 counts[0] += 1;
-                assert!(
-                    strict.is_err(),
-                    "flip of bit {bit} (byte {byte}) not detected"
-                );
-                assert!(
-                    lax.is_err(),
-                    "flip of bit {bit} (byte {byte}) not detected without tensor CRCs"
-                );
+                assert!(strict.is_err(), "flip of bit {bit} (byte {byte}) not detected");
+                assert!(lax.is_err(), "flip of bit {bit} (byte {byte}) not detected without tensor CRCs");
             }
             Cover::TensorData => {
                 counts[1] += 1;
-                assert!(
-                    matches!(strict, Err(FormatError::TensorChecksum { .. })),
-                    "byte {byte}: {strict:?}"
-                );
-                assert_eq!(
-                    lax,
-                    Ok(()),
-                    "byte {byte}: tensor data is not checked without tensor CRCs"
-                );
+                assert!(matches!(strict, Err(FormatError::TensorChecksum { .. })), "byte {byte}: {strict:?}");
+                assert_eq!(lax, Ok(()), "byte {byte}: tensor data is not checked without tensor CRCs");
             }
             Cover::Padding => {
                 // Alignment padding is covered by no checksum, and the
@@ -740,9 +646,7 @@ fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn parse_err(file: &[u8]) -> FormatError {
     let buf = Buf::aligned(file);
     let e = Eqf::parse(buf.bytes()).err().expect("must not parse");
-    let e2 = Eqf::parse_with(buf.bytes(), no_verify())
-        .err()
-        .expect("must not parse (no verify)");
+    let e2 = Eqf::parse_with(buf.bytes(), no_verify()).err().expect("must not parse (no verify)");
     assert_eq!(e, e2);
     e
 }
@@ -801,10 +705,7 @@ fn wrong_major_version() {
             wr_u16(f, H_MAJOR, major);
             fix_crcs(f);
         });
-        assert_eq!(
-            parse_err(&f),
-            FormatError::UnsupportedVersion { major, minor: 0 }
-        );
+        assert_eq!(parse_err(&f), FormatError::UnsupportedVersion { major, minor: 0 });
     }
     // A newer minor version is accepted (same major).
     let f = patched(|f| {
@@ -860,30 +761,19 @@ fn bad_header_fields() {
         let f = patched(|f| {
             wr_u32(f, H_N_SECTIONS, n);
         });
-        assert_eq!(
-            parse_err(&f),
-            FormatError::BadHeader("section count must be 1..=64")
-        );
+        assert_eq!(parse_err(&f), FormatError::BadHeader("section count must be 1..=64"));
     }
     let f = patched(|f| {
         let n = f.len() as u64;
         wr_u64(f, H_FILE_SIZE, n + 1);
         fix_crcs(f);
     });
-    assert!(matches!(
-        parse_err(&f),
-        FormatError::Truncated { what: "file", .. }
-    ));
+    assert!(matches!(parse_err(&f), FormatError::Truncated { what: "file", .. }));
 }
 
 #[test]
 fn section_checksum_mismatch() {
-    for kind in [
-        section::CONFIG,
-        section::TOKENIZER,
-        section::TENSOR_DIR,
-        section::METADATA,
-    ] {
+    for kind in [section::CONFIG, section::TOKENIZER, section::TENSOR_DIR, section::METADATA] {
         let f = patched(|f| {
             let s = sec(f, kind);
             f[s.offset + s.size - 1] ^= 0x10;
@@ -915,24 +805,14 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u64(f, s.rec + S_SIZE, u64::MAX - 10);
         fix_header_crc(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::SectionOutOfBounds {
-            kind: section::TOKENIZER
-        }
-    );
+    assert_eq!(parse_err(&f), FormatError::SectionOutOfBounds { kind: section::TOKENIZER });
     // Overlaps the header / directory.
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
         wr_u64(f, s.rec + S_OFFSET, 64);
         fix_header_crc(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::SectionOutOfBounds {
-            kind: section::CONFIG
-        }
-    );
+    assert_eq!(parse_err(&f), FormatError::SectionOutOfBounds { kind: section::CONFIG });
     // Not 64-byte aligned.
     let f = patched(|f| {
         let s = sec(f, section::TOKENIZER);
@@ -940,24 +820,14 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u64(f, s.rec + S_SIZE, s.size as u64 - 8);
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::SectionMisaligned {
-            kind: section::TOKENIZER
-        }
-    );
+    assert_eq!(parse_err(&f), FormatError::SectionMisaligned { kind: section::TOKENIZER });
     // The same kind twice.
     let f = patched(|f| {
         let s = sec(f, section::METADATA);
         wr_u32(f, s.rec + S_KIND, section::TOKENIZER);
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::DuplicateSection {
-            kind: section::TOKENIZER
-        }
-    );
+    assert_eq!(parse_err(&f), FormatError::DuplicateSection { kind: section::TOKENIZER });
     // A required section missing.
     let f = patched(|f| {
         let s = sec(f, section::TOKENIZER);
@@ -967,12 +837,7 @@ fn section_bounds_alignment_duplicates_and_unknown_kinds() {
         wr_u32(f, m.rec + S_FLAGS, section::FLAG_OPTIONAL);
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::MissingSection {
-            kind: section::TOKENIZER
-        }
-    );
+    assert_eq!(parse_err(&f), FormatError::MissingSection { kind: section::TOKENIZER });
     // Unknown kind: an error when required, skipped when optional.
     let f = patched(|f| {
         let m = sec(f, section::METADATA);
@@ -998,19 +863,13 @@ fn bad_config() {
         wr_u32(f, s.offset, 2); // arch
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::BadConfig("unknown architecture id")
-    );
+    assert_eq!(parse_err(&f), FormatError::BadConfig("unknown architecture id"));
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
         wr_u32(f, s.offset + 72, 32); // bos_id == vocab_size
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::BadConfig("bos/eos id outside the vocabulary")
-    );
+    assert_eq!(parse_err(&f), FormatError::BadConfig("bos/eos id outside the vocabulary"));
     // CONFIG shorter than 128 bytes.
     let f = patched(|f| {
         let s = sec(f, section::CONFIG);
@@ -1076,9 +935,7 @@ fn tensor_size_mismatch() {
         fix_crcs(f);
     });
     match parse_err(&f) {
-        FormatError::TensorSize {
-            expected, actual, ..
-        } => assert_eq!(expected, actual + 2),
+        FormatError::TensorSize { expected, actual, .. } => assert_eq!(expected, actual + 2),
         e => panic!("{e:?}"),
     }
     // A shape that does not match the stored size.
@@ -1098,9 +955,7 @@ fn tensor_out_of_bounds() {
         let dir = sec(f, section::TENSOR_DIR);
         let data = sec(f, section::TENSOR_DATA);
         let n = dir.size / T_REC;
-        let last = (0..n)
-            .max_by_key(|&i| rd_u64(f, dir.offset + i * T_REC + T_OFFSET))
-            .unwrap();
+        let last = (0..n).max_by_key(|&i| rd_u64(f, dir.offset + i * T_REC + T_OFFSET)).unwrap();
         let r = dir.offset + last * T_REC;
         let size = rd_u64(f, r + T_SIZE);
         let new_off = (data.size as u64).div_ceil(64) * 64;
@@ -1108,10 +963,7 @@ fn tensor_out_of_bounds() {
         wr_u64(f, r + T_OFFSET, new_off);
         fix_crcs(f);
     });
-    assert!(matches!(
-        parse_err(&f),
-        FormatError::TensorOutOfBounds { .. }
-    ));
+    assert!(matches!(parse_err(&f), FormatError::TensorOutOfBounds { .. }));
     // offset + size overflowing u64.
     let f = patched(|f| {
         let r = trec(f, 0);
@@ -1132,10 +984,7 @@ fn tensor_misaligned() {
         wr_u64(f, r + T_OFFSET, o + 4);
         fix_crcs(f);
     });
-    assert!(matches!(
-        parse_err(&f),
-        FormatError::TensorMisaligned { .. }
-    ));
+    assert!(matches!(parse_err(&f), FormatError::TensorMisaligned { .. }));
 }
 
 #[test]
@@ -1147,10 +996,7 @@ fn tensor_checksum_mismatch() {
         fix_crcs(f);
     });
     let buf = Buf::aligned(&f);
-    assert!(matches!(
-        Eqf::parse(buf.bytes()),
-        Err(FormatError::TensorChecksum { .. })
-    ));
+    assert!(matches!(Eqf::parse(buf.bytes()), Err(FormatError::TensorChecksum { .. })));
     assert!(Eqf::parse_with(buf.bytes(), no_verify()).is_ok());
 }
 
@@ -1209,11 +1055,7 @@ fn bad_tensor_names() {
             f[r..r + patch.len()].copy_from_slice(patch);
             fix_crcs(f);
         });
-        assert_eq!(
-            parse_err(&f),
-            FormatError::BadTensorName { index: 3 },
-            "case {i}"
-        );
+        assert_eq!(parse_err(&f), FormatError::BadTensorName { index: 3 }, "case {i}");
     }
     // Garbage after the NUL terminator.
     let f = patched(|f| {
@@ -1228,10 +1070,7 @@ fn bad_tensor_names() {
         wr_u64(f, s.rec + S_SIZE, s.size as u64 - 1);
         fix_crcs(f);
     });
-    assert_eq!(
-        parse_err(&f),
-        FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96")
-    );
+    assert_eq!(parse_err(&f), FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96"));
 }
 
 /// Tensor shapes whose byte size overflows u64 must be rejected, not panic
@@ -1315,9 +1154,7 @@ fn golden_file() -> Vec<u8> {
     })
     .unwrap();
     let spec = QuantSpec::per_group(Scheme::Q4Sym, 32);
-    let src: Vec<f32> = (0..32 * 32)
-        .map(|i| ((i % 32) as f32 - 16.0) / 8.0)
-        .collect();
+    let src: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) as f32 - 16.0) / 8.0).collect();
     let mut q = vec![0u8; spec.layout(32, 32).unwrap().total_bytes as usize];
     quantize(spec, 32, 32, &src, &mut q).unwrap();
     w.add(TensorEntry {

@@ -108,11 +108,7 @@ fn spec_layout(spec: QuantSpec, rows: u32, cols: u32) -> SpecLayout {
             up(c, 32)
         };
         let groups = c.div_ceil(g);
-        let bits = if matches!(s, Scheme::Q4Sym | Scheme::Q4Asym) {
-            4
-        } else {
-            8
-        };
+        let bits = if matches!(s, Scheme::Q4Sym | Scheme::Q4Asym) { 4 } else { 8 };
         let stride = groups * g * bits / 8;
         let n = r * groups;
         let so = up(r * stride, 64);
@@ -158,11 +154,7 @@ fn spec_layout(spec: QuantSpec, rows: u32, cols: u32) -> SpecLayout {
 
 /// FP8 decode written from the OCP spec (docs/FORMAT.md §9), independent of `fp8::decode`.
 fn fp8_ref_decode(scheme: Scheme, c: u8) -> f32 {
-    let (ebits, mbits, bias) = if scheme == Scheme::Fp8E4M3 {
-        (4, 3, 7)
-    } else {
-        (5, 2, 15)
-    };
+    let (ebits, mbits, bias) = if scheme == Scheme::Fp8E4M3 { (4, 3, 7) } else { (5, 2, 15) };
     let sign = if c & 0x80 != 0 { -1.0f64 } else { 1.0 };
     let e = ((c as u32 & 0x7F) >> mbits) as i32;
     let m = (c as u32 & ((1 << mbits) - 1)) as f64;
@@ -171,11 +163,7 @@ fn fp8_ref_decode(scheme: Scheme, c: u8) -> f32 {
         return f32::NAN;
     }
     if scheme == Scheme::Fp8E5M2 && e == emax {
-        return if m == 0.0 {
-            (sign * f64::INFINITY) as f32
-        } else {
-            f32::NAN
-        };
+        return if m == 0.0 { (sign * f64::INFINITY) as f32 } else { f32::NAN };
     }
     let v = if e == 0 {
         m / (1 << mbits) as f64 * 2f64.powi(1 - bias)
@@ -187,14 +175,7 @@ fn fp8_ref_decode(scheme: Scheme, c: u8) -> f32 {
 
 /// Element `(r, c)` decoded straight from the raw tensor bytes following
 /// docs/FORMAT.md, plus the (scale, min, code) it used.
-fn ref_element(
-    spec: QuantSpec,
-    l: &SpecLayout,
-    b: &[u8],
-    cols: u32,
-    r: usize,
-    c: usize,
-) -> (f32, f32, f32, i32) {
+fn ref_element(spec: QuantSpec, l: &SpecLayout, b: &[u8], cols: u32, r: usize, c: usize) -> (f32, f32, f32, i32) {
     let cols = cols as usize;
     match spec.scheme {
         Scheme::F32 => (rd_f32(b, 4 * (r * cols + c)), 0.0, 0.0, 0),
@@ -265,9 +246,7 @@ const F16_MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
 /// The full round-trip check; returns an error string instead of panicking
 /// so proptest can shrink.
 fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Result<(), String> {
-    let layout: TensorLayout = spec
-        .layout(rows, cols)
-        .map_err(|e| format!("layout: {e:?}"))?;
+    let layout: TensorLayout = spec.layout(rows, cols).map_err(|e| format!("layout: {e:?}"))?;
     let sl = spec_layout(spec, rows, cols);
     if layout.total_bytes != sl.total
         || layout.scales_offset != sl.scales_offset
@@ -297,11 +276,7 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
             (layout.codes_bytes, layout.scales_offset),
             (
                 layout.scales_offset + (if s.is_int() { 2 } else { 4 }) * layout.n_scales,
-                if s.is_asym() {
-                    layout.mins_offset
-                } else {
-                    layout.total_bytes
-                },
+                if s.is_asym() { layout.mins_offset } else { layout.total_bytes },
             ),
         ];
         for (a, b) in gaps {
@@ -317,9 +292,7 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
             let got = deq[r * cols_u + c];
             let (want, scale, min, q) = ref_element(spec, &sl, bytes, cols, r, c);
             if got.to_bits() != want.to_bits() && !(got == want) {
-                return Err(format!(
-                    "[{r},{c}]: dequantize_row {got} but the spec decoder gives {want}"
-                ));
+                return Err(format!("[{r},{c}]: dequantize_row {got} but the spec decoder gives {want}"));
             }
             if !got.is_finite() {
                 return Err(format!("[{r},{c}]: x = {x} dequantized to {got}"));
@@ -375,10 +348,10 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
                             (z as f32, (min as f64 + scale as f64 * z).abs() as f32)
                         }
                     };
-                    if !(0.0..=hi_q).contains(&zero)
-                        || delta > scale * hi_q * 2f32.powi(-11) + 2f32.powi(-24)
-                    {
-                        return Err(format!("asym zero point {zero} / min rounding {delta} implausible (scale {scale}, min {min})"));
+                    if !(0.0..=hi_q).contains(&zero) || delta > scale * hi_q * 2f32.powi(-11) + 2f32.powi(-24) {
+                        return Err(format!(
+                            "asym zero point {zero} / min rounding {delta} implausible (scale {scale}, min {min})"
+                        ));
                     }
                     let ends = |q: f32| match s {
                         Scheme::Q4Sym => scale * (q - 8.0),
@@ -390,24 +363,23 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
                     if x >= lo && x <= hi {
                         let bound = scale / 2.0 + delta + slack;
                         if err > bound {
-                            return Err(format!("{s:?} [{r},{c}] {x} -> {got} (q {q}, scale {scale}, min {min}): err {err} > {bound}"));
+                            return Err(format!(
+                                "{s:?} [{r},{c}] {x} -> {got} (q {q}, scale {scale}, min {min}): err {err} > {bound}"
+                            ));
                         }
                     } else {
                         // Outside the representable range: clipped to the nearer end.
                         let want = if x < lo { lo } else { hi };
                         if (got - want).abs() > slack {
-                            return Err(format!(
-                                "{s:?} [{r},{c}] {x} outside [{lo}, {hi}] gave {got}, not {want}"
-                            ));
+                            return Err(format!("{s:?} [{r},{c}] {x} outside [{lo}, {hi}] gave {got}, not {want}"));
                         }
                     }
                     // Global bound: clipping costs at most the f16 rounding of the scale.
-                    let global = scale * (0.5 + hi_q * 2f32.powi(-10))
-                        + delta
-                        + hi_q * 2f32.powi(-24)
-                        + slack;
+                    let global = scale * (0.5 + hi_q * 2f32.powi(-10)) + delta + hi_q * 2f32.powi(-24) + slack;
                     if err > global {
-                        return Err(format!("{s:?} [{r},{c}] {x} -> {got}: err {err} > global bound {global} (scale {scale})"));
+                        return Err(format!(
+                            "{s:?} [{r},{c}] {x} -> {got}: err {err} > global bound {global} (scale {scale})"
+                        ));
                     }
                     // Sym codes never use the extra negative code with a normal scale.
                     if s == Scheme::Q8Sym && scale >= F16_MIN_NORMAL && q == -128 {
@@ -438,7 +410,9 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
                         sub_step / 2.0 * scale
                     } + slack;
                     if err > bound {
-                        return Err(format!("{s:?} [{r},{c}] {x} (y {y}, scale {scale}, code {code:#04x}) -> {got}: err {err} > {bound}"));
+                        return Err(format!(
+                            "{s:?} [{r},{c}] {x} (y {y}, scale {scale}, code {code:#04x}) -> {got}: err {err} > {bound}"
+                        ));
                     }
                 }
             }
@@ -452,8 +426,7 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
                 let gi = c / layout.group_len as usize;
                 let si = r * layout.groups_per_row as usize + gi;
                 let scale = rd_f16(bytes, layout.scales_offset as usize + 2 * si);
-                let row =
-                    &bytes[r * layout.row_stride as usize..(r + 1) * layout.row_stride as usize];
+                let row = &bytes[r * layout.row_stride as usize..(r + 1) * layout.row_stride as usize];
                 let q = match s {
                     Scheme::Q4Sym | Scheme::Q4Asym => int::q4_code(row, c) as i32,
                     Scheme::Q8Sym => row[c] as i8 as i32,
@@ -472,9 +445,7 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
                     }
                 };
                 if q != want {
-                    return Err(format!(
-                        "padding code at [{r},{c}] is {q}, expected zero point {want}"
-                    ));
+                    return Err(format!("padding code at [{r},{c}] is {q}, expected zero point {want}"));
                 }
             }
         }
@@ -488,11 +459,7 @@ fn check_round_trip(spec: QuantSpec, rows: u32, cols: u32, src: &[f32]) -> Resul
 
 fn all_specs() -> Vec<QuantSpec> {
     use Granularity::*;
-    let mut v = vec![
-        QuantSpec::F32,
-        QuantSpec::float(Scheme::F16),
-        QuantSpec::float(Scheme::BF16),
-    ];
+    let mut v = vec![QuantSpec::F32, QuantSpec::float(Scheme::F16), QuantSpec::float(Scheme::BF16)];
     for s in [Scheme::Q8Sym, Scheme::Q8Asym, Scheme::Q4Sym, Scheme::Q4Asym] {
         v.push(QuantSpec::per_channel(s));
         for g in [32, 64, 128, 256] {
@@ -564,7 +531,19 @@ fn case() -> impl Strategy<Value = (QuantSpec, u32, u32, Vec<f32>)> {
     (
         0..specs.len(),
         1u32..=5,
-        prop_oneof![Just(1u32), Just(5), Just(31), Just(32), Just(33), Just(64), Just(100), Just(172), Just(256), Just(300), 1u32..=300],
+        prop_oneof![
+            Just(1u32),
+            Just(5),
+            Just(31),
+            Just(32),
+            Just(33),
+            Just(64),
+            Just(100),
+            Just(172),
+            Just(256),
+            Just(300),
+            1u32..=300
+        ],
         -40i32..=120,
         prop::collection::vec(element(), 5 * 300),
         prop_oneof![
@@ -626,16 +605,8 @@ fn fp8_scale_underflows(spec: QuantSpec, rows: u32, cols: u32, v: &[f32]) -> boo
         Granularity::PerChannel => (0..rows).any(|r| tile(r, r + 1, 0, cols)),
         _ => {
             let b = spec.group as usize;
-            (0..rows.div_ceil(b)).any(|tr| {
-                (0..cols.div_ceil(b)).any(|tc| {
-                    tile(
-                        tr * b,
-                        ((tr + 1) * b).min(rows),
-                        tc * b,
-                        ((tc + 1) * b).min(cols),
-                    )
-                })
-            })
+            (0..rows.div_ceil(b))
+                .any(|tr| (0..cols.div_ceil(b)).any(|tc| tile(tr * b, ((tr + 1) * b).min(rows), tc * b, ((tc + 1) * b).min(cols))))
         }
     }
 }
@@ -761,15 +732,7 @@ proptest! {
 
 #[test]
 fn every_spec_on_edge_shapes() {
-    let shapes = [
-        (1u32, 1u32),
-        (1, 31),
-        (2, 32),
-        (3, 33),
-        (4, 172),
-        (2, 255),
-        (1, 257),
-    ];
+    let shapes = [(1u32, 1u32), (1, 31), (2, 32), (3, 33), (4, 172), (2, 255), (1, 257)];
     for spec in all_specs() {
         for (rows, cols) in shapes {
             let n = (rows * cols) as usize;
@@ -778,22 +741,10 @@ fn every_spec_on_edge_shapes() {
                 vec![-0.0; n],
                 vec![0.75; n],
                 vec![-3.0; n],
-                (0..n)
-                    .map(|i| ((i * 7919) % 113) as f32 / 56.0 - 1.0)
-                    .collect(),
-                (0..n)
-                    .map(|i| if i % 2 == 0 { 1e-3 } else { -2.5e-3 })
-                    .collect(),
+                (0..n).map(|i| ((i * 7919) % 113) as f32 / 56.0 - 1.0).collect(),
+                (0..n).map(|i| if i % 2 == 0 { 1e-3 } else { -2.5e-3 }).collect(),
                 (0..n).map(|i| f32::from_bits(1 + i as u32)).collect(),
-                (0..n)
-                    .map(|i| {
-                        if i == n / 2 {
-                            5.0
-                        } else {
-                            0.01 * (i as f32).cos()
-                        }
-                    })
-                    .collect(),
+                (0..n).map(|i| if i == n / 2 { 5.0 } else { 0.01 * (i as f32).cos() }).collect(),
             ];
             for v in patterns {
                 check_case(spec, rows, cols, &v);
@@ -861,10 +812,7 @@ fn q4_nibble_order_known_vector() {
     assert_eq!(b.len(), 64 + 2);
     assert_eq!(
         &b[..16],
-        &[
-            0x80, 0x81, 0x91, 0x92, 0xA2, 0xA3, 0xB3, 0xB4, 0xC4, 0xC5, 0xD5, 0xD6, 0xE6, 0xE7,
-            0xF7, 0xF8
-        ]
+        &[0x80, 0x81, 0x91, 0x92, 0xA2, 0xA3, 0xB3, 0xB4, 0xC4, 0xC5, 0xD5, 0xD6, 0xE6, 0xE7, 0xF7, 0xF8]
     );
     assert!(b[16..64].iter().all(|&x| x == 0));
     assert_eq!(&b[64..66], &[0x44, 0x34]);
@@ -947,12 +895,7 @@ fn spec_validation_table() {
         }
         .validate()
         .is_ok());
-        for (g, grp) in [
-            (PerTensor, 32),
-            (PerChannel, 0),
-            (PerGroup, 32),
-            (Block, 32),
-        ] {
+        for (g, grp) in [(PerTensor, 32), (PerChannel, 0), (PerGroup, 32), (Block, 32)] {
             assert!(
                 QuantSpec {
                     scheme: s,
@@ -1022,17 +965,8 @@ fn bad_lengths_and_alignment_are_errors() {
     let mut out = Aligned::new(l.total_bytes as usize + 1);
     let v = vec![0.5f32; 80];
     assert_eq!(
-        quantize(
-            spec,
-            2,
-            40,
-            &v[..79],
-            &mut out.bytes_mut()[..l.total_bytes as usize]
-        ),
-        Err(QuantError::BadLength {
-            expected: 80,
-            actual: 79
-        })
+        quantize(spec, 2, 40, &v[..79], &mut out.bytes_mut()[..l.total_bytes as usize]),
+        Err(QuantError::BadLength { expected: 80, actual: 79 })
     );
     assert_eq!(
         quantize(spec, 2, 40, &v, out.bytes_mut()),
@@ -1042,23 +976,10 @@ fn bad_lengths_and_alignment_are_errors() {
         })
     );
     assert!(matches!(
-        quantize(
-            QuantSpec::per_group(Scheme::Q4Asym, 33),
-            2,
-            40,
-            &v,
-            out.bytes_mut()
-        ),
+        quantize(QuantSpec::per_group(Scheme::Q4Asym, 33), 2, 40, &v, out.bytes_mut()),
         Err(QuantError::BadSpec(_))
     ));
-    quantize(
-        spec,
-        2,
-        40,
-        &v,
-        &mut out.bytes_mut()[..l.total_bytes as usize],
-    )
-    .unwrap();
+    quantize(spec, 2, 40, &v, &mut out.bytes_mut()[..l.total_bytes as usize]).unwrap();
     assert!(TensorView::new(spec, 2, 40, &out.bytes()[..l.total_bytes as usize]).is_ok());
     assert!(matches!(
         TensorView::new(spec, 2, 40, out.bytes()),
@@ -1202,12 +1123,7 @@ fn asym_zero_point_dequantizes_to_exact_zero() {
 #[test]
 fn huge_values_stay_finite_in_f32_bf16_fp8() {
     let v = [f32::MAX, -f32::MAX, 1.0, -3e38, 1e38, 0.0];
-    check_case(
-        QuantSpec::float(Scheme::BF16),
-        2,
-        3,
-        &[3.3e38, -3.38e38, 1.0, -3e38, 1e38, 0.0],
-    );
+    check_case(QuantSpec::float(Scheme::BF16), 2, 3, &[3.3e38, -3.38e38, 1.0, -3e38, 1e38, 0.0]);
     for spec in [
         QuantSpec::F32,
         QuantSpec {

@@ -25,12 +25,7 @@ pub struct PplResult {
 /// scores the tokens that no earlier window scored (all of its predictions
 /// when `stride == window`). Consecutive windows share one token so that
 /// every token after the first is predicted exactly once.
-pub fn plan_windows(
-    n_tokens: usize,
-    window: usize,
-    stride: usize,
-    max_tokens: Option<usize>,
-) -> Vec<(usize, usize, usize)> {
+pub fn plan_windows(n_tokens: usize, window: usize, stride: usize, max_tokens: Option<usize>) -> Vec<(usize, usize, usize)> {
     // (start, len, first scored prediction index within the window)
     let mut out = Vec::new();
     let mut scored_until = 0; // predictions of tokens[1..=scored_until] done
@@ -61,11 +56,7 @@ pub fn perplexity(
     let window = window.min(model.cfg.max_seq_len as usize - 1).max(1);
     let stride = stride.clamp(1, window);
     let plan = plan_windows(tokens.len(), window, stride, max_tokens);
-    anyhow::ensure!(
-        !plan.is_empty(),
-        "text too short: {} tokens, need at least 2",
-        tokens.len()
-    );
+    anyhow::ensure!(!plan.is_empty(), "text too short: {} tokens, need at least 2", tokens.len());
     progress.set_length(plan.len() as u64);
     let vocab = model.cfg.vocab_size as usize;
     let per_window: Vec<Result<(f64, usize)>> = plan
@@ -73,8 +64,7 @@ pub fn perplexity(
         .map(|&(start, len, first)| {
             let seq = len; // positions fed
             let mut arena = vec![0u64; arena_bytes(&model.cfg, seq, seq).div_ceil(8)];
-            let mut s = Session::new(model, bytemuck::cast_slice_mut(&mut arena), seq, seq)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut s = Session::new(model, bytemuck::cast_slice_mut(&mut arena), seq, seq).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut logits = vec![0.0f32; (len - 1) * vocab];
             s.forward(&tokens[start..start + len - 1], Some(&mut logits))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -118,12 +108,7 @@ pub fn perplexity(
 /// −log softmax(logits)[target], in f64.
 pub fn nll_of(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
-        .iter()
-        .map(|&v| (v as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
     lse - logits[target] as f64
 }
 
@@ -133,13 +118,7 @@ mod tests {
 
     #[test]
     fn windows_score_every_token_once() {
-        for (n, w, s) in [
-            (10, 4, 4),
-            (10, 4, 2),
-            (11, 3, 1),
-            (2, 8, 8),
-            (1000, 256, 128),
-        ] {
+        for (n, w, s) in [(10, 4, 4), (10, 4, 2), (11, 3, 1), (2, 8, 8), (1000, 256, 128)] {
             let plan = plan_windows(n, w, s, None);
             let mut scored = vec![0; n];
             for (start, len, first) in plan {
@@ -149,10 +128,7 @@ mod tests {
                 }
             }
             assert_eq!(scored[0], 0);
-            assert!(
-                scored[1..].iter().all(|&c| c == 1),
-                "{n} {w} {s}: {scored:?}"
-            );
+            assert!(scored[1..].iter().all(|&c| c == 1), "{n} {w} {s}: {scored:?}");
         }
     }
 }

@@ -11,9 +11,7 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
     let mut by_scheme: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut params, mut bytes) = (0u64, 0u64);
     for t in model.eqf.tensors() {
-        let spec = record_spec(t)
-            .map(|s| spec_name(&s))
-            .unwrap_or_else(|_| "?".into());
+        let spec = record_spec(t).map(|s| spec_name(&s)).unwrap_or_else(|_| "?".into());
         let n = t.rows as u64 * t.cols as u64;
         params += n;
         bytes += t.size;
@@ -22,8 +20,7 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
         e.1 += t.size;
         tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64}));
     }
-    let metadata: serde_json::Value =
-        serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
+    let metadata: serde_json::Value = serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
     json!({
         "config": {
             "dim": c.dim, "hidden_dim": c.hidden_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
@@ -46,14 +43,7 @@ pub fn print_human(r: &serde_json::Value) {
     let c = &r["config"];
     println!(
         "model: dim {} hidden {} layers {} heads {}/{} (kv) head_dim {} vocab {} ctx {}",
-        c["dim"],
-        c["hidden_dim"],
-        c["n_layers"],
-        c["n_heads"],
-        c["n_kv_heads"],
-        c["head_dim"],
-        c["vocab_size"],
-        c["max_seq_len"]
+        c["dim"], c["hidden_dim"], c["n_layers"], c["n_heads"], c["n_kv_heads"], c["head_dim"], c["vocab_size"], c["max_seq_len"]
     );
     println!(
         "       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {}",
@@ -71,10 +61,7 @@ pub fn print_human(r: &serde_json::Value) {
         r["file_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         r["bits_per_weight"].as_f64().unwrap_or(0.0)
     );
-    println!(
-        "\n{:<16} {:>12} {:>12} {:>8}",
-        "scheme", "params", "bytes", "bpw"
-    );
+    println!("\n{:<16} {:>12} {:>12} {:>8}", "scheme", "params", "bytes", "bpw");
     if let Some(m) = r["schemes"].as_object() {
         for (k, v) in m {
             println!(
@@ -86,10 +73,7 @@ pub fn print_human(r: &serde_json::Value) {
             );
         }
     }
-    println!(
-        "\n{:<24} {:>14} {:<14} {:>10} {:>7}",
-        "tensor", "shape", "scheme", "bytes", "bpw"
-    );
+    println!("\n{:<24} {:>14} {:<14} {:>10} {:>7}", "tensor", "shape", "scheme", "bytes", "bpw");
     for t in r["tensors"].as_array().into_iter().flatten() {
         let shape = format!("{}x{}", t["shape"][0], t["shape"][1]);
         println!(

@@ -1,9 +1,12 @@
 //! The edgeq host: import, quantize, run and evaluate models (the `edgeq` CLI).
 pub mod algo;
+pub mod calib;
 pub mod eval;
 pub mod import;
 pub mod inspect;
+pub mod methods;
 pub mod model_file;
+pub mod npy;
 pub mod quantize;
 pub mod text;
 
@@ -11,11 +14,9 @@ pub mod text;
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb

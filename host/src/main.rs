@@ -2,7 +2,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgeq_host::{
-    eval, import, inspect,
+    eval, import, inspect, methods,
     model_file::{write_atomic, ModelFile},
     progress, quantize, text,
 };
@@ -30,6 +30,113 @@ enum Cmd {
     Eval(EvalArgs),
     /// Show config, tensors, schemes, sizes and bits per weight of an EQF model.
     Inspect(InspectArgs),
+    /// Calibration data tools.
+    #[command(subcommand)]
+    Calib(CalibCmd),
+    /// Quantize ONE linear layer given as .npy files and write the dequantized weight (research interface).
+    Layer(LayerArgs),
+}
+
+#[derive(Subcommand)]
+enum CalibCmd {
+    /// Clean, deduplicate, filter and sample text or JSONL into a calibration set (JSONL with a "text" field).
+    Prepare(PrepareArgs),
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// Input files: .jsonl/.json (one object per line) or plain text (paragraphs are instances).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The EQF model whose tokenizer counts tokens (and whose chat template renders "messages").
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON field holding the text.
+    #[arg(long, default_value = "text")]
+    field: String,
+    /// Stratify the sample by this JSON field (proportional allocation per value).
+    #[arg(long)]
+    stratify_by: Option<String>,
+    /// Number of instances to keep (default: all that pass the filters).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Truncate each instance to this many tokens (up to the model's context; long contexts such as 75k-token trajectories are fine).
+    #[arg(long, default_value_t = 2048)]
+    max_tokens: usize,
+    /// Drop instances shorter than this many tokens.
+    #[arg(long, default_value_t = 16)]
+    min_tokens: usize,
+    /// Seed of the shuffle and the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A Jinja chat template file for "messages" records (default: the model's, when it has one).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// Skip malformed JSONL lines with a warning instead of stopping.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Print the statistics as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Output JSONL (written atomically).
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+/// Method settings shared by `quantize` and `layer`.
+#[derive(clap::Args, Clone)]
+struct MethodFlags {
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act).
+    #[arg(long)]
+    act_order: bool,
+    /// GPTQ: fit each group's scale on the original weights before any update (makes act-order groups contiguous).
+    #[arg(long)]
+    static_groups: bool,
+    /// GPTQ: dampening, as a fraction of the mean Hessian diagonal added to the diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// GPTQ: columns per lazy-update block.
+    #[arg(long, default_value_t = 128)]
+    blocksize: usize,
+    /// HQQ: axis along which groups run (1 = along a row, the default; 0 = along a column).
+    #[arg(long, default_value_t = 1)]
+    hqq_axis: usize,
+    /// HQQ: maximum proximal iterations (stops early when the error stops improving).
+    #[arg(long, default_value_t = 20)]
+    hqq_iters: usize,
+}
+
+#[derive(clap::Args)]
+struct LayerArgs {
+    /// Weight of the layer, float .npy of shape [out, in].
+    #[arg(long)]
+    weight: PathBuf,
+    /// Calibration activations feeding the layer, float .npy of shape [n, in] (GPTQ, AWQ).
+    #[arg(long)]
+    acts: Option<PathBuf>,
+    /// Held-out activations: prints ||XWᵀ − XŴᵀ||² / ||XWᵀ||² on them.
+    #[arg(long)]
+    eval_acts: Option<PathBuf>,
+    /// rtn, gptq, awq or hqq.
+    #[arg(long, default_value = "rtn")]
+    method: String,
+    /// Bits per weight: 4 or 8.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Group size along the input dimension; -1 = one scale per output channel.
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    group: i64,
+    /// Symmetric grid (default: asymmetric with a zero point).
+    #[arg(long)]
+    sym: bool,
+    #[command(flatten)]
+    m: MethodFlags,
+    /// Where to write the dequantized weight (float32 .npy, [out, in]).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -48,9 +155,29 @@ struct ImportArgs {
 struct QuantizeArgs {
     /// Input EQF model.
     input: PathBuf,
-    /// Quantization method. rtn: round-to-nearest with the GPTQ reference quantizer's conventions.
+    /// Quantization method: rtn (round-to-nearest, no data), gptq and awq (need --calib), hqq (no data).
     #[arg(long, default_value = "rtn")]
     method: String,
+    /// Calibration text (.txt: random windows; .jsonl from `edgeq calib prepare`: one sample per line).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration samples.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    /// Tokens per calibration sample (capped at the model's context).
+    #[arg(long, default_value_t = 512)]
+    calib_seqlen: usize,
+    /// Skip this many characters of a .txt calibration file (keep calibration disjoint from an evaluation slice).
+    #[arg(long, default_value_t = 0)]
+    calib_skip_chars: usize,
+    /// Seed of the calibration sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    m: MethodFlags,
+    /// Write the per-module report (scheme, error, time) as JSON here (default: OUT with .report.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Bits per weight of the linear layers: 4 or 8 (16/32 store f16/f32).
     #[arg(long, default_value_t = 4)]
     bits: u32,
@@ -159,6 +286,8 @@ fn main() {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Layer(a) => cmd_layer(a),
+        Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -183,11 +312,9 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    anyhow::ensure!(
-        a.method == "rtn",
-        "--method {}: only rtn is available in this build (gptq, awq, hqq are coming)",
-        a.method
-    );
+    if a.method != "rtn" {
+        return cmd_quantize_calibrated(a);
+    }
     let t0 = Instant::now();
     let f = ModelFile::open(&a.input)?;
     let model = f.model()?;
@@ -199,14 +326,14 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     pb.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     if a.json {
-        let v: Vec<_> = reports.iter().map(|r| serde_json::json!({"tensor": r.name, "from": r.from, "to": r.to, "rel_err": r.rel_err})).collect();
+        let v: Vec<_> = reports
+            .iter()
+            .map(|r| serde_json::json!({"tensor": r.name, "from": r.from, "to": r.to, "rel_err": r.rel_err}))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for r in &reports {
-            eprintln!(
-                "{:<24} {:>10} -> {:<12} rel.err {:.3e}",
-                r.name, r.from, r.to, r.rel_err
-            );
+            eprintln!("{:<24} {:>10} -> {:<12} rel.err {:.3e}", r.name, r.from, r.to, r.rel_err);
         }
     }
     eprintln!(
@@ -226,11 +353,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let model = f.model()?;
     let tok = text::tokenizer(&model)?;
     // BOS as the tokenizer says (llama2.c/Llama: yes; SmolLM2/Qwen2: no), and always for an empty prompt.
-    let prompt = text::encode(
-        &tok,
-        &a.prompt,
-        tok.add_bos_default() || a.prompt.is_empty(),
-    )?;
+    let prompt = text::encode(&tok, &a.prompt, tok.add_bos_default() || a.prompt.is_empty())?;
     anyhow::ensure!(
         !prompt.is_empty(),
         "empty prompt and the vocabulary has no BOS token: pass --prompt"
@@ -246,8 +369,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     );
     let batch = prompt.len().min(max_seq).min(512);
     let mut arena = vec![0u64; arena_bytes(&model.cfg, max_seq, batch).div_ceil(8)];
-    let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temp,
         top_p: a.top_p,
@@ -259,10 +381,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut logits = Vec::new();
     for chunk in prompt.chunks(batch) {
-        logits = s
-            .forward(chunk, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_vec();
+        logits = s.forward(chunk, None).map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
     }
     let t_prefill = t0.elapsed().as_secs_f64();
     let mut prev = *prompt.last().unwrap_or(&model.cfg.bos_id);
@@ -288,10 +407,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     writeln!(out)?;
     let dt = t1.elapsed().as_secs_f64();
     if a.show_tokens {
-        eprintln!(
-            "tokens: {:?}",
-            prompt.iter().chain(&generated).collect::<Vec<_>>()
-        );
+        eprintln!("tokens: {:?}", prompt.iter().chain(&generated).collect::<Vec<_>>());
     }
     eprintln!(
         "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); arena {:.2} MB",
@@ -308,16 +424,12 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .ok();
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
     }
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
     let tok = text::tokenizer(&model)?;
-    let raw = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    let raw = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
     let body: String = match a.chars {
         Some(n) => raw.chars().take(n).collect(),
         None => raw,
@@ -330,14 +442,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     };
     let tokens = text::encode(&tok, &body, bos)?;
     let pb = progress(0, "eval");
-    let r = eval::perplexity(
-        &model,
-        &tokens,
-        a.window,
-        a.stride.unwrap_or(a.window),
-        a.max_tokens,
-        &pb,
-    )?;
+    let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
     pb.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -366,6 +471,217 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         inspect::print_human(&r);
+    }
+    Ok(())
+}
+
+fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) -> methods::MethodArgs {
+    methods::MethodArgs {
+        method: method.to_string(),
+        grid: edgeq_host::algo::Grid {
+            bits,
+            group: if group <= 0 { 0 } else { group as usize },
+            sym,
+        },
+        act_order: m.act_order,
+        static_groups: m.static_groups,
+        damp: m.damp,
+        blocksize: m.blocksize,
+        hqq_axis: m.hqq_axis,
+        hqq_iters: m.hqq_iters,
+    }
+}
+
+/// `quantize` with a method that runs layer by layer through the sequential pipeline.
+fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let f = ModelFile::open(&a.input)?;
+    let model = f.model()?;
+    let ma = method_args(&a.method, a.bits, a.group, !a.asym, &a.m);
+    anyhow::ensure!(a.fp8.is_none(), "--fp8 is only available with --method rtn");
+    let linear = ma.grid.spec()?;
+    let embed = quantize::spec_from_name(&a.embed, a.group)?;
+    let policy = quantize::Policy::new(linear, embed, &a.skip)?;
+    let tok = text::tokenizer(&model)?;
+    let calib = match (&a.calib, ma.needs_calibration()) {
+        (Some(p), _) => {
+            let seqlen = a.calib_seqlen.min(model.cfg.max_seq_len as usize);
+            let c = edgeq_host::calib::data::load(p, &tok, a.calib_samples, seqlen, a.calib_skip_chars, a.seed)?;
+            eprintln!(
+                "calibration: {} samples, {} tokens from {}",
+                c.samples.len(),
+                c.tokens(),
+                p.display()
+            );
+            c
+        }
+        (None, true) => anyhow::bail!("--method {} needs calibration data: pass --calib FILE (.txt or .jsonl)", a.method),
+        (None, false) => edgeq_host::calib::data::CalibSet {
+            samples: vec![vec![model.cfg.bos_id]],
+        },
+    };
+    let pb = progress(0, &a.method);
+    let (entries, reports) = methods::with_hooks(&ma, |hooks| edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb))?;
+    pb.finish_and_clear();
+    // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
+    let quantized: std::collections::HashSet<(u16, u16)> = entries.iter().map(|e| (e.layer, e.role as u16)).collect();
+    let rest = quantize::Policy::new(linear, embed, &a.skip)?;
+    let pb2 = progress(0, "finish");
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, &pb2)?;
+    pb2.finish_and_clear();
+    write_atomic(&a.out, &bytes)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let peak = edgeq_host::calib::pipeline::peak_rss_mb();
+    for r in &reports {
+        eprintln!(
+            "{:<24} {:<10} {} err {:.3e}  {:.2}s {}",
+            r.tensor, r.scheme, r.metric, r.rel_err, r.seconds, r.note
+        );
+    }
+    for r in &rtn_reports {
+        eprintln!("{:<24} {:<10} weight err {:.3e}  (rtn)", r.name, r.to, r.rel_err);
+    }
+    let report = serde_json::json!({
+        "method": a.method, "bits": a.bits, "group": a.group, "sym": !a.asym, "input": a.input, "output": a.out,
+        "calibration": {"samples": calib.samples.len(), "tokens": calib.tokens(), "file": a.calib},
+        "seconds": secs, "peak_rss_mb": peak, "layers": reports,
+        "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
+    });
+    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
+    write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    eprintln!(
+        "{} quantized {} layers -> {} ({:.3} MB) in {:.1}s, peak memory {:.0} MB; report {}",
+        a.method,
+        reports.len(),
+        a.out.display(),
+        bytes.len() as f64 / 1e6,
+        secs,
+        peak.unwrap_or(f64::NAN),
+        rpath.display()
+    );
+    Ok(())
+}
+
+fn cmd_layer(a: LayerArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let w = edgeq_host::npy::read(&a.weight)?;
+    let ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
+    let x = match &a.acts {
+        Some(p) => Some(edgeq_host::npy::read(p)?),
+        None if ma.needs_calibration() => anyhow::bail!("--method {} needs --acts X.npy", a.method),
+        None => None,
+    };
+    if let Some(x) = &x {
+        anyhow::ensure!(
+            x.cols == w.cols,
+            "{}: activations have {} features but the weight has {} inputs",
+            a.acts.as_ref().unwrap().display(),
+            x.cols,
+            w.cols
+        );
+    }
+    let (q, note) = methods::quantize_layer(&ma, &w.data, w.rows, w.cols, x.as_ref().map(|x| &x.data[..]))?;
+    let deq = q.dequantize();
+    let secs = t0.elapsed().as_secs_f64();
+    edgeq_host::npy::write(
+        &a.out,
+        &edgeq_host::npy::Matrix {
+            rows: w.rows,
+            cols: w.cols,
+            data: deq.clone(),
+        },
+    )?;
+    let eval = match (&a.eval_acts, &x) {
+        (Some(p), _) => Some(edgeq_host::npy::read(p)?),
+        (None, Some(x)) => Some(edgeq_host::npy::Matrix {
+            rows: x.rows,
+            cols: x.cols,
+            data: x.data.clone(),
+        }),
+        _ => None,
+    };
+    let err = eval
+        .as_ref()
+        .map(|e| edgeq_host::algo::output_rel_err(&w.data, &deq, &e.data, w.rows, w.cols));
+    let werr = {
+        let num: f64 = w.data.iter().zip(&deq).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let den: f64 = w.data.iter().map(|a| (*a as f64).powi(2)).sum();
+        num / den.max(f64::MIN_POSITIVE)
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"method": a.method, "bits": a.bits, "group": a.group, "sym": a.sym, "out_rel_err": err, "weight_rel_err": werr, "seconds": secs, "note": note})
+        );
+    } else {
+        println!(
+            "{} {}-bit g{} {}: output rel err {} weight rel err {:.4e} ({:.2}s) {}",
+            a.method,
+            a.bits,
+            a.group,
+            if a.sym { "sym" } else { "asym" },
+            err.map(|e| format!("{e:.6e}"))
+                .unwrap_or_else(|| "n/a (no --eval-acts/--acts)".into()),
+            werr,
+            secs,
+            note
+        );
+    }
+    Ok(())
+}
+
+fn cmd_calib_prepare(a: PrepareArgs) -> Result<()> {
+    let f = ModelFile::open(&a.model)?;
+    let model = f.model()?;
+    let tok = text::tokenizer(&model)?;
+    let chat_template = match &a.chat_template {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => serde_json::from_slice::<serde_json::Value>(model.eqf.metadata()).ok().and_then(|m| m["chat_template"].as_str().map(String::from)),
+    };
+    let max_ctx = model.cfg.max_seq_len as usize;
+    if a.max_tokens > max_ctx {
+        eprintln!("note: --max-tokens {} is beyond the model's context of {max_ctx}; instances are cut to {max_ctx}", a.max_tokens);
+    }
+    let opts = edgeq_host::calib::prepare::PrepareOptions {
+        field: a.field.clone(),
+        stratify_by: a.stratify_by.clone(),
+        samples: a.samples,
+        max_tokens: a.max_tokens.min(max_ctx),
+        min_tokens: a.min_tokens,
+        seed: a.seed,
+        chat_template,
+        skip_bad_lines: a.skip_bad_lines,
+    };
+    let inputs: Vec<&std::path::Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    let (inst, stats) = edgeq_host::calib::prepare::prepare(&inputs, &tok, &opts)?;
+    let mut out = String::new();
+    for i in &inst {
+        out.push_str(&serde_json::to_string(i)?);
+        out.push('\n');
+    }
+    write_atomic(&a.out, out.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    }
+    eprintln!(
+        "{} instances, {} tokens (mean {:.1}, max {}) -> {}; read {}, removed: {} duplicates, {} empty, {} too short, {} bad lines; {} truncated",
+        stats.instances,
+        stats.total_tokens,
+        stats.mean_tokens,
+        stats.max_tokens,
+        a.out.display(),
+        stats.read,
+        stats.duplicates,
+        stats.empty,
+        stats.too_short,
+        stats.bad_lines,
+        stats.truncated
+    );
+    for (k, n) in &stats.per_stratum {
+        eprintln!("  {k}: {n}");
     }
     Ok(())
 }

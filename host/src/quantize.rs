@@ -18,11 +18,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(
-        linear: QuantSpec,
-        embeddings: Option<QuantSpec>,
-        skip: &[String],
-    ) -> Result<Policy> {
+    pub fn new(linear: QuantSpec, embeddings: Option<QuantSpec>, skip: &[String]) -> Result<Policy> {
         let mut b = GlobSetBuilder::new();
         for s in skip {
             b.add(Glob::new(s).with_context(|| format!("bad --skip pattern '{s}'"))?);
@@ -82,8 +78,7 @@ pub fn spec_from_args(bits: u32, group: i64, sym: bool, fp8: Option<&str>) -> Re
     } else {
         QuantSpec::per_group(scheme, group as u32)
     };
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("--group {group}: {e}"))?;
+    spec.validate().map_err(|e| anyhow::anyhow!("--group {group}: {e}"))?;
     Ok(spec)
 }
 
@@ -123,14 +118,24 @@ pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
 }
 
 /// RTN-quantizes every tensor the policy selects; returns the new file and a report.
-pub fn quantize_rtn(
+pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+    quantize_rtn_except(eqf, policy, &std::collections::HashSet::new(), Vec::new(), progress)
+}
+
+/// Like [`quantize_rtn`], but tensors whose `(layer, role)` is in `done`
+/// are taken from `done_entries` (already quantized by another method).
+pub fn quantize_rtn_except(
     eqf: &Eqf<'_>,
     policy: &Policy,
+    done: &std::collections::HashSet<(u16, u16)>,
+    done_entries: Vec<TensorEntry>,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+    progress.set_length(eqf.tensors().len() as u64);
     let results: Vec<Result<(TensorEntry, Option<TensorReport>)>> = eqf
         .tensors()
         .par_iter()
+        .filter(|t| !done.contains(&(t.layer, t.role)))
         .map(|t| {
             let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
             let role = TensorRole::from_u16(t.role).context("unknown role")?;
@@ -174,6 +179,9 @@ pub fn quantize_rtn(
     let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
     w.metadata = eqf.metadata().to_vec();
     let mut reports = Vec::new();
+    for e in done_entries {
+        w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     for r in results {
         let (e, rep) = r?;
         w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -182,16 +190,9 @@ pub fn quantize_rtn(
     Ok((w.finish(), reports))
 }
 
-fn reconstruction_error(
-    w: &[f32],
-    spec: QuantSpec,
-    rows: u32,
-    cols: u32,
-    data: &[u8],
-) -> Result<f64> {
+fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<f64> {
     let aligned = crate::import::AlignedBytes::from(data);
-    let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut row = vec![0.0f32; cols as usize];
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for r in 0..rows as usize {

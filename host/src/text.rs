@@ -7,9 +7,7 @@ pub fn encode(tok: &Tokenizer<'_>, text: &str, bos: bool) -> Result<Vec<u32>> {
     let bos = bos && tok.bos().is_some();
     // A token covers at least one byte; +3 for BOS and a dummy prefix.
     let mut out = vec![0u32; text.len() + 3];
-    let n = tok
-        .encode(text, bos, &mut out)
-        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let n = tok.encode(text, bos, &mut out).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     out.truncate(n);
     Ok(out)
 }
@@ -28,6 +26,5 @@ pub fn decode(tok: &Tokenizer<'_>, tokens: &[u32]) -> Vec<u8> {
 }
 
 pub fn tokenizer<'a>(model: &edgeq_runtime::Model<'a>) -> Result<Tokenizer<'a>> {
-    Tokenizer::parse(model.eqf.tokenizer_bytes())
-        .map_err(|e| anyhow::anyhow!("model tokenizer section: {e}"))
+    Tokenizer::parse(model.eqf.tokenizer_bytes()).map_err(|e| anyhow::anyhow!("model tokenizer section: {e}"))
 }

@@ -23,21 +23,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-pub fn matmul(
-    y: &mut [f32],
-    w: &TensorView<'_>,
-    x: &[f32],
-    t: usize,
-    rows: core::ops::Range<usize>,
-    scratch: &mut [f32],
-) {
+pub fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: core::ops::Range<usize>, scratch: &mut [f32]) {
     let (n_rows, cols) = (w.rows(), w.cols());
-    if rows.end > n_rows
-        || rows.start > rows.end
-        || y.len() < t * n_rows
-        || x.len() < t * cols
-        || scratch.len() < cols
-    {
+    if rows.end > n_rows || rows.start > rows.end || y.len() < t * n_rows || x.len() < t * cols || scratch.len() < cols {
         return;
     }
     let row = &mut scratch[..cols];

@@ -89,13 +89,9 @@ impl<'r> Buffers<'r> {
     pub fn carve(plan: &ArenaPlan, arena: &'r mut [u8]) -> Result<Buffers<'r>, RuntimeError> {
         let need = plan.floats() * 4;
         if arena.len() < need {
-            return Err(RuntimeError::ArenaTooSmall {
-                need,
-                have: arena.len(),
-            });
+            return Err(RuntimeError::ArenaTooSmall { need, have: arena.len() });
         }
-        let all: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..need])
-            .map_err(|_| RuntimeError::ArenaMisaligned)?;
+        let all: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..need]).map_err(|_| RuntimeError::ArenaMisaligned)?;
         all.fill(0.0);
         let mut rest = all;
         let mut take = |n: usize| {

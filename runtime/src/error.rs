@@ -28,6 +28,9 @@ pub enum RuntimeError {
         token: u32,
         vocab: u32,
     },
+    /// An [`crate::Observer`] stopped the forward pass (the session's
+    /// position did not advance; its cache for these positions is partial).
+    Interrupted,
     /// A caller-provided output buffer is too short.
     OutputTooSmall {
         need: usize,
@@ -45,10 +48,9 @@ impl fmt::Display for RuntimeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             RuntimeError::Format(e) => write!(f, "{e}"),
-            RuntimeError::ArenaTooSmall { need, have } => write!(
-                f,
-                "arena too small: need {need} bytes, have {have} (size it with arena_bytes)"
-            ),
+            RuntimeError::ArenaTooSmall { need, have } => {
+                write!(f, "arena too small: need {need} bytes, have {have} (size it with arena_bytes)")
+            }
             RuntimeError::ArenaMisaligned => write!(f, "arena must be 4-byte aligned"),
             RuntimeError::ContextFull { pos, max_seq } => {
                 write!(f, "context full: position {pos} >= max_seq {max_seq}")
@@ -60,6 +62,7 @@ impl fmt::Display for RuntimeError {
             RuntimeError::BadToken { token, vocab } => {
                 write!(f, "token id {token} outside the vocabulary of {vocab}")
             }
+            RuntimeError::Interrupted => write!(f, "forward pass stopped by its observer"),
             RuntimeError::OutputTooSmall { need, have } => {
                 write!(f, "output buffer holds {have} floats, {need} needed")
             }

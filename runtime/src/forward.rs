@@ -16,6 +16,7 @@
 use crate::arena::{ArenaPlan, Buffers, Scratch};
 use crate::error::RuntimeError;
 use crate::model::{Block, Model};
+use core::ops::ControlFlow;
 use edgeq_core::{ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
 use edgeq_kernels as k;
 
@@ -23,16 +24,19 @@ use edgeq_kernels as k;
 /// (calibration statistics, Hessians). `x` holds `n` vectors of the layer's
 /// input width. q/k/v share one input (reported as `Wq`), gate/up too
 /// (reported as `WGate`); the classifier's input is reported with layer
-/// `usize::MAX` and role `Output`.
+/// `usize::MAX` and role `Output`. Returning `Break` stops the pass right
+/// there (calibration only needs a block up to the layer it is fitting).
 pub trait Observer {
-    fn linear_input(&mut self, layer: usize, role: TensorRole, x: &[f32], n: usize);
+    fn linear_input(&mut self, layer: usize, role: TensorRole, x: &[f32], n: usize) -> ControlFlow<()>;
 }
 
 /// Observes nothing.
 pub struct NoObserver;
 impl Observer for NoObserver {
     #[inline]
-    fn linear_input(&mut self, _: usize, _: TensorRole, _: &[f32], _: usize) {}
+    fn linear_input(&mut self, _: usize, _: TensorRole, _: &[f32], _: usize) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
 }
 
 /// A decoding session: a KV cache and scratch in a caller arena.
@@ -142,7 +146,7 @@ pub fn block_forward<O: Observer>(
     rope_cs: &[f32],
     s: &mut Scratch<'_>,
     obs: &mut O,
-) {
+) -> ControlFlow<()> {
     let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
     let (hd, n_heads) = (c.head_dim as usize, c.n_heads as usize);
     let kv_mul = n_heads / c.n_kv_heads as usize;
@@ -151,20 +155,14 @@ pub fn block_forward<O: Observer>(
 
     // Attention: q, k, v projections (k and v straight into the cache).
     for i in 0..n {
-        rmsnorm(
-            &mut s.xb[i * dim..(i + 1) * dim],
-            &x[i * dim..(i + 1) * dim],
-            w.attn_norm,
-            eps,
-        );
+        rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.attn_norm, eps);
     }
     let h = &s.xb[..n * dim];
-    obs.linear_input(l, TensorRole::Wq, h, n);
+    if obs.linear_input(l, TensorRole::Wq, h, n).is_break() {
+        return ControlFlow::Break(());
+    }
     {
-        let (k_new, v_new) = (
-            &mut kc[pos * kvd..(pos + n) * kvd],
-            &mut vc[pos * kvd..(pos + n) * kvd],
-        );
+        let (k_new, v_new) = (&mut kc[pos * kvd..(pos + n) * kvd], &mut vc[pos * kvd..(pos + n) * kvd]);
         matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row);
         matmul(k_new, &w.wk, h, n, s.row);
         matmul(v_new, &w.wv, h, n, s.row);
@@ -204,47 +202,38 @@ pub fn block_forward<O: Observer>(
             }
         }
     }
-    obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n);
+    if obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n).is_break() {
+        return ControlFlow::Break(());
+    }
     matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row);
-    x[..n * dim]
-        .iter_mut()
-        .zip(&s.xb2[..n * dim])
-        .for_each(|(x, d)| *x += d);
+    x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
 
     // Feed-forward (SwiGLU).
     for i in 0..n {
-        rmsnorm(
-            &mut s.xb[i * dim..(i + 1) * dim],
-            &x[i * dim..(i + 1) * dim],
-            w.ffn_norm,
-            eps,
-        );
+        rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.ffn_norm, eps);
     }
     let h = &s.xb[..n * dim];
-    obs.linear_input(l, TensorRole::WGate, h, n);
+    if obs.linear_input(l, TensorRole::WGate, h, n).is_break() {
+        return ControlFlow::Break(());
+    }
     matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row);
     matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row);
     s.hb[..n * hid]
         .iter_mut()
         .zip(&s.hb2[..n * hid])
         .for_each(|(g, u)| *g = silu(*g) * u);
-    obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n);
+    if obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n).is_break() {
+        return ControlFlow::Break(());
+    }
     matmul(&mut s.xb2[..n * dim], &w.w_down, &s.hb[..n * hid], n, s.row);
-    x[..n * dim]
-        .iter_mut()
-        .zip(&s.xb2[..n * dim])
-        .for_each(|(x, d)| *x += d);
+    x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
+    ControlFlow::Continue(())
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// A session of up to `max_seq` positions fed in calls of at most
     /// `max_batch` tokens; `arena` must hold `arena_bytes(cfg, max_seq, max_batch)`.
-    pub fn new(
-        model: &'m Model<'a>,
-        arena: &'r mut [u8],
-        max_seq: usize,
-        max_batch: usize,
-    ) -> Result<Self, RuntimeError> {
+    pub fn new(model: &'m Model<'a>, arena: &'r mut [u8], max_seq: usize, max_batch: usize) -> Result<Self, RuntimeError> {
         let max_seq = max_seq.clamp(1, model.cfg.max_seq_len as usize);
         let max_batch = max_batch.clamp(1, max_seq);
         let plan = ArenaPlan::new(&model.cfg, max_seq, max_batch);
@@ -277,11 +266,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// Feeds `tokens` (at most `max_batch`) at the current position. With
     /// `all_logits` (len ≥ n·vocab) the logits after every token are written
     /// there; the logits after the last token are always returned.
-    pub fn forward(
-        &mut self,
-        tokens: &[u32],
-        all_logits: Option<&mut [f32]>,
-    ) -> Result<&[f32], RuntimeError> {
+    pub fn forward(&mut self, tokens: &[u32], all_logits: Option<&mut [f32]>) -> Result<&[f32], RuntimeError> {
         self.forward_observed(tokens, all_logits, &mut NoObserver)
     }
 
@@ -343,21 +328,20 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 &mut b.kcache[l * per_layer..(l + 1) * per_layer],
                 &mut b.vcache[l * per_layer..(l + 1) * per_layer],
             );
-            block_forward(c, &w, l, b.x, n, self.pos, kc, vc, b.rope, &mut b.s, obs);
+            if block_forward(c, &w, l, b.x, n, self.pos, kc, vc, b.rope, &mut b.s, obs).is_break() {
+                return Err(RuntimeError::Interrupted);
+            }
         }
 
         // Final norm and classifier.
         let norm = m.output_norm()?;
         let xb = &mut b.s.xb;
         for i in 0..n {
-            rmsnorm(
-                &mut xb[i * dim..(i + 1) * dim],
-                &b.x[i * dim..(i + 1) * dim],
-                norm,
-                c.rms_eps,
-            );
+            rmsnorm(&mut xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], norm, c.rms_eps);
         }
-        obs.linear_input(usize::MAX, TensorRole::Output, &xb[..n * dim], n);
+        if obs.linear_input(usize::MAX, TensorRole::Output, &xb[..n * dim], n).is_break() {
+            return Err(RuntimeError::Interrupted);
+        }
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {

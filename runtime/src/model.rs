@@ -34,10 +34,7 @@ impl<'a> Model<'a> {
 
     pub fn from_bytes_with(bytes: &'a [u8], opts: ParseOptions) -> Result<Model<'a>, RuntimeError> {
         let eqf = Eqf::parse_with(bytes, opts)?;
-        let m = Model {
-            eqf,
-            cfg: *eqf.config(),
-        };
+        let m = Model { eqf, cfg: *eqf.config() };
         m.validate()?;
         Ok(m)
     }
@@ -65,12 +62,9 @@ impl<'a> Model<'a> {
     }
 
     pub fn tok_embd(&self) -> Result<TensorView<'a>, RuntimeError> {
-        Ok(self.eqf.tensor(
-            TensorRole::TokEmbd,
-            GLOBAL_LAYER,
-            self.cfg.vocab_size,
-            self.cfg.dim,
-        )?)
+        Ok(self
+            .eqf
+            .tensor(TensorRole::TokEmbd, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
     }
     pub fn output_norm(&self) -> Result<&'a [f32], RuntimeError> {
         self.vector(TensorRole::OutputNorm, GLOBAL_LAYER, self.cfg.dim)
@@ -80,12 +74,9 @@ impl<'a> Model<'a> {
         if self.cfg.tied_embeddings() {
             self.tok_embd()
         } else {
-            Ok(self.eqf.tensor(
-                TensorRole::Output,
-                GLOBAL_LAYER,
-                self.cfg.vocab_size,
-                self.cfg.dim,
-            )?)
+            Ok(self
+                .eqf
+                .tensor(TensorRole::Output, GLOBAL_LAYER, self.cfg.vocab_size, self.cfg.dim)?)
         }
     }
 

@@ -82,11 +82,7 @@ impl Sampler {
             *v /= sum;
         }
         let p = self.cfg.top_p;
-        let theta = if p > 0.0 && p < 1.0 {
-            nucleus_threshold(logits, p)
-        } else {
-            0.0
-        };
+        let theta = if p > 0.0 && p < 1.0 { nucleus_threshold(logits, p) } else { 0.0 };
         let mass: f32 = logits.iter().filter(|&&v| v >= theta).sum();
         let r = self.next_f32() * mass;
         let mut cdf = 0.0;

@@ -36,28 +36,16 @@ pub struct Eqf<'a> {
     data: &'a [u8],
 }
 
-fn read<'a, T: bytemuck::Pod>(
-    bytes: &'a [u8],
-    off: u64,
-    what: &'static str,
-) -> Result<&'a T, FormatError> {
+fn read<'a, T: bytemuck::Pod>(bytes: &'a [u8], off: u64, what: &'static str) -> Result<&'a T, FormatError> {
     let size = core::mem::size_of::<T>() as u64;
     let have = bytes.len() as u64;
-    let end = off
-        .checked_add(size)
-        .ok_or(FormatError::BadHeader("offset overflow"))?;
+    let end = off.checked_add(size).ok_or(FormatError::BadHeader("offset overflow"))?;
     if end > have {
-        return Err(FormatError::Truncated {
-            what,
-            need: end,
-            have,
-        });
+        return Err(FormatError::Truncated { what, need: end, have });
     }
-    bytemuck::try_from_bytes(&bytes[off as usize..end as usize]).map_err(|_| {
-        FormatError::Misaligned {
-            what,
-            align: core::mem::align_of::<T>() as u32,
-        }
+    bytemuck::try_from_bytes(&bytes[off as usize..end as usize]).map_err(|_| FormatError::Misaligned {
+        what,
+        align: core::mem::align_of::<T>() as u32,
     })
 }
 
@@ -113,9 +101,7 @@ impl<'a> Eqf<'a> {
             });
         }
         if header.header_size != 64 || header.section_dir_offset != 64 {
-            return Err(FormatError::BadHeader(
-                "header_size / section_dir_offset must be 64",
-            ));
+            return Err(FormatError::BadHeader("header_size / section_dir_offset must be 64"));
         }
         if header.file_size != have {
             return Err(if header.file_size > have {
@@ -148,11 +134,10 @@ impl<'a> Eqf<'a> {
                 actual,
             });
         }
-        let sections: &[SectionRecord] =
-            bytemuck::try_cast_slice(dir_bytes).map_err(|_| FormatError::Misaligned {
-                what: "section directory",
-                align: 8,
-            })?;
+        let sections: &[SectionRecord] = bytemuck::try_cast_slice(dir_bytes).map_err(|_| FormatError::Misaligned {
+            what: "section directory",
+            align: 8,
+        })?;
 
         let mut found: [Option<&[u8]>; 6] = [None; 6];
         for s in sections {
@@ -205,15 +190,12 @@ impl<'a> Eqf<'a> {
         let data = need(section::TENSOR_DATA)?;
         let metadata = found[section::METADATA as usize].unwrap_or(&[]);
         if dir.len() % core::mem::size_of::<TensorRecord>() != 0 {
-            return Err(FormatError::BadHeader(
-                "TENSOR_DIR size is not a multiple of 96",
-            ));
+            return Err(FormatError::BadHeader("TENSOR_DIR size is not a multiple of 96"));
         }
-        let tensors: &[TensorRecord] =
-            bytemuck::try_cast_slice(dir).map_err(|_| FormatError::Misaligned {
-                what: "tensor directory",
-                align: 8,
-            })?;
+        let tensors: &[TensorRecord] = bytemuck::try_cast_slice(dir).map_err(|_| FormatError::Misaligned {
+            what: "tensor directory",
+            align: 8,
+        })?;
         let eqf = Eqf {
             bytes,
             header,
@@ -231,10 +213,7 @@ impl<'a> Eqf<'a> {
         let mut prev: Option<(u16, u16)> = None;
         for (i, t) in self.tensors.iter().enumerate() {
             let n = t.name.iter().position(|&b| b == 0).unwrap_or(48);
-            if n == 0
-                || core::str::from_utf8(&t.name[..n]).is_err()
-                || t.name[n..].iter().any(|&b| b != 0)
-            {
+            if n == 0 || core::str::from_utf8(&t.name[..n]).is_err() || t.name[n..].iter().any(|&b| b != 0) {
                 return Err(FormatError::BadTensorName { index: i as u32 });
             }
             let name = TensorName(t.name);
@@ -243,12 +222,10 @@ impl<'a> Eqf<'a> {
             }
             prev = Some(t.sort_key());
             let spec = record_spec(t)?;
-            let layout = spec
-                .layout(t.rows, t.cols)
-                .map_err(|_| FormatError::BadQuantSpec {
-                    tensor: name,
-                    why: "invalid scheme/granularity/group for this shape",
-                })?;
+            let layout = spec.layout(t.rows, t.cols).map_err(|_| FormatError::BadQuantSpec {
+                tensor: name,
+                why: "invalid scheme/granularity/group for this shape",
+            })?;
             if layout.total_bytes != t.size {
                 return Err(FormatError::TensorSize {
                     tensor: name,
@@ -327,27 +304,18 @@ impl<'a> Eqf<'a> {
     pub fn view(&self, t: &TensorRecord) -> Result<TensorView<'a>, FormatError> {
         let name = TensorName(t.name);
         let spec = record_spec(t)?;
-        TensorView::new(spec, t.rows, t.cols, self.tensor_bytes(t)?).map_err(|_| {
-            FormatError::TensorSize {
-                tensor: name,
-                expected: 0,
-                actual: t.size,
-            }
+        TensorView::new(spec, t.rows, t.cols, self.tensor_bytes(t)?).map_err(|_| FormatError::TensorSize {
+            tensor: name,
+            expected: 0,
+            actual: t.size,
         })
     }
 
     /// Finds and views a tensor, checking its shape; `MissingTensor` if absent.
-    pub fn tensor(
-        &self,
-        role: TensorRole,
-        layer: u16,
-        rows: u32,
-        cols: u32,
-    ) -> Result<TensorView<'a>, FormatError> {
-        let t = self.find(role, layer).ok_or(FormatError::MissingTensor {
-            role: role as u16,
-            layer,
-        })?;
+    pub fn tensor(&self, role: TensorRole, layer: u16, rows: u32, cols: u32) -> Result<TensorView<'a>, FormatError> {
+        let t = self
+            .find(role, layer)
+            .ok_or(FormatError::MissingTensor { role: role as u16, layer })?;
         if t.rows != rows || t.cols != cols {
             return Err(FormatError::BadShape {
                 tensor: TensorName(t.name),
@@ -377,7 +345,6 @@ pub fn record_spec(t: &TensorRecord) -> Result<QuantSpec, FormatError> {
         granularity,
         group: t.group,
     };
-    spec.validate()
-        .map_err(|why| FormatError::BadQuantSpec { tensor: name, why })?;
+    spec.validate().map_err(|why| FormatError::BadQuantSpec { tensor: name, why })?;
     Ok(spec)
 }

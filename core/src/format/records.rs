@@ -102,10 +102,7 @@ impl TensorRole {
         TensorRole::ALL.iter().copied().find(|r| *r as u16 == v)
     }
     pub fn is_global(self) -> bool {
-        matches!(
-            self,
-            TensorRole::TokEmbd | TensorRole::OutputNorm | TensorRole::Output
-        )
+        matches!(self, TensorRole::TokEmbd | TensorRole::OutputNorm | TensorRole::Output)
     }
     /// Canonical short name (`tok_embd`, `attn_q`, ...), as in `blk.3.attn_q`.
     pub fn name(self) -> &'static str {
@@ -145,12 +142,7 @@ impl TensorRole {
     pub fn is_vector(self) -> bool {
         matches!(
             self,
-            TensorRole::OutputNorm
-                | TensorRole::AttnNorm
-                | TensorRole::FfnNorm
-                | TensorRole::Bq
-                | TensorRole::Bk
-                | TensorRole::Bv
+            TensorRole::OutputNorm | TensorRole::AttnNorm | TensorRole::FfnNorm | TensorRole::Bq | TensorRole::Bk | TensorRole::Bv
         )
     }
 }
@@ -187,11 +179,7 @@ impl TensorRecord {
         (self.layer, self.role)
     }
     pub fn name_str(&self) -> &str {
-        let n = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.name.len());
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..n]).unwrap_or("<non-utf8 name>")
     }
 }

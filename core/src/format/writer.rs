@@ -71,24 +71,17 @@ impl EqfWriter {
             }
             .name_str(),
         );
-        let layout = t
-            .spec
-            .layout(t.rows, t.cols)
-            .map_err(|_| WriteError::BadTensor {
-                name: name.clone(),
-                why: "invalid spec for shape",
-            })?;
+        let layout = t.spec.layout(t.rows, t.cols).map_err(|_| WriteError::BadTensor {
+            name: name.clone(),
+            why: "invalid spec for shape",
+        })?;
         if layout.total_bytes != t.data.len() as u64 {
             return Err(WriteError::BadTensor {
                 name,
                 why: "data length does not match the scheme's layout",
             });
         }
-        if self
-            .tensors
-            .iter()
-            .any(|o| o.role == t.role && o.layer == t.layer)
-        {
+        if self.tensors.iter().any(|o| o.role == t.role && o.layer == t.layer) {
             return Err(WriteError::Duplicate { name });
         }
         self.tensors.push(t);
@@ -132,11 +125,7 @@ impl EqfWriter {
             (section::TENSOR_DIR, 0, &dir[..]),
         ];
         if !self.metadata.is_empty() {
-            sections.push((
-                section::METADATA,
-                section::FLAG_OPTIONAL,
-                &self.metadata[..],
-            ));
+            sections.push((section::METADATA, section::FLAG_OPTIONAL, &self.metadata[..]));
         }
         sections.push((section::TENSOR_DATA, 0, &data[..]));
 
@@ -144,11 +133,7 @@ impl EqfWriter {
         let mut offset = dir_end.div_ceil(ALIGN) * ALIGN;
         let mut recs = Vec::new();
         for (kind, flags, body) in &sections {
-            let crc32 = if *kind == section::TENSOR_DATA {
-                0
-            } else {
-                crc32fast::hash(body)
-            };
+            let crc32 = if *kind == section::TENSOR_DATA { 0 } else { crc32fast::hash(body) };
             recs.push(SectionRecord {
                 kind: *kind,
                 flags: *flags,

@@ -67,11 +67,7 @@ pub fn encode(f: &Fp8Format, x: f32) -> u8 {
         libm::rintf(libm::scalbnf(a, m - emin)) as u32
     } else {
         let q = libm::rintf(libm::scalbnf(a, m - e)) as u32; // in [2^m, 2^(m+1)]
-        let (e, q) = if q == 1 << (m + 1) {
-            (e + 1, 1 << m)
-        } else {
-            (e, q)
-        };
+        let (e, q) = if q == 1 << (m + 1) { (e + 1, 1 << m) } else { (e, q) };
         (((e + f.bias) as u32) << m) | (q - (1 << m))
     };
     let code = code.min(f.max_code as u32) as u8;
@@ -86,11 +82,7 @@ pub fn decode(f: &Fp8Format, c: u8) -> f32 {
     let mant = (c & ((1 << m) - 1)) as f32;
     let emax_field = (1i32 << (7 - m)) - 1;
     if f.has_inf && e == emax_field {
-        return if mant == 0.0 {
-            sign * f32::INFINITY
-        } else {
-            f32::NAN
-        };
+        return if mant == 0.0 { sign * f32::INFINITY } else { f32::NAN };
     }
     if !f.has_inf && (c & 0x7F) == f.nan_code {
         return f32::NAN;

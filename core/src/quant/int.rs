@@ -51,11 +51,7 @@ impl GroupParams {
         match scheme {
             Scheme::Q8Sym => {
                 let amax = (-lo).max(hi);
-                let scale = f16::from_f32(if amax == 0.0 {
-                    1.0 / 127.0
-                } else {
-                    amax / 127.0
-                });
+                let scale = f16::from_f32(if amax == 0.0 { 1.0 / 127.0 } else { amax / 127.0 });
                 GroupParams {
                     scheme,
                     scale,
@@ -79,22 +75,14 @@ impl GroupParams {
                 }
             }
             _ => {
-                let maxq = if scheme == Scheme::Q4Asym {
-                    15.0
-                } else {
-                    255.0
-                };
+                let maxq = if scheme == Scheme::Q4Asym { 15.0 } else { 255.0 };
                 if lo == 0.0 && hi == 0.0 {
                     lo = -1.0;
                     hi = 1.0;
                 }
                 let scale = f16::from_f32((hi - lo) / maxq);
                 let s = scale.to_f32();
-                let zero = if s > 0.0 {
-                    rne(-lo / s).clamp(0.0, maxq)
-                } else {
-                    0.0
-                };
+                let zero = if s > 0.0 { rne(-lo / s).clamp(0.0, maxq) } else { 0.0 };
                 let min = f16::from_f32(-s * zero);
                 GroupParams {
                     scheme,
@@ -160,17 +148,8 @@ pub fn q4_code(row: &[u8], i: usize) -> u8 {
     }
 }
 
-pub(super) fn quantize(
-    scheme: Scheme,
-    l: &TensorLayout,
-    src: &[f32],
-    out: &mut [u8],
-) -> Result<(), QuantError> {
-    let (cols, g, gpr) = (
-        l.cols as usize,
-        l.group_len as usize,
-        l.groups_per_row as usize,
-    );
+pub(super) fn quantize(scheme: Scheme, l: &TensorLayout, src: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    let (cols, g, gpr) = (l.cols as usize, l.group_len as usize, l.groups_per_row as usize);
     let q4 = matches!(scheme, Scheme::Q4Sym | Scheme::Q4Asym);
     let mut block = [0u8; BLOCK];
     for r in 0..l.rows as usize {
@@ -180,9 +159,7 @@ pub(super) fn quantize(
             let end = (start + g).min(cols);
             let p = GroupParams::fit(scheme, &x[start..end]);
             if !p.scale.is_finite() || !p.min.is_finite() {
-                return Err(QuantError::OutOfRange {
-                    index: r * cols + start,
-                });
+                return Err(QuantError::OutOfRange { index: r * cols + start });
             }
             let si = r * gpr + gi;
             let so = l.scales_offset as usize + 2 * si;
@@ -196,11 +173,7 @@ pub(super) fn quantize(
                 for (j, c) in block.iter_mut().enumerate() {
                     let i = start + b * BLOCK + j;
                     let q = if i < end { p.code(x[i]) } else { p.zero };
-                    *c = if scheme == Scheme::Q8Sym {
-                        (q as i32 as i8) as u8
-                    } else {
-                        q as u8
-                    };
+                    *c = if scheme == Scheme::Q8Sym { (q as i32 as i8) as u8 } else { q as u8 };
                 }
                 let e0 = start + b * BLOCK;
                 if q4 {

@@ -14,13 +14,7 @@ use half::{bf16, f16};
 /// Quantizes a row-major `rows`×`cols` f32 tensor into `out`, which must be
 /// exactly `spec.layout(rows, cols).total_bytes` long and 4-byte aligned
 /// (the writer gives 64). NaN/Inf inputs are an error naming the index.
-pub fn quantize(
-    spec: QuantSpec,
-    rows: u32,
-    cols: u32,
-    src: &[f32],
-    out: &mut [u8],
-) -> Result<(), QuantError> {
+pub fn quantize(spec: QuantSpec, rows: u32, cols: u32, src: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
     let layout = spec.layout(rows, cols)?;
     let n = rows as usize * cols as usize;
     if src.len() != n {

@@ -48,8 +48,7 @@ impl Grid {
         } else {
             QuantSpec::per_group(scheme, self.group as u32)
         };
-        spec.validate()
-            .map_err(|e| anyhow::anyhow!("group {}: {e}", self.group))?;
+        spec.validate().map_err(|e| anyhow::anyhow!("group {}: {e}", self.group))?;
         Ok(spec)
     }
 }
@@ -123,8 +122,7 @@ impl QuantizedLayer {
         for r in 0..self.rows {
             for c in 0..self.cols {
                 let g = r * ng + self.group_of(c);
-                out[r * self.cols + c] =
-                    self.scales[g] * (self.codes[r * self.cols + c] as f32 - self.zeros[g]);
+                out[r * self.cols + c] = self.scales[g] * (self.codes[r * self.cols + c] as f32 - self.zeros[g]);
             }
         }
         out
@@ -140,10 +138,7 @@ impl QuantizedLayer {
         let l = spec
             .layout(self.rows as u32, self.cols as u32)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        ensure!(
-            l.groups_per_row as usize == self.grid.n_groups(self.cols),
-            "group layout mismatch"
-        );
+        ensure!(l.groups_per_row as usize == self.grid.n_groups(self.cols), "group layout mismatch");
         let mut out = vec![0u8; l.total_bytes as usize];
         let ng = l.groups_per_row as usize;
         let gl = l.group_len as usize;
@@ -152,33 +147,19 @@ impl QuantizedLayer {
                 let i = r * ng + g;
                 let (s, z) = (self.scales[i], self.zeros[i]);
                 let so = l.scales_offset as usize + 2 * i;
-                ensure!(
-                    f16::from_f32(s).is_finite(),
-                    "scale {s} of row {r} group {g} overflows f16"
-                );
+                ensure!(f16::from_f32(s).is_finite(), "scale {s} of row {r} group {g} overflows f16");
                 out[so..so + 2].copy_from_slice(&f16::from_f32(s).to_le_bytes());
                 if spec.scheme.is_asym() {
                     let mo = l.mins_offset as usize + 2 * i;
                     out[mo..mo + 2].copy_from_slice(&f16::from_f32(-s * z).to_le_bytes());
                 } else {
-                    ensure!(
-                        z == (self.grid.maxq() + 1.0) / 2.0,
-                        "symmetric grid with zero {z}"
-                    );
+                    ensure!(z == (self.grid.maxq() + 1.0) / 2.0, "symmetric grid with zero {z}");
                 }
             }
             let row = &mut out[r * l.row_stride as usize..(r + 1) * l.row_stride as usize];
-            let pad = if self.grid.sym {
-                (self.grid.maxq() as u32 + 1) / 2
-            } else {
-                0
-            };
+            let pad = if self.grid.sym { (self.grid.maxq() as u32 + 1) / 2 } else { 0 };
             for c in 0..l.padded_cols as usize {
-                let q = if c < self.cols {
-                    self.codes[r * self.cols + c] as u32
-                } else {
-                    pad
-                };
+                let q = if c < self.cols { self.codes[r * self.cols + c] as u32 } else { pad };
                 match spec.scheme {
                     Scheme::Q8Sym => row[c] = (q as i32 - 128) as i8 as u8,
                     Scheme::Q8Asym => row[c] = q as u8,

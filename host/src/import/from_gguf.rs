@@ -9,8 +9,7 @@ use edgeq_core::config::{flags, ARCH_LLAMA};
 use edgeq_core::format::GLOBAL_LAYER;
 use edgeq_core::{ModelConfig, QuantSpec, Scheme, TensorRole};
 use edgeq_runtime::tokenizer::{
-    build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer,
-    SentencePieceConfig, TokenType,
+    build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer, SentencePieceConfig, TokenType,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,10 +17,7 @@ use std::path::Path;
 pub fn import(path: &Path) -> Result<ImportedModel> {
     let g = GgufFile::open(path)?;
     let p = path.display();
-    let arch = g
-        .architecture()
-        .context("general.architecture missing")?
-        .to_string();
+    let arch = g.architecture().context("general.architecture missing")?.to_string();
     ensure!(
         arch == "llama" || arch == "qwen2",
         "{p}: architecture '{arch}' is not supported (llama, qwen2)"
@@ -33,17 +29,12 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
     };
     let dim = u("embedding_length")?;
     let n_heads = u("attention.head_count")?;
-    let n_kv = g
-        .arch_get("attention.head_count_kv")
-        .and_then(|v| v.as_u32())
-        .unwrap_or(n_heads);
+    let n_kv = g.arch_get("attention.head_count_kv").and_then(|v| v.as_u32()).unwrap_or(n_heads);
     let head_dim = g
         .arch_get("attention.key_length")
         .and_then(|v| v.as_u32())
         .unwrap_or(dim / n_heads.max(1));
-    let emb = g
-        .tensor("token_embd.weight")
-        .context("tensor token_embd.weight missing")?;
+    let emb = g.tensor("token_embd.weight").context("tensor token_embd.weight missing")?;
     let vocab = g
         .arch_get("vocab_size")
         .and_then(|v| v.as_u32())
@@ -51,10 +42,11 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
     let tied = g.tensor("output.weight").is_none();
     let qkv_bias = g.tensor("blk.0.attn_q.bias").is_some();
     if g.tensor("rope_freqs.weight").is_some() {
-        eprintln!("warning: {p}: rope_freqs.weight (Llama 3.1 frequency scaling) is ignored; contexts beyond the original length will degrade");
+        eprintln!(
+            "warning: {p}: rope_freqs.weight (Llama 3.1 frequency scaling) is ignored; contexts beyond the original length will degrade"
+        );
     }
-    let mut fl =
-        if tied { flags::TIED_EMBEDDINGS } else { 0 } | if qkv_bias { flags::QKV_BIAS } else { 0 };
+    let mut fl = if tied { flags::TIED_EMBEDDINGS } else { 0 } | if qkv_bias { flags::QKV_BIAS } else { 0 };
     if arch == "qwen2" {
         fl |= flags::ROPE_HALF; // llama.cpp runs qwen2 with NEOX-style rope
     }
@@ -70,18 +62,12 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         head_dim,
         vocab_size: vocab,
         max_seq_len: u("context_length")?,
-        rope_theta: g
-            .arch_get("rope.freq_base")
-            .and_then(|v| v.as_f32())
-            .unwrap_or(10000.0),
+        rope_theta: g.arch_get("rope.freq_base").and_then(|v| v.as_f32()).unwrap_or(10000.0),
         rms_eps: g
             .arch_get("attention.layer_norm_rms_epsilon")
             .and_then(|v| v.as_f32())
             .unwrap_or(1e-5),
-        rope_dim: g
-            .arch_get("rope.dimension_count")
-            .and_then(|v| v.as_u32())
-            .unwrap_or(head_dim),
+        rope_dim: g.arch_get("rope.dimension_count").and_then(|v| v.as_u32()).unwrap_or(head_dim),
         bos_id: tok.1,
         eos_id: tok.2,
         ..bytemuck::Zeroable::zeroed()
@@ -89,6 +75,9 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
     config.validate().map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
     let mut m = ImportedModel::new(config, tok.0, path);
     m.metadata.insert("importer".into(), "gguf".into());
+    if let Some(t) = g.get_str("tokenizer.chat_template") {
+        m.metadata.insert("chat_template".into(), t.into());
+    }
     if let Some(n) = g.get_str("general.name") {
         m.metadata.insert("name".into(), n.into());
     }
@@ -106,18 +95,11 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         let vector = role.is_vector();
         match t.ggml_type {
             GgmlType::F32 => {
-                let v: Vec<f32> = data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                 m.push(role, layer, rows, cols, &v);
             }
             GgmlType::F16 | GgmlType::BF16 if !vector => {
-                let s = if t.ggml_type == GgmlType::F16 {
-                    Scheme::F16
-                } else {
-                    Scheme::BF16
-                };
+                let s = if t.ggml_type == GgmlType::F16 { Scheme::F16 } else { Scheme::BF16 };
                 m.push_encoded(role, layer, QuantSpec::float(s), rows, cols, data.to_vec());
             }
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 if !vector => {
@@ -126,10 +108,7 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
             }
             ty => {
                 if !vector {
-                    eprintln!(
-                        "warning: {name}: {} has no exact EQF scheme; stored dequantized as f32",
-                        ty.name()
-                    );
+                    eprintln!("warning: {name}: {} has no exact EQF scheme; stored dequantized as f32", ty.name());
                 }
                 let v = g.tensor_f32(t)?;
                 m.push(role, layer, rows, cols, &v);
@@ -137,18 +116,8 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
         }
         Ok(())
     };
-    add(
-        "token_embd.weight",
-        TensorRole::TokEmbd,
-        GLOBAL_LAYER,
-        false,
-    )?;
-    add(
-        "output_norm.weight",
-        TensorRole::OutputNorm,
-        GLOBAL_LAYER,
-        false,
-    )?;
+    add("token_embd.weight", TensorRole::TokEmbd, GLOBAL_LAYER, false)?;
+    add("output_norm.weight", TensorRole::OutputNorm, GLOBAL_LAYER, false)?;
     add("output.weight", TensorRole::Output, GLOBAL_LAYER, true)?;
     for l in 0..config.n_layers as u16 {
         for (suffix, role, opt) in [
@@ -173,12 +142,7 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
 
 /// Re-lays GGUF Q8_0 / Q4_0 / Q4_1 blocks (32 elements each) as EQF's
 /// planar codes + f16 scales (+ f16 mins); bit-exact, nibble order shared.
-pub fn blocks_to_eqf(
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    data: &[u8],
-) -> Result<(QuantSpec, Vec<u8>)> {
+pub fn blocks_to_eqf(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Result<(QuantSpec, Vec<u8>)> {
     ensure!(cols % 32 == 0, "row length {cols} is not a multiple of 32");
     let (scheme, bsize) = match ty {
         GgmlType::Q8_0 => (Scheme::Q8Sym, 34),
@@ -187,9 +151,7 @@ pub fn blocks_to_eqf(
         _ => bail!("{} is not a directly mapped block type", ty.name()),
     };
     let spec = QuantSpec::per_group(scheme, 32);
-    let l = spec
-        .layout(rows as u32, cols as u32)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let l = spec.layout(rows as u32, cols as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
     let nb = rows * cols / 32;
     ensure!(
         data.len() == nb * bsize,
@@ -218,9 +180,7 @@ pub fn blocks_to_eqf(
 
 /// Builds the tokenizer blob; returns (blob, bos, eos).
 fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
-    let model = g
-        .get_str("tokenizer.ggml.model")
-        .context("tokenizer.ggml.model missing")?;
+    let model = g.get_str("tokenizer.ggml.model").context("tokenizer.ggml.model missing")?;
     let tokens = g
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.as_str_array())
@@ -243,16 +203,10 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
                 .get("tokenizer.ggml.merges")
                 .and_then(|v| v.as_str_array())
                 .context("tokenizer.ggml.merges missing")?;
-            let ids: HashMap<&str, u32> = tokens
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (*t, i as u32))
-                .collect();
+            let ids: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (*t, i as u32)).collect();
             let mut pairs = Vec::with_capacity(merges.len());
             for (i, mg) in merges.iter().enumerate() {
-                let (a, b) = mg
-                    .split_once(' ')
-                    .with_context(|| format!("merge {i} '{mg}' has no space"))?;
+                let (a, b) = mg.split_once(' ').with_context(|| format!("merge {i} '{mg}' has no space"))?;
                 let (Some(&a), Some(&b)) = (ids.get(a), ids.get(b)) else {
                     bail!("merge {i} '{mg}' names a token not in the vocabulary")
                 };
@@ -296,10 +250,7 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
                 .get("tokenizer.ggml.scores")
                 .and_then(|v| v.as_f32_array())
                 .unwrap_or_else(|| vec![0.0; tokens.len()]);
-            let pieces: Vec<Vec<u8>> = tokens
-                .iter()
-                .map(|t| t.replace('\u{2581}', " ").into_bytes())
-                .collect();
+            let pieces: Vec<Vec<u8>> = tokens.iter().map(|t| t.replace('\u{2581}', " ").into_bytes()).collect();
             let refs: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
             let tt: Vec<TokenType> = types
                 .iter()
@@ -315,17 +266,11 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
                 bos,
                 eos,
                 add_bos: g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(true),
-                add_dummy_prefix: g
-                    .get_bool("tokenizer.ggml.add_space_prefix")
-                    .unwrap_or(true),
+                add_dummy_prefix: g.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true),
             };
             build_sentencepiece(&refs, &scores, &tt, &cfg).map_err(err)?
         }
         other => bail!("tokenizer model '{other}' is not supported (gpt2, llama)"),
     };
-    Ok((
-        blob,
-        bos.unwrap_or(0).min(vocab - 1),
-        eos.unwrap_or(0).min(vocab - 1),
-    ))
+    Ok((blob, bos.unwrap_or(0).min(vocab - 1), eos.unwrap_or(0).min(vocab - 1)))
 }

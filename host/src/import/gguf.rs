@@ -321,13 +321,7 @@ impl GgufArray {
             .map(|v| v.summary(max_elems))
             .collect();
         let more = if n > max_elems { ", …" } else { "" };
-        format!(
-            "[{}; {}] [{}{}]",
-            self.elem_type(),
-            n,
-            shown.join(", "),
-            more
-        )
+        format!("[{}; {}] [{}{}]", self.elem_type(), n, shown.join(", "), more)
     }
 }
 
@@ -632,9 +626,8 @@ impl GgmlType {
     pub const ALL: [GgmlType; 38] = {
         use GgmlType::*;
         [
-            F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-            IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64,
-            IQ1_M, BF16, Q4_0_4_4, Q4_0_4_8, Q4_0_8_8, TQ1_0, TQ2_0, IQ4_NL_4_4, IQ4_NL_4_8,
+            F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL,
+            IQ3_S, IQ2_S, IQ4_XS, I8, I16, I32, I64, F64, IQ1_M, BF16, Q4_0_4_4, Q4_0_4_8, Q4_0_8_8, TQ1_0, TQ2_0, IQ4_NL_4_4, IQ4_NL_4_8,
             IQ4_NL_8_8, MXFP4,
         ]
     };
@@ -705,24 +698,7 @@ impl GgmlType {
         use GgmlType::*;
         matches!(
             self,
-            F32 | F16
-                | BF16
-                | F64
-                | I8
-                | I16
-                | I32
-                | Q4_0
-                | Q4_1
-                | Q5_0
-                | Q5_1
-                | Q8_0
-                | Q8_1
-                | Q2_K
-                | Q3_K
-                | Q4_K
-                | Q5_K
-                | Q6_K
-                | Q8_K
+            F32 | F16 | BF16 | F64 | I8 | I16 | I32 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K
         )
     }
 
@@ -832,9 +808,7 @@ impl GgufTensorInfo {
 
     /// Bytes in one row (`ne[0]` elements).
     pub fn row_bytes(&self) -> u64 {
-        self.ggml_type
-            .row_size(self.dims.first().copied().unwrap_or(1))
-            .unwrap_or(0)
+        self.ggml_type.row_size(self.dims.first().copied().unwrap_or(1)).unwrap_or(0)
     }
 }
 
@@ -884,8 +858,7 @@ impl GgufFile {
     /// Memory-map and parse a GGUF file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path)
-            .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
         let len = file
             .metadata()
             .with_context(|| format!("cannot stat GGUF file {}", path.display()))?
@@ -896,12 +869,10 @@ impl GgufFile {
         } else {
             // SAFETY: the mapping is read-only; as with any mmap-based reader the
             // file must not be truncated or modified while this `GgufFile` lives.
-            let map = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
+            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
             Backing::Mmap(map)
         };
-        let mut g = Self::parse(backing)
-            .with_context(|| format!("invalid GGUF file {}", path.display()))?;
+        let mut g = Self::parse(backing).with_context(|| format!("invalid GGUF file {}", path.display()))?;
         g.path = Some(path.to_path_buf());
         Ok(g)
     }
@@ -917,11 +888,7 @@ impl GgufFile {
         let mut r = Reader { buf, pos: 0 };
 
         let magic = r.take(4, "magic")?;
-        ensure!(
-            magic == GGUF_MAGIC,
-            "bad magic {:02x?} (expected \"GGUF\")",
-            magic
-        );
+        ensure!(magic == GGUF_MAGIC, "bad magic {:02x?} (expected \"GGUF\")", magic);
         let version = r.u32("version")?;
         if version == 1 {
             bail!("GGUF version 1 is not supported (only versions 2 and 3)");
@@ -929,10 +896,7 @@ impl GgufFile {
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
             bail!("big-endian GGUF files are not supported");
         }
-        ensure!(
-            version == 2 || version == 3,
-            "unsupported GGUF version {version} (only 2 and 3)"
-        );
+        ensure!(version == 2 || version == 3, "unsupported GGUF version {version} (only 2 and 3)");
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata KV count")?;
 
@@ -952,9 +916,7 @@ impl GgufFile {
         let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(n_kv);
         for i in 0..n_kv {
             let start = r.pos;
-            let key = r
-                .string("key")
-                .with_context(|| format!("metadata KV #{i} at offset {start}"))?;
+            let key = r.string("key").with_context(|| format!("metadata KV #{i} at offset {start}"))?;
             let value = (|| -> Result<GgufValue> {
                 let ty = r.u32("value type")?;
                 read_value(&mut r, ty, 0)
@@ -969,16 +931,10 @@ impl GgufFile {
         let alignment = match metadata.iter().find(|(k, _)| k == GGUF_KEY_ALIGNMENT) {
             None => GGUF_DEFAULT_ALIGNMENT,
             Some((_, v)) => {
-                let a = v.as_u64().ok_or_else(|| {
-                    anyhow!(
-                        "{GGUF_KEY_ALIGNMENT} must be an unsigned integer, got {:?}",
-                        v
-                    )
-                })?;
-                ensure!(
-                    a != 0 && a.is_power_of_two(),
-                    "{GGUF_KEY_ALIGNMENT} = {a} is not a power of two"
-                );
+                let a = v
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("{GGUF_KEY_ALIGNMENT} must be an unsigned integer, got {:?}", v))?;
+                ensure!(a != 0 && a.is_power_of_two(), "{GGUF_KEY_ALIGNMENT} = {a} is not a power of two");
                 a
             }
         };
@@ -1001,8 +957,7 @@ impl GgufFile {
             }
         }
 
-        let data_offset = align_up(r.pos as u64, alignment)
-            .ok_or_else(|| anyhow!("data section offset overflows"))?;
+        let data_offset = align_up(r.pos as u64, alignment).ok_or_else(|| anyhow!("data section offset overflows"))?;
         if !tensors.is_empty() {
             ensure!(
                 data_offset <= file_size,
@@ -1135,15 +1090,8 @@ impl GgufFile {
     /// A tensor dequantised to `f32` (row-major, `ne[0]` fastest).
     pub fn tensor_f32(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let bytes = self.tensor_data(info)?;
-        let n = usize::try_from(info.n_elements)
-            .map_err(|_| anyhow!("tensor '{}' is too large for this platform", info.name))?;
-        dequantize(info.ggml_type, bytes, n).with_context(|| {
-            format!(
-                "{}: dequantising tensor '{}'",
-                self.display_name(),
-                info.name
-            )
-        })
+        let n = usize::try_from(info.n_elements).map_err(|_| anyhow!("tensor '{}' is too large for this platform", info.name))?;
+        dequantize(info.ggml_type, bytes, n).with_context(|| format!("{}: dequantising tensor '{}'", self.display_name(), info.name))
     }
 
     fn display_name(&self) -> Cow<'_, str> {
@@ -1168,10 +1116,7 @@ fn read_tensor_info(r: &mut Reader<'_>, name: String, alignment: u64) -> Result<
     let mut dims = Vec::with_capacity(n_dims as usize);
     for d in 0..n_dims {
         let ne = r.u64("dimension")?;
-        ensure!(
-            ne <= i64::MAX as u64,
-            "dimension ne[{d}] = {ne} is out of range"
-        );
+        ensure!(ne <= i64::MAX as u64, "dimension ne[{d}] = {ne} is out of range");
         dims.push(ne);
     }
     let n_elements = dims
@@ -1180,8 +1125,7 @@ fn read_tensor_info(r: &mut Reader<'_>, name: String, alignment: u64) -> Result<
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| anyhow!("element count of dims {dims:?} overflows"))?;
     let ty_raw = r.u32("ggml type")?;
-    let ggml_type = GgmlType::from_u32(ty_raw)
-        .ok_or_else(|| anyhow!("tensor '{name}' has unknown ggml type {ty_raw}"))?;
+    let ggml_type = GgmlType::from_u32(ty_raw).ok_or_else(|| anyhow!("tensor '{name}' has unknown ggml type {ty_raw}"))?;
     let bs = ggml_type.block_size() as u64;
     ensure!(
         dims[0] % bs == 0,
@@ -1208,8 +1152,7 @@ fn read_tensor_info(r: &mut Reader<'_>, name: String, alignment: u64) -> Result<
 }
 
 fn read_value(r: &mut Reader<'_>, ty_raw: u32, depth: u32) -> Result<GgufValue> {
-    let ty = GgufValueType::from_u32(ty_raw)
-        .ok_or_else(|| anyhow!("unknown metadata value type {ty_raw}"))?;
+    let ty = GgufValueType::from_u32(ty_raw).ok_or_else(|| anyhow!("unknown metadata value type {ty_raw}"))?;
     Ok(match ty {
         GgufValueType::U8 => GgufValue::U8(r.u8("u8")?),
         GgufValueType::I8 => GgufValue::I8(r.u8("i8")? as i8),
@@ -1228,13 +1171,9 @@ fn read_value(r: &mut Reader<'_>, ty_raw: u32, depth: u32) -> Result<GgufValue> 
 }
 
 fn read_array(r: &mut Reader<'_>, depth: u32) -> Result<GgufArray> {
-    ensure!(
-        depth <= MAX_ARRAY_DEPTH,
-        "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-    );
+    ensure!(depth <= MAX_ARRAY_DEPTH, "arrays nested deeper than {MAX_ARRAY_DEPTH} levels");
     let et_raw = r.u32("array element type")?;
-    let et = GgufValueType::from_u32(et_raw)
-        .ok_or_else(|| anyhow!("unknown array element type {et_raw}"))?;
+    let et = GgufValueType::from_u32(et_raw).ok_or_else(|| anyhow!("unknown array element type {et_raw}"))?;
     let count = r.u64("array length")?;
     let n = r.check_count(count, et.min_encoded_size(), "array length")?;
 
@@ -1242,26 +1181,14 @@ fn read_array(r: &mut Reader<'_>, depth: u32) -> Result<GgufArray> {
         ($variant:ident, $t:ty) => {{
             const S: usize = std::mem::size_of::<$t>();
             let bytes = r.take(n * S, concat!("array of ", stringify!($t)))?;
-            GgufArray::$variant(
-                bytes
-                    .chunks_exact(S)
-                    .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )
+            GgufArray::$variant(bytes.chunks_exact(S).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
         }};
     }
 
     Ok(match et {
         GgufValueType::U8 => GgufArray::U8(r.take(n, "array of u8")?.to_vec()),
-        GgufValueType::I8 => {
-            GgufArray::I8(r.take(n, "array of i8")?.iter().map(|&b| b as i8).collect())
-        }
-        GgufValueType::Bool => GgufArray::Bool(
-            r.take(n, "array of bool")?
-                .iter()
-                .map(|&b| b != 0)
-                .collect(),
-        ),
+        GgufValueType::I8 => GgufArray::I8(r.take(n, "array of i8")?.iter().map(|&b| b as i8).collect()),
+        GgufValueType::Bool => GgufArray::Bool(r.take(n, "array of bool")?.iter().map(|&b| b != 0).collect()),
         GgufValueType::U16 => fixed!(U16, u16),
         GgufValueType::I16 => fixed!(I16, i16),
         GgufValueType::U32 => fixed!(U32, u32),
@@ -1273,10 +1200,7 @@ fn read_array(r: &mut Reader<'_>, depth: u32) -> Result<GgufArray> {
         GgufValueType::String => {
             let mut v = Vec::with_capacity(n);
             for i in 0..n {
-                v.push(
-                    r.string("string")
-                        .with_context(|| format!("array element #{i}"))?,
-                );
+                v.push(r.string("string").with_context(|| format!("array element #{i}"))?);
             }
             GgufArray::String(v)
         }
@@ -1346,18 +1270,14 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
         let len = self.u64(what)?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= self.remaining())
-            .ok_or_else(|| {
-                anyhow!(
-                    "{what} length {len} at offset {at} exceeds the {} bytes left in the file",
-                    self.remaining()
-                )
-            })?;
+        let len = usize::try_from(len).ok().filter(|&l| l <= self.remaining()).ok_or_else(|| {
+            anyhow!(
+                "{what} length {len} at offset {at} exceeds the {} bytes left in the file",
+                self.remaining()
+            )
+        })?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| anyhow!("{what} at offset {at} is not valid UTF-8: {e}"))
+        String::from_utf8(bytes.to_vec()).map_err(|e| anyhow!("{what} at offset {at} is not valid UTF-8: {e}"))
     }
 }
 
@@ -1383,18 +1303,11 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
     let n = out.len();
     let bs = ty.block_size();
     let ts = ty.type_size();
-    ensure!(
-        n % bs == 0,
-        "{n} elements is not a multiple of the {ty} block size {bs}"
-    );
+    ensure!(n % bs == 0, "{n} elements is not a multiple of the {ty} block size {bs}");
     let need = (n / bs)
         .checked_mul(ts)
         .ok_or_else(|| anyhow!("size of {n} {ty} elements overflows"))?;
-    ensure!(
-        bytes.len() == need,
-        "{n} {ty} elements need {need} bytes, got {}",
-        bytes.len()
-    );
+    ensure!(bytes.len() == need, "{n} {ty} elements need {need} bytes, got {}", bytes.len());
     let blocks = bytes.chunks_exact(ts).zip(out.chunks_exact_mut(bs));
     use GgmlType::*;
     match ty {
@@ -1676,10 +1589,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -1689,11 +1599,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Quantise to Q8_0 like ggml's `quantize_row_q8_0_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(
-        x.len() % 32 == 0,
-        "Q8_0 needs a multiple of 32 values, got {}",
-        x.len()
-    );
+    ensure!(x.len() % 32 == 0, "Q8_0 needs a multiple of 32 values, got {}", x.len());
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
     for blk in x.chunks_exact(32) {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -1707,11 +1613,7 @@ pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Quantise to Q4_0 like ggml's `quantize_row_q4_0_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(
-        x.len() % 32 == 0,
-        "Q4_0 needs a multiple of 32 values, got {}",
-        x.len()
-    );
+    ensure!(x.len() % 32 == 0, "Q4_0 needs a multiple of 32 values, got {}", x.len());
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
     for blk in x.chunks_exact(32) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -1737,11 +1639,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Result<Vec<u8>> {
 
 /// Quantise to Q4_1 like ggml's `quantize_row_q4_1_ref`. `x.len()` must be a multiple of 32.
 pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
-    ensure!(
-        x.len() % 32 == 0,
-        "Q4_1 needs a multiple of 32 values, got {}",
-        x.len()
-    );
+    ensure!(x.len() % 32 == 0, "Q4_1 needs a multiple of 32 values, got {}", x.len());
     let mut out = Vec::with_capacity(x.len() / 32 * 20);
     for blk in x.chunks_exact(32) {
         let min = blk.iter().copied().fold(f32::MAX, f32::min);
@@ -1763,16 +1661,12 @@ pub fn quantize_q4_1(x: &[f32]) -> Result<Vec<u8>> {
 
 /// `f32` values as little-endian F16 bytes.
 pub fn encode_f16(x: &[f32]) -> Vec<u8> {
-    x.iter()
-        .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
-        .collect()
+    x.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect()
 }
 
 /// `f32` values as little-endian BF16 bytes.
 pub fn encode_bf16(x: &[f32]) -> Vec<u8> {
-    x.iter()
-        .flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes())
-        .collect()
+    x.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()).collect()
 }
 
 /// `f32` values as little-endian F32 bytes.
@@ -1823,11 +1717,7 @@ impl GgufWriter {
     }
 
     /// Add a metadata KV; an existing key is replaced in place.
-    pub fn add_metadata(
-        &mut self,
-        key: impl Into<String>,
-        value: impl Into<GgufValue>,
-    ) -> &mut Self {
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<GgufValue>) -> &mut Self {
         let key = key.into();
         let value = value.into();
         match self.metadata.iter_mut().find(|(k, _)| *k == key) {
@@ -1860,13 +1750,7 @@ impl GgufWriter {
     }
 
     /// Add a tensor of raw bytes; `dims` is `ne[]` with `ne[0]` fastest.
-    pub fn add_tensor(
-        &mut self,
-        name: impl Into<String>,
-        ggml_type: GgmlType,
-        dims: &[u64],
-        data: Vec<u8>,
-    ) -> Result<&mut Self> {
+    pub fn add_tensor(&mut self, name: impl Into<String>, ggml_type: GgmlType, dims: &[u64], data: Vec<u8>) -> Result<&mut Self> {
         let name = name.into();
         ensure!(
             (1..=GGML_MAX_DIMS).contains(&dims.len()),
@@ -1883,18 +1767,13 @@ impl GgufWriter {
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| anyhow!("tensor '{name}': element count overflows"))?;
-        let need = ggml_type
-            .bytes_for(n)
-            .ok_or_else(|| anyhow!("tensor '{name}': size overflows"))?;
+        let need = ggml_type.bytes_for(n).ok_or_else(|| anyhow!("tensor '{name}': size overflows"))?;
         ensure!(
             data.len() as u64 == need,
             "tensor '{name}': {ggml_type} {dims:?} needs {need} bytes, got {}",
             data.len()
         );
-        ensure!(
-            !self.tensors.iter().any(|t| t.name == name),
-            "duplicate tensor name '{name}'"
-        );
+        ensure!(!self.tensors.iter().any(|t| t.name == name), "duplicate tensor name '{name}'");
         self.tensors.push(PendingTensor {
             name,
             ggml_type,
@@ -1905,12 +1784,7 @@ impl GgufWriter {
     }
 
     /// Add an F32 tensor.
-    pub fn add_f32_tensor(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        x: &[f32],
-    ) -> Result<&mut Self> {
+    pub fn add_f32_tensor(&mut self, name: impl Into<String>, dims: &[u64], x: &[f32]) -> Result<&mut Self> {
         self.add_tensor(name, GgmlType::F32, dims, encode_f32(x))
     }
 
@@ -2103,10 +1977,7 @@ mod tests {
             ("t.a_f32", GgufArray::F32(vec![0.5, -1.25, 3.0]).into()),
             ("t.a_f64", GgufArray::F64(vec![1e-300, 2.5]).into()),
             ("t.a_bool", GgufArray::Bool(vec![true, false, true]).into()),
-            (
-                "t.a_str",
-                GgufArray::String(vec!["a".into(), "".into(), "Ġthe".into()]).into(),
-            ),
+            ("t.a_str", GgufArray::String(vec!["a".into(), "".into(), "Ġthe".into()]).into()),
             ("t.a_empty", GgufArray::F32(vec![]).into()),
             (
                 "t.a_nested",
@@ -2147,32 +2018,15 @@ mod tests {
             w.add_metadata(k.clone(), v.clone());
         }
         w.add_f32_tensor("f32", &[8, 3], &tt.f32v).unwrap();
-        w.add_tensor("f16", GgmlType::F16, &[16, 2], encode_f16(&tt.f16v))
+        w.add_tensor("f16", GgmlType::F16, &[16, 2], encode_f16(&tt.f16v)).unwrap();
+        w.add_tensor("bf16", GgmlType::BF16, &[6], encode_bf16(&tt.bf16v)).unwrap();
+        w.add_tensor("q8_0", GgmlType::Q8_0, &[64, 2], quantize_q8_0(&tt.q8v).unwrap())
             .unwrap();
-        w.add_tensor("bf16", GgmlType::BF16, &[6], encode_bf16(&tt.bf16v))
+        w.add_tensor("q4_0", GgmlType::Q4_0, &[32, 3, 1], quantize_q4_0(&tt.q40v).unwrap())
             .unwrap();
-        w.add_tensor(
-            "q8_0",
-            GgmlType::Q8_0,
-            &[64, 2],
-            quantize_q8_0(&tt.q8v).unwrap(),
-        )
-        .unwrap();
-        w.add_tensor(
-            "q4_0",
-            GgmlType::Q4_0,
-            &[32, 3, 1],
-            quantize_q4_0(&tt.q40v).unwrap(),
-        )
-        .unwrap();
         // 64 elements of Q4_1 = 40 bytes: pads to the 32-byte alignment at the end.
-        w.add_tensor(
-            "q4_1",
-            GgmlType::Q4_1,
-            &[64],
-            quantize_q4_1(&tt.q41v).unwrap(),
-        )
-        .unwrap();
+        w.add_tensor("q4_1", GgmlType::Q4_1, &[64], quantize_q4_1(&tt.q41v).unwrap())
+            .unwrap();
         (w.to_bytes().unwrap(), meta, tt)
     }
 
@@ -2210,36 +2064,18 @@ mod tests {
             assert_eq!(g.get_bool("t.bool_t"), Some(true));
             assert_eq!(g.get_str("t.str"), Some("héllo ☃ wörld"));
             assert_eq!(g.get("t.str").unwrap().as_u64(), None);
-            assert_eq!(
-                g.get("t.a_str").unwrap().as_str_array(),
-                Some(vec!["a", "", "Ġthe"])
-            );
+            assert_eq!(g.get("t.a_str").unwrap().as_str_array(), Some(vec!["a", "", "Ġthe"]));
             assert_eq!(g.get("t.a_str").unwrap().as_str_iter().unwrap().len(), 3);
-            assert_eq!(
-                g.get("t.a_f32").unwrap().as_f32_array(),
-                Some(vec![0.5, -1.25, 3.0])
-            );
-            assert_eq!(
-                g.get("t.a_f32").unwrap().as_f32_slice(),
-                Some(&[0.5, -1.25, 3.0][..])
-            );
-            assert_eq!(
-                g.get("t.a_i32").unwrap().as_i32_array(),
-                Some(vec![-1, 2, -3, 4])
-            );
-            assert_eq!(
-                g.get("t.a_u8").unwrap().as_i32_array(),
-                Some(vec![0, 1, 255])
-            );
+            assert_eq!(g.get("t.a_f32").unwrap().as_f32_array(), Some(vec![0.5, -1.25, 3.0]));
+            assert_eq!(g.get("t.a_f32").unwrap().as_f32_slice(), Some(&[0.5, -1.25, 3.0][..]));
+            assert_eq!(g.get("t.a_i32").unwrap().as_i32_array(), Some(vec![-1, 2, -3, 4]));
+            assert_eq!(g.get("t.a_u8").unwrap().as_i32_array(), Some(vec![0, 1, 255]));
             assert_eq!(g.get("t.a_u64").unwrap().as_i32_array(), None);
             assert_eq!(g.get("t.a_i32").unwrap().as_u64_array(), None);
             assert_eq!(g.get("t.a_f32").unwrap().as_i32_array(), None);
             let nested = g.get("t.a_nested").unwrap().as_array().unwrap();
             assert_eq!(nested.elem_type(), GgufValueType::Array);
-            assert_eq!(
-                nested.as_array_array().unwrap()[1].as_str_array(),
-                Some(vec!["x"])
-            );
+            assert_eq!(nested.as_array_array().unwrap()[1].as_str_array(), Some(vec!["x"]));
             assert!(g.get("t.a_empty").unwrap().as_array().unwrap().is_empty());
             assert!(g.get("missing").is_none());
             assert!(g.require("missing").is_err());
@@ -2248,10 +2084,7 @@ mod tests {
             let names: Vec<&str> = g.tensors.iter().map(|t| t.name.as_str()).collect();
             assert_eq!(names, ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]);
             let t = g.tensor("f32").unwrap();
-            assert_eq!(
-                (t.ggml_type, t.dims.clone(), t.n_elements),
-                (GgmlType::F32, vec![8, 3], 24)
-            );
+            assert_eq!((t.ggml_type, t.dims.clone(), t.n_elements), (GgmlType::F32, vec![8, 3], 24));
             assert_eq!(t.ne(), [8, 3, 1, 1]);
             assert_eq!(t.row_bytes(), 32);
             assert_eq!(g.tensor_data(t).unwrap(), &encode_f32(&tt.f32v)[..]);
@@ -2266,34 +2099,16 @@ mod tests {
 
             let t = g.tensor("q8_0").unwrap();
             assert_eq!((t.n_bytes, t.dims.clone()), (4 * 34, vec![64, 2]));
-            assert_eq!(
-                g.tensor_data(t).unwrap(),
-                &quantize_q8_0(&tt.q8v).unwrap()[..]
-            );
-            assert_close(
-                &g.tensor_f32(t).unwrap(),
-                &tt.q8v,
-                4.0 / 127.0 * 0.51 + 4e-3,
-                "q8_0",
-            );
+            assert_eq!(g.tensor_data(t).unwrap(), &quantize_q8_0(&tt.q8v).unwrap()[..]);
+            assert_close(&g.tensor_f32(t).unwrap(), &tt.q8v, 4.0 / 127.0 * 0.51 + 4e-3, "q8_0");
 
             let t = g.tensor("q4_0").unwrap();
             assert_eq!((t.n_bytes, t.dims.clone()), (3 * 18, vec![32, 3, 1]));
-            assert_close(
-                &g.tensor_f32(t).unwrap(),
-                &tt.q40v,
-                1.0 / 8.0 + 1e-3,
-                "q4_0",
-            );
+            assert_close(&g.tensor_f32(t).unwrap(), &tt.q40v, 1.0 / 8.0 + 1e-3, "q4_0");
 
             let t = g.tensor("q4_1").unwrap();
             assert_eq!(t.n_bytes, 40);
-            assert_close(
-                &g.tensor_f32(t).unwrap(),
-                &tt.q41v,
-                2.0 / 15.0 * 0.51 + 2e-3,
-                "q4_1",
-            );
+            assert_close(&g.tensor_f32(t).unwrap(), &tt.q41v, 2.0 / 15.0 * 0.51 + 2e-3, "q4_1");
 
             for t in &g.tensors {
                 assert_eq!(t.offset % 32, 0);
@@ -2441,10 +2256,7 @@ mod tests {
         let (sc, mn) = if k < 4 {
             (s[k] & 0x3F, s[k + 4] & 0x3F)
         } else {
-            (
-                (s[k + 4] & 0x0F) | ((s[k - 4] & 0xC0) >> 2),
-                (s[k + 4] >> 4) | ((s[k] & 0xC0) >> 2),
-            )
+            ((s[k + 4] & 0x0F) | ((s[k - 4] & 0xC0) >> 2), (s[k + 4] >> 4) | ((s[k] & 0xC0) >> 2))
         };
         let qb = b[16 + chunk * 32 + l];
         let q = if half == 1 { qb >> 4 } else { qb & 0xF };
@@ -2517,12 +2329,7 @@ mod tests {
     fn gguf_truncated_files_are_errors() {
         let (bytes, _, _) = build_test_file(3);
         let full = GgufFile::from_bytes(bytes.clone()).unwrap();
-        let end_of_data = full
-            .tensors
-            .iter()
-            .map(|t| full.data_offset + t.offset + t.n_bytes)
-            .max()
-            .unwrap() as usize;
+        let end_of_data = full.tensors.iter().map(|t| full.data_offset + t.offset + t.n_bytes).max().unwrap() as usize;
         for len in 0..bytes.len() {
             let r = GgufFile::from_bytes(bytes[..len].to_vec());
             if len < end_of_data {
@@ -2555,10 +2362,7 @@ mod tests {
         assert!(err_string(patch(&bytes, 4, &7u32.to_le_bytes())).contains("version 7"));
         for n in [u64::MAX, 1 << 40, 1 << 20, 100_000] {
             let e = err_string(patch(&bytes, 8, &n.to_le_bytes()));
-            assert!(
-                e.contains("tensor count") || e.contains("tensor info"),
-                "{e}"
-            );
+            assert!(e.contains("tensor count") || e.contains("tensor info"), "{e}");
             let e = err_string(patch(&bytes, 16, &n.to_le_bytes()));
             assert!(e.contains("KV"), "{e}");
         }
@@ -2644,17 +2448,10 @@ mod tests {
             assert!(e.contains("'t'"), "{e}");
         }
         // Overflowing element count.
-        let e = err_string(patch(
-            &patch(&tb, 37, &(1u64 << 40).to_le_bytes()),
-            45,
-            &(1u64 << 40).to_le_bytes(),
-        ));
+        let e = err_string(patch(&patch(&tb, 37, &(1u64 << 40).to_le_bytes()), 45, &(1u64 << 40).to_le_bytes()));
         assert!(e.contains("overflow"), "{e}");
         let e = err_string(patch(&tb, 53, &99u32.to_le_bytes()));
-        assert!(
-            e.contains("unknown ggml type 99") && e.contains("'t'"),
-            "{e}"
-        );
+        assert!(e.contains("unknown ggml type 99") && e.contains("'t'"), "{e}");
         // Q8_0 with ne0 = 4 is not a whole block.
         let e = err_string(patch(&tb, 53, &8u32.to_le_bytes()));
         assert!(e.contains("block size"), "{e}");
@@ -2719,8 +2516,7 @@ mod tests {
         if let Ok(p) = std::env::var("EDGEQ_SMOLLM2_GGUF") {
             return PathBuf::from(p);
         }
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     }
 
     #[test]
@@ -2758,21 +2554,13 @@ mod tests {
         for t in &g.tensors {
             let data = g.tensor_data(t).unwrap();
             assert_eq!(data.len() as u64, t.n_bytes, "{}", t.name);
-            assert!(
-                g.data_offset + t.offset + t.n_bytes <= file_size,
-                "{}",
-                t.name
-            );
+            assert!(g.data_offset + t.offset + t.n_bytes <= file_size, "{}", t.name);
             assert_eq!(t.ggml_type.bytes_for(t.n_elements), Some(t.n_bytes));
         }
         let emb = g.tensor("token_embd.weight").unwrap();
         assert_eq!(emb.dims, vec![576, 49152]);
         // Tensors must not overlap.
-        let mut spans: Vec<(u64, u64)> = g
-            .tensors
-            .iter()
-            .map(|t| (t.offset, t.offset + t.n_bytes))
-            .collect();
+        let mut spans: Vec<(u64, u64)> = g.tensors.iter().map(|t| (t.offset, t.offset + t.n_bytes)).collect();
         spans.sort();
         assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
 
@@ -2786,10 +2574,7 @@ mod tests {
             let y = g.tensor_f32(t).unwrap();
             let max = y.iter().fold(0f32, |a, v| a.max(v.abs()));
             let mean_abs = y.iter().map(|v| v.abs() as f64).sum::<f64>() / y.len() as f64;
-            println!(
-                "  dequant {} ({}): max|x| = {max}, mean|x| = {mean_abs:.5}",
-                t.name, t.ggml_type
-            );
+            println!("  dequant {} ({}): max|x| = {max}, mean|x| = {mean_abs:.5}", t.name, t.ggml_type);
             assert!(y.iter().all(|v| v.is_finite()), "{}", t.name);
             assert!(max > 0.0 && max < 1e4, "{}: max {max}", t.name);
         }

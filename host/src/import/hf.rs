@@ -93,10 +93,7 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
     };
 
     // Family: architectures[0], else model_type.
-    let model_type = get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let model_type = get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
     let arch = get("architectures")
         .and_then(Value::as_array)
         .and_then(|a| a.first())
@@ -108,12 +105,17 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
         (None, "llama") => Family::Llama,
         (None, "mistral") => Family::Mistral,
         (None, "qwen2") => Family::Qwen2,
-        (Some(a), _) => bail!("config.json: architecture \"{a}\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"),
+        (Some(a), _) => {
+            bail!("config.json: architecture \"{a}\" is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")
+        }
         (None, "") => bail!("config.json: required key \"architectures\" (or \"model_type\") is missing"),
         (None, t) => bail!("config.json: model_type \"{t}\" is not supported (llama, mistral, qwen2)"),
     };
     if let Some(act) = get("hidden_act").and_then(Value::as_str) {
-        ensure!(act == "silu", "config.json: \"hidden_act\" = \"{act}\" is not supported (the runtime's feed-forward is SwiGLU: silu)");
+        ensure!(
+            act == "silu",
+            "config.json: \"hidden_act\" = \"{act}\" is not supported (the runtime's feed-forward is SwiGLU: silu)"
+        );
     }
     if opt_bool("mlp_bias")? == Some(true) {
         bail!("config.json: \"mlp_bias\": true is not supported (the runtime's feed-forward has no biases)");
@@ -125,14 +127,19 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
     let n_heads = req_u32("num_attention_heads")?;
     let vocab = req_u32("vocab_size")?;
     let max_pos = req_u32("max_position_embeddings")?;
-    let eps = opt_f64("rms_norm_eps")?
-        .context("config.json: required key \"rms_norm_eps\" is missing")?;
+    let eps = opt_f64("rms_norm_eps")?.context("config.json: required key \"rms_norm_eps\" is missing")?;
     let n_kv = opt_u32("num_key_value_heads")?.unwrap_or(n_heads);
-    ensure!(n_kv > 0 && n_heads % n_kv == 0, "config.json: \"num_attention_heads\" {n_heads} is not a multiple of \"num_key_value_heads\" {n_kv}");
+    ensure!(
+        n_kv > 0 && n_heads % n_kv == 0,
+        "config.json: \"num_attention_heads\" {n_heads} is not a multiple of \"num_key_value_heads\" {n_kv}"
+    );
     let head_dim = match opt_u32("head_dim")? {
         Some(h) => h,
         None => {
-            ensure!(dim % n_heads == 0, "config.json: \"hidden_size\" {dim} is not a multiple of \"num_attention_heads\" {n_heads} and there is no \"head_dim\"");
+            ensure!(
+                dim % n_heads == 0,
+                "config.json: \"hidden_size\" {dim} is not a multiple of \"num_attention_heads\" {n_heads} and there is no \"head_dim\""
+            );
             dim / n_heads
         }
     };
@@ -183,13 +190,15 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
             let ids: Vec<u64> = a
                 .iter()
                 .map(|x| {
-                    x.as_u64().with_context(|| {
-                        format!("config.json: \"eos_token_id\" entry {x} is not an integer")
-                    })
+                    x.as_u64()
+                        .with_context(|| format!("config.json: \"eos_token_id\" entry {x} is not an integer"))
                 })
                 .collect::<Result<_>>()?;
             if ids.len() > 1 {
-                notes.push(format!("note: config.json lists several eos_token_id {ids:?}; the first, {}, is the model's EOS", ids[0]));
+                notes.push(format!(
+                    "note: config.json lists several eos_token_id {ids:?}; the first, {}, is the model's EOS",
+                    ids[0]
+                ));
             }
             ids.first().map(|&i| i as u32)
         }
@@ -210,9 +219,7 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
 
     let config = ModelConfig {
         arch: ARCH_LLAMA,
-        flags: flags::ROPE_HALF
-            | if tied { flags::TIED_EMBEDDINGS } else { 0 }
-            | if qkv_bias { flags::QKV_BIAS } else { 0 },
+        flags: flags::ROPE_HALF | if tied { flags::TIED_EMBEDDINGS } else { 0 } | if qkv_bias { flags::QKV_BIAS } else { 0 },
         dim,
         hidden_dim: hidden,
         n_layers,
@@ -257,19 +264,17 @@ impl Shards {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let names: Vec<PathBuf> = if index.is_file() {
-            let text = std::fs::read_to_string(&index)
-                .with_context(|| format!("cannot read {}", index.display()))?;
-            let v: Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", index.display()))?;
+            let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
             let map = v
                 .get("weight_map")
                 .and_then(Value::as_object)
                 .with_context(|| format!("{}: no \"weight_map\" object", index.display()))?;
             let mut files: Vec<&str> = Vec::new();
             for (t, f) in map {
-                let f = f.as_str().with_context(|| {
-                    format!("{}: weight_map[{t:?}] is not a file name", index.display())
-                })?;
+                let f = f
+                    .as_str()
+                    .with_context(|| format!("{}: weight_map[{t:?}] is not a file name", index.display()))?;
                 ensure!(
                     !f.contains(['/', '\\']) && f != ".." && !f.is_empty(),
                     "{}: weight_map[{t:?}] = {f:?} is not a plain file name",
@@ -280,11 +285,7 @@ impl Shards {
                 }
             }
             files.sort_unstable();
-            ensure!(
-                !files.is_empty(),
-                "{}: weight_map is empty",
-                index.display()
-            );
+            ensure!(!files.is_empty(), "{}: weight_map is empty", index.display());
             for f in &files {
                 let p = dir.join(f);
                 ensure!(
@@ -299,9 +300,7 @@ impl Shards {
         } else if single.is_file() {
             vec![single]
         } else {
-            let hint = if dir.join("pytorch_model.bin").exists()
-                || dir.join("pytorch_model.bin.index.json").exists()
-            {
+            let hint = if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
                 " (pytorch_model.bin is not supported: convert the checkpoint to safetensors, e.g. `model.save_pretrained(dir, safe_serialization=True)`)"
             } else {
                 ""
@@ -313,21 +312,12 @@ impl Shards {
         };
         let mut files = Vec::with_capacity(names.len());
         for p in names {
-            let file =
-                std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
-            let len = file
-                .metadata()
-                .with_context(|| format!("cannot stat {}", p.display()))?
-                .len();
-            ensure!(
-                len >= 8,
-                "{}: not a safetensors file ({len} bytes: truncated?)",
-                p.display()
-            );
+            let file = std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+            let len = file.metadata().with_context(|| format!("cannot stat {}", p.display()))?.len();
+            ensure!(len >= 8, "{}: not a safetensors file ({len} bytes: truncated?)", p.display());
             // SAFETY: read-only mapping; like any mmap-based reader, the file
             // must not be truncated or modified while the import runs.
-            let map = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("cannot memory-map {}", p.display()))?;
+            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", p.display()))?;
             files.push((p, map));
         }
         Ok(Shards { files })
@@ -346,19 +336,11 @@ impl<'a> Weights<'a> {
         let mut files = Vec::new();
         let mut by_name = HashMap::new();
         for (i, (p, map)) in shards.files.iter().enumerate() {
-            let st = SafeTensors::deserialize(map).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not a valid safetensors file (truncated or corrupt?): {e}",
-                    p.display()
-                )
-            })?;
+            let st = SafeTensors::deserialize(map)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", p.display()))?;
             for name in st.names() {
                 if let Some(j) = by_name.insert(name.to_string(), i) {
-                    bail!(
-                        "tensor {name} is in both {} and {}",
-                        shards.files[j].0.display(),
-                        p.display()
-                    );
+                    bail!("tensor {name} is in both {} and {}", shards.files[j].0.display(), p.display());
                 }
             }
             files.push((p.as_path(), st));
@@ -380,12 +362,7 @@ impl<'a> Weights<'a> {
             let files: Vec<String> = self
                 .files
                 .iter()
-                .map(|f| {
-                    f.0.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                })
+                .map(|f| f.0.file_name().unwrap_or_default().to_string_lossy().into_owned())
                 .collect();
             bail!("tensor {name} is missing (looked in {})", files.join(", "));
         };
@@ -413,9 +390,9 @@ impl<'a> Weights<'a> {
 /// Index of the first NaN / Inf element, checked on the raw bits.
 fn first_non_finite(dt: Dtype, data: &[u8]) -> Option<usize> {
     match dt {
-        Dtype::F32 => data.chunks_exact(4).position(|c| {
-            u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7F80_0000 == 0x7F80_0000
-        }),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7F80_0000 == 0x7F80_0000),
         Dtype::F16 => data
             .chunks_exact(2)
             .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7C00 == 0x7C00),
@@ -428,10 +405,7 @@ fn first_non_finite(dt: Dtype, data: &[u8]) -> Option<usize> {
 
 fn to_f32(dt: Dtype, data: &[u8]) -> Vec<f32> {
     match dt {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F16 => data
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -448,12 +422,8 @@ fn to_f32(dt: Dtype, data: &[u8]) -> Vec<f32> {
 pub fn import(dir: &Path) -> Result<ImportedModel> {
     let d = dir.display();
     let cfg_path = dir.join("config.json");
-    ensure!(
-        cfg_path.is_file(),
-        "{d}: no config.json: not a Hugging Face model directory"
-    );
-    let cfg_text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+    ensure!(cfg_path.is_file(), "{d}: no config.json: not a Hugging Face model directory");
+    let cfg_text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
     let hc = parse_config(&cfg_text).with_context(|| format!("{d}"))?;
     let mut notes = hc.notes.clone();
 
@@ -491,56 +461,42 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
     };
     config.bos_id = special("BOS", tok.bos.or(hc.bos_token_id), &mut notes);
     config.eos_id = special("EOS", tok.eos.or(hc.eos_token_id), &mut notes);
-    config.validate().map_err(|e| {
-        anyhow::anyhow!("{d}: config.json gives an invalid model configuration: {e}")
-    })?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{d}: config.json gives an invalid model configuration: {e}"))?;
 
     let shards = Shards::open(dir)?;
     let mut w = Weights::new(&shards)?;
     let mut m = ImportedModel::new(config, tok.blob, dir);
 
-    let (dim, hid, qd, kvd) = (
-        config.dim as usize,
-        config.hidden_dim as usize,
-        config.q_dim(),
-        config.kv_dim(),
-    );
+    let (dim, hid, qd, kvd) = (config.dim as usize, config.hidden_dim as usize, config.q_dim(), config.kv_dim());
     let tied = config.tied_embeddings();
     // Matrices: stored dtype kept; every element checked for NaN / Inf.
-    let matrix = |w: &mut Weights,
-                  m: &mut ImportedModel,
-                  name: &str,
-                  role: TensorRole,
-                  layer: u16,
-                  rows: usize,
-                  cols: usize|
-     -> Result<()> {
-        let (dt, data, path) = w.take(name, &[rows, cols])?;
-        if let Some(i) = first_non_finite(dt, data) {
-            bail!(
-                "{}: tensor {name} has a NaN or infinite value at element {i} (row {}, column {})",
-                path.display(),
-                i / cols,
-                i % cols
-            );
-        }
-        let spec = match dt {
-            Dtype::F32 => QuantSpec::F32,
-            Dtype::F16 => QuantSpec::float(Scheme::F16),
-            _ => QuantSpec::float(Scheme::BF16),
+    let matrix =
+        |w: &mut Weights, m: &mut ImportedModel, name: &str, role: TensorRole, layer: u16, rows: usize, cols: usize| -> Result<()> {
+            let (dt, data, path) = w.take(name, &[rows, cols])?;
+            if let Some(i) = first_non_finite(dt, data) {
+                bail!(
+                    "{}: tensor {name} has a NaN or infinite value at element {i} (row {}, column {})",
+                    path.display(),
+                    i / cols,
+                    i % cols
+                );
+            }
+            let spec = match dt {
+                Dtype::F32 => QuantSpec::F32,
+                Dtype::F16 => QuantSpec::float(Scheme::F16),
+                _ => QuantSpec::float(Scheme::BF16),
+            };
+            m.push_encoded(role, layer, spec, rows, cols, data.to_vec());
+            Ok(())
         };
-        m.push_encoded(role, layer, spec, rows, cols, data.to_vec());
-        Ok(())
-    };
     // Vectors (norm weights, biases): converted to f32.
     let vector = |w: &mut Weights, name: &str, n: usize| -> Result<Vec<f32>> {
         let (dt, data, path) = w.take(name, &[n])?;
         let v = to_f32(dt, data);
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            bail!(
-                "{}: tensor {name} has a NaN or infinite value at element {i}",
-                path.display()
-            );
+            bail!("{}: tensor {name} has a NaN or infinite value at element {i}", path.display());
         }
         Ok(v)
     };
@@ -566,29 +522,20 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
             w.has("lm_head.weight"),
             "{d}: tensor lm_head.weight is missing but config.json has tie_word_embeddings false (or unset); set \"tie_word_embeddings\": true if the model ties them"
         );
-        matrix(
-            &mut w,
-            &mut m,
-            "lm_head.weight",
-            TensorRole::Output,
-            GLOBAL_LAYER,
-            vocab,
-            dim,
-        )?;
+        matrix(&mut w, &mut m, "lm_head.weight", TensorRole::Output, GLOBAL_LAYER, vocab, dim)?;
     }
     // Biases the runtime does not have: accepted only when all zero.
-    let zero_only =
-        |w: &mut Weights, name: &str, n: usize, notes: &mut Vec<String>| -> Result<()> {
-            if w.has(name) {
-                let v = vector(w, name, n)?;
-                ensure!(
-                    v.iter().all(|&x| x == 0.0),
-                    "{d}: tensor {name} is a non-zero bias; edgeq's runtime has no bias there"
-                );
-                notes.push(format!("note: {name} is all zero; ignored"));
-            }
-            Ok(())
-        };
+    let zero_only = |w: &mut Weights, name: &str, n: usize, notes: &mut Vec<String>| -> Result<()> {
+        if w.has(name) {
+            let v = vector(w, name, n)?;
+            ensure!(
+                v.iter().all(|&x| x == 0.0),
+                "{d}: tensor {name} is a non-zero bias; edgeq's runtime has no bias there"
+            );
+            notes.push(format!("note: {name} is all zero; ignored"));
+        }
+        Ok(())
+    };
     let qkv_bias = hc.qkv_bias || w.has("model.layers.0.self_attn.q_proj.bias");
     if qkv_bias && !hc.qkv_bias {
         notes.push("note: the checkpoint has q/k/v biases though config.json does not enable attention_bias; they are used".into());
@@ -636,21 +583,12 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
             qd,
         )?;
         if qkv_bias {
-            for (x, role, n) in [
-                ("q", TensorRole::Bq, qd),
-                ("k", TensorRole::Bk, kvd),
-                ("v", TensorRole::Bv, kvd),
-            ] {
+            for (x, role, n) in [("q", TensorRole::Bq, qd), ("k", TensorRole::Bk, kvd), ("v", TensorRole::Bv, kvd)] {
                 let b = vector(&mut w, &format!("{p}.self_attn.{x}_proj.bias"), n)?;
                 m.push(role, l16, 1, n, &b);
             }
         }
-        zero_only(
-            &mut w,
-            &format!("{p}.self_attn.o_proj.bias"),
-            dim,
-            &mut notes,
-        )?;
+        zero_only(&mut w, &format!("{p}.self_attn.o_proj.bias"), dim, &mut notes)?;
         let v = vector(&mut w, &format!("{p}.post_attention_layernorm.weight"), dim)?;
         m.push(TensorRole::FfnNorm, l16, 1, dim, &v);
         matrix(
@@ -662,15 +600,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
             hid,
             dim,
         )?;
-        matrix(
-            &mut w,
-            &mut m,
-            &format!("{p}.mlp.up_proj.weight"),
-            TensorRole::WUp,
-            l16,
-            hid,
-            dim,
-        )?;
+        matrix(&mut w, &mut m, &format!("{p}.mlp.up_proj.weight"), TensorRole::WUp, l16, hid, dim)?;
         matrix(
             &mut w,
             &mut m,
@@ -706,10 +636,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
     let md = &mut m.metadata;
     md.insert("importer".into(), "hf".into());
     md.insert("model_type".into(), hc.model_type.clone().into());
-    md.insert(
-        "family".into(),
-        format!("{:?}", hc.family).to_lowercase().into(),
-    );
+    md.insert("family".into(), format!("{:?}", hc.family).to_lowercase().into());
     if let Some(t) = &hc.torch_dtype {
         md.insert("torch_dtype".into(), t.clone().into());
     }
@@ -717,11 +644,10 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
     if !notes.is_empty() {
         md.insert("import_notes".into(), notes.clone().into());
     }
-    let by_scheme: BTreeMap<String, usize> =
-        m.tensors.iter().fold(BTreeMap::new(), |mut acc, t| {
-            *acc.entry(format!("{:?}", t.spec.scheme)).or_default() += 1;
-            acc
-        });
+    let by_scheme: BTreeMap<String, usize> = m.tensors.iter().fold(BTreeMap::new(), |mut acc, t| {
+        *acc.entry(format!("{:?}", t.spec.scheme)).or_default() += 1;
+        acc
+    });
     md.insert("tensor_schemes".into(), serde_json::to_value(by_scheme)?);
     Ok(m)
 }
@@ -734,10 +660,7 @@ mod tests {
     use edgeq_runtime::{arena_bytes, Model, Session};
     use serde_json::json;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/stories260K"
-    );
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/stories260K");
 
     fn fixture(name: &str) -> Option<PathBuf> {
         let p = Path::new(FIXTURES).join(name);
@@ -781,14 +704,8 @@ mod tests {
     fn encode(data: &[f32], dt: Dtype) -> Vec<u8> {
         match dt {
             Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::F16 => data
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            Dtype::BF16 => data
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect(),
+            Dtype::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            Dtype::BF16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
             _ => unreachable!(),
         }
     }
@@ -820,11 +737,7 @@ mod tests {
             for (n, _) in &views {
                 weight_map.insert(n.clone(), file.clone().into());
             }
-            std::fs::write(
-                dir.join(&file),
-                safetensors::serialize(views, None).unwrap(),
-            )
-            .unwrap();
+            std::fs::write(dir.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
         }
         if shards > 1 {
             let idx = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
@@ -876,11 +789,7 @@ mod tests {
         }
         pieces[1].0 = "<s>".into();
         pieces[2].0 = "</s>".into();
-        let ids: HashMap<&str, usize> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, (s, _))| (s.as_str(), i))
-            .collect();
+        let ids: HashMap<&str, usize> = pieces.iter().enumerate().map(|(i, (s, _))| (s.as_str(), i)).collect();
         let mut order: Vec<usize> = (3 + 256..pieces.len()).collect();
         order.sort_by(|&a, &b| pieces[b].1.total_cmp(&pieces[a].1)); // stable: id order on ties
         let mut merges = Vec::new();
@@ -896,11 +805,7 @@ mod tests {
             local.sort();
             merges.extend(local.into_iter().map(|(_, _, l, r)| json!([l, r])));
         }
-        let vocab: serde_json::Map<String, Value> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, (s, _))| (s.clone(), i.into()))
-            .collect();
+        let vocab: serde_json::Map<String, Value> = pieces.iter().enumerate().map(|(i, (s, _))| (s.clone(), i.into())).collect();
         json!({
             "version": "1.0",
             "added_tokens": [
@@ -927,8 +832,7 @@ mod tests {
                 for j in 0..2 {
                     let src = h * hd + 2 * i + j;
                     let dst = h * hd + j * (hd / 2) + i;
-                    out[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                    out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
                 }
             }
         }
@@ -953,10 +857,7 @@ mod tests {
                 TensorRole::OutputNorm => ("model.norm.weight".to_string(), true),
                 TensorRole::Output => ("lm_head.weight".to_string(), false),
                 TensorRole::AttnNorm => (format!("model.layers.{l}.input_layernorm.weight"), true),
-                TensorRole::FfnNorm => (
-                    format!("model.layers.{l}.post_attention_layernorm.weight"),
-                    true,
-                ),
+                TensorRole::FfnNorm => (format!("model.layers.{l}.post_attention_layernorm.weight"), true),
                 TensorRole::Wq => {
                     data = permute(&data, c.n_heads as usize, rows, cols);
                     (format!("model.layers.{l}.self_attn.q_proj.weight"), false)
@@ -1064,15 +965,7 @@ mod tests {
             assert_eq!((m.config.bos_id, m.config.eos_id), (1, 2));
             let c = m.config;
             assert_eq!(
-                (
-                    c.dim,
-                    c.hidden_dim,
-                    c.n_layers,
-                    c.n_heads,
-                    c.n_kv_heads,
-                    c.head_dim,
-                    c.vocab_size
-                ),
+                (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size),
                 (
                     cfg.dim,
                     cfg.hidden_dim,
@@ -1089,11 +982,7 @@ mod tests {
                 _ => Scheme::BF16,
             };
             for t in &m.tensors {
-                let s = if t.role.is_vector() {
-                    Scheme::F32
-                } else {
-                    want_scheme
-                };
+                let s = if t.role.is_vector() { Scheme::F32 } else { want_scheme };
                 assert_eq!(t.spec.scheme, s, "{:?} {}", t.role, t.layer);
             }
             let eqf = m.to_eqf().unwrap();
@@ -1108,17 +997,11 @@ mod tests {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                t.data = to_f32(dt, &encode(&v, dt))
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect();
+                t.data = to_f32(dt, &encode(&v, dt)).iter().flat_map(|x| x.to_le_bytes()).collect();
             }
             let d_rounded = max_abs_diff(&logits(&rounded.to_eqf().unwrap(), &SEQS()), &got);
             eprintln!("{dt:?} x{shards}: max |Δlogit| = {d:e} vs f32 llama2.c, {d_rounded:e} vs llama2.c rounded to {dt:?}");
-            assert!(
-                d < tol,
-                "{dt:?} with {shards} shard(s): max abs logit difference {d} >= {tol}"
-            );
+            assert!(d < tol, "{dt:?} with {shards} shard(s): max abs logit difference {d} >= {tol}");
             assert!(
                 d_rounded < 1e-4,
                 "{dt:?}: max abs logit difference to the rounded llama2.c model {d_rounded}"
@@ -1250,8 +1133,7 @@ mod tests {
             assert_eq!(m.config.flags, want);
             assert_eq!(m.config.eos_id, 263, "first of the eos_token_id list");
             assert_eq!(m.config.rope_theta, 1e6);
-            let notes: Vec<String> =
-                serde_json::from_value(m.metadata["import_notes"].clone()).unwrap();
+            let notes: Vec<String> = serde_json::from_value(m.metadata["import_notes"].clone()).unwrap();
             let joined = notes.join("\n");
             assert!(joined.contains("rotary_emb.inv_freq"), "{joined}");
             assert!(joined.contains("[263, 2]"), "{joined}");
@@ -1269,12 +1151,7 @@ mod tests {
         };
         let c = parse_config(&base().to_string()).unwrap();
         assert_eq!(
-            (
-                c.config.n_kv_heads,
-                c.config.head_dim,
-                c.config.rope_theta,
-                c.config.flags
-            ),
+            (c.config.n_kv_heads, c.config.head_dim, c.config.rope_theta, c.config.flags),
             (4, 16, 10000.0, flags::ROPE_HALF)
         );
         let mut v = base();
@@ -1291,10 +1168,7 @@ mod tests {
             ),
             (1, 8.0, 4.0, 8192)
         );
-        assert_eq!(
-            c.config.flags,
-            flags::ROPE_HALF | flags::QKV_BIAS | flags::TIED_EMBEDDINGS
-        );
+        assert_eq!(c.config.flags, flags::ROPE_HALF | flags::QKV_BIAS | flags::TIED_EMBEDDINGS);
         v["rope_scaling"] = json!({"type": "yarn", "factor": 4.0});
         let e = format!("{:#}", parse_config(&v.to_string()).unwrap_err());
         assert!(e.contains("config.json") && e.contains("yarn"), "{e}");
@@ -1303,9 +1177,7 @@ mod tests {
         assert!(e.contains("rope_scaling.low_freq_factor"), "{e}");
         let mut v = base();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
-        assert!(
-            format!("{:#}", parse_config(&v.to_string()).unwrap_err()).contains("GPT2LMHeadModel")
-        );
+        assert!(format!("{:#}", parse_config(&v.to_string()).unwrap_err()).contains("GPT2LMHeadModel"));
         for key in [
             "hidden_size",
             "intermediate_size",
@@ -1330,10 +1202,7 @@ mod tests {
         let mut c = cfg.clone();
         c.as_object_mut().unwrap().remove("num_attention_heads");
         let e = err(&write_dir(&c, &ts, Dtype::F32, 1));
-        assert!(
-            e.contains("config.json") && e.contains("\"num_attention_heads\" is missing"),
-            "{e}"
-        );
+        assert!(e.contains("config.json") && e.contains("\"num_attention_heads\" is missing"), "{e}");
 
         // wrong tensor shape
         let mut bad: Vec<T> = ts
@@ -1344,16 +1213,11 @@ mod tests {
                 data: t.data.clone(),
             })
             .collect();
-        let q = bad
-            .iter_mut()
-            .find(|t| t.name.ends_with("q_proj.weight"))
-            .unwrap();
+        let q = bad.iter_mut().find(|t| t.name.ends_with("q_proj.weight")).unwrap();
         q.shape = vec![4, 16];
         let e = err(&write_dir(&cfg, &bad, Dtype::F32, 1));
         assert!(
-            e.contains("model.layers.0.self_attn.q_proj.weight")
-                && e.contains("model.safetensors")
-                && e.contains("[4, 16]"),
+            e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("model.safetensors") && e.contains("[4, 16]"),
             "{e}"
         );
 
@@ -1361,17 +1225,9 @@ mod tests {
         let dir = write_dir(&cfg, &ts, Dtype::F16, 2);
         let f = dir.0.join("model-00002-of-00002.safetensors");
         let len = std::fs::metadata(&f).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_len(len - 10)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 10).unwrap();
         let e = err(&dir);
-        assert!(
-            e.contains("model-00002-of-00002.safetensors") && e.contains("truncated"),
-            "{e}"
-        );
+        assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("truncated"), "{e}");
 
         // NaN weight, in a matrix and in a norm
         for (which, dt) in [
@@ -1387,15 +1243,9 @@ mod tests {
                     data: t.data.clone(),
                 })
                 .collect();
-            bad.iter_mut()
-                .find(|t| t.name.ends_with(which))
-                .unwrap()
-                .data[5] = f32::NAN;
+            bad.iter_mut().find(|t| t.name.ends_with(which)).unwrap().data[5] = f32::NAN;
             let e = err(&write_dir(&cfg, &bad, dt, 1));
-            assert!(
-                e.contains(which) && e.contains("NaN") && e.contains("model.safetensors"),
-                "{e}"
-            );
+            assert!(e.contains(which) && e.contains("NaN") && e.contains("model.safetensors"), "{e}");
         }
 
         // missing shard file
@@ -1403,9 +1253,7 @@ mod tests {
         std::fs::remove_file(dir.0.join("model-00001-of-00002.safetensors")).unwrap();
         let e = err(&dir);
         assert!(
-            e.contains("model-00001-of-00002.safetensors")
-                && e.contains("missing")
-                && e.contains("model.safetensors.index.json"),
+            e.contains("model-00001-of-00002.safetensors") && e.contains("missing") && e.contains("model.safetensors.index.json"),
             "{e}"
         );
 
@@ -1420,10 +1268,7 @@ mod tests {
             })
             .collect();
         let e = err(&write_dir(&cfg, &fewer, Dtype::F32, 1));
-        assert!(
-            e.contains("model.layers.0.mlp.up_proj.weight") && e.contains("missing"),
-            "{e}"
-        );
+        assert!(e.contains("model.layers.0.mlp.up_proj.weight") && e.contains("missing"), "{e}");
 
         // untied model without lm_head
         let e = err(&write_dir(
@@ -1440,28 +1285,19 @@ mod tests {
             Dtype::F32,
             1,
         ));
-        assert!(
-            e.contains("lm_head.weight") && e.contains("tie_word_embeddings"),
-            "{e}"
-        );
+        assert!(e.contains("lm_head.weight") && e.contains("tie_word_embeddings"), "{e}");
 
         // no tokenizer.json
         let dir = write_dir(&cfg, &ts, Dtype::F32, 1);
         std::fs::remove_file(dir.0.join("tokenizer.json")).unwrap();
         let e = err(&dir);
-        assert!(
-            e.contains("no tokenizer.json") && e.contains("save_pretrained"),
-            "{e}"
-        );
+        assert!(e.contains("no tokenizer.json") && e.contains("save_pretrained"), "{e}");
 
         // no weights at all
         let dir = write_dir(&cfg, &ts, Dtype::F32, 1);
         std::fs::remove_file(dir.0.join("model.safetensors")).unwrap();
         std::fs::write(dir.0.join("pytorch_model.bin"), b"x").unwrap();
         let e = err(&dir);
-        assert!(
-            e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
-            "{e}"
-        );
+        assert!(e.contains("model.safetensors") && e.contains("pytorch_model.bin"), "{e}");
     }
 }

@@ -17,8 +17,7 @@
 //! `config.json`).
 use anyhow::{bail, ensure, Context, Result};
 use edgeq_runtime::tokenizer::{
-    build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer,
-    SentencePieceConfig, TokenType, Tokenizer,
+    build_byte_level_bpe, build_sentencepiece, AddedToken, BpeConfig, Pretokenizer, SentencePieceConfig, TokenType, Tokenizer,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -59,16 +58,15 @@ pub fn from_dir(dir: &Path, fallback: Fallback) -> Result<HfTokenizer> {
         } else {
             " (download it from the model's repository, or save one with `AutoTokenizer.from_pretrained(...).save_pretrained(dir)`)"
         };
-        bail!("{}: no tokenizer.json in the model directory; edgeq needs the Hugging Face `tokenizers` file{hint}", dir.display());
+        bail!(
+            "{}: no tokenizer.json in the model directory; edgeq needs the Hugging Face `tokenizers` file{hint}",
+            dir.display()
+        );
     }
-    let text =
-        std::fs::read_to_string(&tj).with_context(|| format!("cannot read {}", tj.display()))?;
+    let text = std::fs::read_to_string(&tj).with_context(|| format!("cannot read {}", tj.display()))?;
     let tc = dir.join("tokenizer_config.json");
     let tc_text = if tc.is_file() {
-        Some(
-            std::fs::read_to_string(&tc)
-                .with_context(|| format!("cannot read {}", tc.display()))?,
-        )
+        Some(std::fs::read_to_string(&tc).with_context(|| format!("cannot read {}", tc.display()))?)
     } else {
         None
     };
@@ -76,17 +74,10 @@ pub fn from_dir(dir: &Path, fallback: Fallback) -> Result<HfTokenizer> {
 }
 
 /// Converts the text of `tokenizer.json` (and of `tokenizer_config.json`).
-pub fn from_json(
-    tokenizer_json: &str,
-    tokenizer_config: Option<&str>,
-    fallback: Fallback,
-) -> Result<HfTokenizer> {
-    let root: Value =
-        serde_json::from_str(tokenizer_json).context("tokenizer.json is not valid JSON")?;
+pub fn from_json(tokenizer_json: &str, tokenizer_config: Option<&str>, fallback: Fallback) -> Result<HfTokenizer> {
+    let root: Value = serde_json::from_str(tokenizer_json).context("tokenizer.json is not valid JSON")?;
     let tcfg: Option<Value> = match tokenizer_config {
-        Some(t) => {
-            Some(serde_json::from_str(t).context("tokenizer_config.json is not valid JSON")?)
-        }
+        Some(t) => Some(serde_json::from_str(t).context("tokenizer_config.json is not valid JSON")?),
         None => None,
     };
     let model = root
@@ -113,30 +104,17 @@ pub fn from_json(
     let merges = parse_merges(model)?;
     let added = parse_added(&root)?;
 
-    let sp_style = model
-        .get("byte_fallback")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    let sp_style = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false)
         || has_type(root.get("pre_tokenizer"), "Metaspace")
         || has_type(root.get("normalizer"), "Prepend");
     let mut notes = Vec::new();
     for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
-        if let Some(s) = model
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
+        if let Some(s) = model.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()) {
             bail!("tokenizer.json: model.{key} = {s:?} is not supported");
         }
     }
-    if model
-        .get("dropout")
-        .and_then(Value::as_f64)
-        .is_some_and(|d| d > 0.0)
-    {
-        notes.push(
-            "tokenizer.json: BPE dropout is ignored (edgeq tokenizes deterministically)".into(),
-        );
+    if model.get("dropout").and_then(Value::as_f64).is_some_and(|d| d > 0.0) {
+        notes.push("tokenizer.json: BPE dropout is ignored (edgeq tokenizes deterministically)".into());
     }
 
     // Special tokens: tokenizer_config.json strings, else config.json ids.
@@ -148,69 +126,45 @@ pub fn from_json(
             .or_else(|| vocab.get(s).and_then(Value::as_u64).map(|v| v as u32))
     };
     let special = |key: &str, fb: Option<u32>, notes: &mut Vec<String>| -> Option<u32> {
-        let Some(s) = tcfg
-            .as_ref()
-            .and_then(|c| c.get(key))
-            .and_then(token_string)
-        else {
+        let Some(s) = tcfg.as_ref().and_then(|c| c.get(key)).and_then(token_string) else {
             return fb;
         };
         match id_of(s) {
             Some(id) => {
                 if let Some(f) = fb.filter(|&f| f != id) {
-                    notes.push(format!("tokenizer_config.json {key} {s:?} is id {id}, config.json says {f}: using {id}"));
+                    notes.push(format!(
+                        "tokenizer_config.json {key} {s:?} is id {id}, config.json says {f}: using {id}"
+                    ));
                 }
                 Some(id)
             }
             None => {
-                notes.push(format!("tokenizer_config.json {key} {s:?} is not a token; using config.json's id {fb:?}"));
+                notes.push(format!(
+                    "tokenizer_config.json {key} {s:?} is not a token; using config.json's id {fb:?}"
+                ));
                 fb
             }
         }
     };
     let bos = special("bos_token", fallback.bos, &mut notes);
     let eos = special("eos_token", fallback.eos, &mut notes);
-    let explicit_add_bos = tcfg
-        .as_ref()
-        .and_then(|c| c.get("add_bos_token"))
-        .and_then(Value::as_bool);
+    let explicit_add_bos = tcfg.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool);
     let template_bos = post_processor_adds_bos(root.get("post_processor"));
 
     let (blob, kind) = if sp_style {
         let add_bos = explicit_add_bos.or(template_bos).unwrap_or(true);
         (
-            sentencepiece(
-                &root,
-                model,
-                &vocab_list,
-                &merges,
-                &added,
-                bos,
-                eos,
-                add_bos,
-                &mut notes,
-            )?,
+            sentencepiece(&root, model, &vocab_list, &merges, &added, bos, eos, add_bos, &mut notes)?,
             "sentencepiece-bpe",
         )
     } else {
         let add_bos = explicit_add_bos.or(template_bos).unwrap_or(false);
         (
-            byte_level(
-                &root,
-                model,
-                &vocab_list,
-                &merges,
-                &added,
-                bos,
-                eos,
-                add_bos,
-                &mut notes,
-            )?,
+            byte_level(&root, model, &vocab_list, &merges, &added, bos, eos, add_bos, &mut notes)?,
             "byte-level-bpe",
         )
     };
-    let t = Tokenizer::parse(&blob)
-        .map_err(|e| anyhow::anyhow!("internal error: converted tokenizer does not parse: {e}"))?;
+    let t = Tokenizer::parse(&blob).map_err(|e| anyhow::anyhow!("internal error: converted tokenizer does not parse: {e}"))?;
     Ok(HfTokenizer {
         vocab_size: t.vocab_size(),
         bos: t.bos(),
@@ -224,15 +178,12 @@ pub fn from_json(
 
 /// `"<s>"` or `{"content": "<s>", ...}` (older `AddedToken` dumps).
 fn token_string(v: &Value) -> Option<&str> {
-    v.as_str()
-        .or_else(|| v.get("content").and_then(Value::as_str))
+    v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
 }
 
 /// Whether `v` (a normalizer / pre-tokenizer tree) is or contains a node of `ty`.
 fn has_type(v: Option<&Value>, ty: &str) -> bool {
-    nodes(v)
-        .iter()
-        .any(|n| n.get("type").and_then(Value::as_str) == Some(ty))
+    nodes(v).iter().any(|n| n.get("type").and_then(Value::as_str) == Some(ty))
 }
 
 /// A node and, for `Sequence`, its children (flattened).
@@ -260,10 +211,7 @@ fn post_processor_adds_bos(v: Option<&Value>) -> Option<bool> {
     let tp = nodes(v)
         .into_iter()
         .find(|n| n.get("type").and_then(Value::as_str) == Some("TemplateProcessing"))?;
-    let first = tp
-        .get("single")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())?;
+    let first = tp.get("single").and_then(Value::as_array).and_then(|a| a.first())?;
     Some(first.get("SpecialToken").is_some())
 }
 
@@ -272,24 +220,18 @@ fn parse_merges(model: &Value) -> Result<Vec<(String, String)>> {
     let Some(m) = model.get("merges") else {
         return Ok(Vec::new());
     };
-    let arr = m
-        .as_array()
-        .context("tokenizer.json: model.merges is not an array")?;
+    let arr = m.as_array().context("tokenizer.json: model.merges is not an array")?;
     let mut out = Vec::with_capacity(arr.len());
     for (i, e) in arr.iter().enumerate() {
         let pair = match e {
-            Value::String(s) => s
-                .split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string())),
+            Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
             Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
                 (Some(x), Some(y)) => Some((x.to_string(), y.to_string())),
                 _ => None,
             },
             _ => None,
         };
-        out.push(pair.with_context(|| {
-            format!("tokenizer.json: model.merges[{i}] = {e} is neither \"a b\" nor [\"a\", \"b\"]")
-        })?);
+        out.push(pair.with_context(|| format!("tokenizer.json: model.merges[{i}] = {e} is neither \"a b\" nor [\"a\", \"b\"]"))?);
     }
     Ok(out)
 }
@@ -307,10 +249,7 @@ fn parse_added(root: &Value) -> Result<Vec<Added>> {
     arr.iter()
         .enumerate()
         .map(|(i, a)| {
-            let id = a
-                .get("id")
-                .and_then(Value::as_u64)
-                .filter(|&v| v < u32::MAX as u64);
+            let id = a.get("id").and_then(Value::as_u64).filter(|&v| v < u32::MAX as u64);
             let content = a.get("content").and_then(Value::as_str);
             match (id, content) {
                 (Some(id), Some(c)) if !c.is_empty() => Ok(Added {
@@ -341,10 +280,7 @@ fn check_dense(vocab: &[(&str, u32)], added: &[Added]) -> Result<usize> {
     let mut seen: Vec<bool> = Vec::new();
     for id in vocab.iter().map(|v| v.1).chain(added.iter().map(|a| a.id)) {
         let id = id as usize;
-        ensure!(
-            id < 1 << 24,
-            "tokenizer.json: token id {id} is implausibly large"
-        );
+        ensure!(id < 1 << 24, "tokenizer.json: token id {id} is implausibly large");
         if seen.len() <= id {
             seen.resize(id + 1, false);
         }
@@ -361,10 +297,11 @@ fn check_dense(vocab: &[(&str, u32)], added: &[Added]) -> Result<usize> {
 }
 
 /// The known split regexes, as written in `tokenizer.json` (after JSON unescaping).
-pub const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-pub const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-pub const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub const LLAMA3_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// Pre-tokenizer of a byte-level BPE `tokenizer.json`: (regex, individual
 /// digits). Rules:
@@ -431,7 +368,9 @@ pub fn detect_pretokenizer(pre: Option<&Value>, notes: &mut Vec<String>) -> (Pre
         } else {
             format!("pre-tokenizer parts {other:?}")
         };
-        notes.push(format!("warning: tokenizer.json: {what} not recognised; using the GPT-2 split pattern (tokenization may differ from Hugging Face)"));
+        notes.push(format!(
+            "warning: tokenizer.json: {what} not recognised; using the GPT-2 split pattern (tokenization may differ from Hugging Face)"
+        ));
     }
     (result.unwrap_or(Pretokenizer::Gpt2), digits)
 }
@@ -453,26 +392,19 @@ fn byte_level(
     let pairs = merge_ids(merges, &ids)?;
     match root.get("normalizer").filter(|n| !n.is_null()) {
         None => {}
-        Some(n) if has_type(Some(n), "NFC") && nodes(Some(n)).len() == 1 => notes.push(
-            "note: tokenizer.json: the NFC normalizer is not applied; pass NFC-normalized text"
-                .into(),
-        ),
+        Some(n) if has_type(Some(n), "NFC") && nodes(Some(n)).len() == 1 => {
+            notes.push("note: tokenizer.json: the NFC normalizer is not applied; pass NFC-normalized text".into())
+        }
         Some(n) => notes.push(format!(
             "warning: tokenizer.json: normalizer {} is ignored",
             n.get("type").and_then(Value::as_str).unwrap_or("?")
         )),
     }
     let (pretokenizer, individual_digits) = detect_pretokenizer(root.get("pre_tokenizer"), notes);
-    let ignore_merges = model
-        .get("ignore_merges")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
     // Vocab entries that an added token overrides need not be GPT-2 strings.
     for &(s, id) in vocab {
-        if !added.iter().any(|a| a.id == id)
-            && s.chars()
-                .any(|c| edgeq_runtime::tokenizer::gpt2_char_to_byte(c).is_none())
-        {
+        if !added.iter().any(|a| a.id == id) && s.chars().any(|c| edgeq_runtime::tokenizer::gpt2_char_to_byte(c).is_none()) {
             bail!("tokenizer.json: vocab entry {s:?} (id {id}) is not in the GPT-2 byte alphabet: not a byte-level BPE tokenizer");
         }
     }
@@ -537,11 +469,7 @@ pub fn sp_scores(pieces: &[String], merges: &[(String, String)]) -> Vec<f32> {
 
 fn is_byte_piece(p: &str) -> bool {
     let b = p.as_bytes();
-    b.len() == 6
-        && b.starts_with(b"<0x")
-        && b[5] == b'>'
-        && b[3].is_ascii_hexdigit()
-        && b[4].is_ascii_hexdigit()
+    b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -557,10 +485,7 @@ fn sentencepiece(
     notes: &mut Vec<String>,
 ) -> Result<Vec<u8>> {
     let n = check_dense(vocab, added)?;
-    let byte_fallback = model
-        .get("byte_fallback")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
     let unk = model.get("unk_token").and_then(Value::as_str);
     // Pieces in HF spelling ('▁' for space); added tokens fill ids the vocab lacks.
     let mut pieces: Vec<Option<String>> = vec![None; n];
@@ -583,7 +508,10 @@ fn sentencepiece(
         } else if a.special {
             TokenType::Control
         } else {
-            notes.push(format!("note: tokenizer.json: added token {:?} (id {}) is not split out of text by the SentencePiece encoder", a.content, a.id));
+            notes.push(format!(
+                "note: tokenizer.json: added token {:?} (id {}) is not split out of text by the SentencePiece encoder",
+                a.content, a.id
+            ));
             TokenType::UserDefined
         };
     }
@@ -602,20 +530,11 @@ fn sentencepiece(
         Some(m) => match m.get("prepend_scheme").and_then(Value::as_str) {
             Some("never") => false,
             Some(_) => true,
-            None => m
-                .get("add_prefix_space")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            None => m.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true),
         },
-        None => {
-            has_type(root.get("normalizer"), "Prepend")
-                || root.get("normalizer").is_none_or(Value::is_null)
-        }
+        None => has_type(root.get("normalizer"), "Prepend") || root.get("normalizer").is_none_or(Value::is_null),
     };
-    if let Some(rep) = meta
-        .and_then(|m| m.get("replacement"))
-        .and_then(Value::as_str)
-    {
+    if let Some(rep) = meta.and_then(|m| m.get("replacement")).and_then(Value::as_str) {
         ensure!(
             rep == "\u{2581}",
             "tokenizer.json: Metaspace replacement {rep:?} is not supported (only '\u{2581}')"
@@ -624,10 +543,7 @@ fn sentencepiece(
     if !byte_fallback {
         notes.push("warning: tokenizer.json: no byte_fallback; characters outside the vocabulary will fail to encode unless ids 3.. are byte tokens".into());
     }
-    let raw: Vec<Vec<u8>> = pieces
-        .iter()
-        .map(|p| p.replace('\u{2581}', " ").into_bytes())
-        .collect();
+    let raw: Vec<Vec<u8>> = pieces.iter().map(|p| p.replace('\u{2581}', " ").into_bytes()).collect();
     let refs: Vec<&[u8]> = raw.iter().map(|p| &p[..]).collect();
     let cfg = SentencePieceConfig {
         bos,
@@ -696,15 +612,7 @@ mod tests {
         );
         let cfg = r#"{"bos_token": null, "eos_token": "<|endoftext|>", "add_bos_token": false}"#;
         for j in [a, b] {
-            let t = from_json(
-                &j,
-                Some(cfg),
-                Fallback {
-                    bos: Some(260),
-                    eos: None,
-                },
-            )
-            .unwrap();
+            let t = from_json(&j, Some(cfg), Fallback { bos: Some(260), eos: None }).unwrap();
             assert_eq!(t.kind, "byte-level-bpe");
             assert_eq!(t.vocab_size, 261);
             assert_eq!(t.eos, Some(260));
@@ -716,15 +624,7 @@ mod tests {
             // "hello world" -> hell o Ġw o r l d
             assert_eq!(
                 encode(&t, "hello world"),
-                vec![
-                    259,
-                    b'o' as u32,
-                    258,
-                    b'o' as u32,
-                    b'r' as u32,
-                    b'l' as u32,
-                    b'd' as u32
-                ]
+                vec![259, b'o' as u32, 258, b'o' as u32, b'r' as u32, b'l' as u32, b'd' as u32]
             );
             assert_eq!(encode(&t, "a<|endoftext|>"), vec![b'a' as u32, 260]);
             assert!(t.notes.is_empty(), "{:?}", t.notes);
@@ -734,17 +634,10 @@ mod tests {
     #[test]
     fn pretokenizer_detection() {
         let mut notes = Vec::new();
-        let bl =
-            serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true});
-        assert_eq!(
-            detect_pretokenizer(Some(&bl), &mut notes),
-            (Pretokenizer::Gpt2, false)
-        );
+        let bl = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true});
+        assert_eq!(detect_pretokenizer(Some(&bl), &mut notes), (Pretokenizer::Gpt2, false));
         let smol = serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl]});
-        assert_eq!(
-            detect_pretokenizer(Some(&smol), &mut notes),
-            (Pretokenizer::Gpt2, true)
-        );
+        assert_eq!(detect_pretokenizer(Some(&smol), &mut notes), (Pretokenizer::Gpt2, true));
         assert!(notes.is_empty(), "{notes:?}");
         let split = |re: &str| {
             serde_json::json!({"type": "Sequence", "pretokenizers": [
@@ -763,17 +656,11 @@ mod tests {
         // The JSON text escapes backslashes: check the unescaped match too.
         let raw = r#"{"type":"Split","pattern":{"Regex":"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}"#;
         let v: Value = serde_json::from_str(raw).unwrap();
-        assert_eq!(
-            detect_pretokenizer(Some(&v), &mut notes).0,
-            Pretokenizer::Llama3
-        );
+        assert_eq!(detect_pretokenizer(Some(&v), &mut notes).0, Pretokenizer::Llama3);
         assert!(notes.is_empty(), "{notes:?}");
         // Unknown -> GPT-2 with a warning.
         let ws = serde_json::json!({"type": "Whitespace"});
-        assert_eq!(
-            detect_pretokenizer(Some(&ws), &mut notes),
-            (Pretokenizer::Gpt2, false)
-        );
+        assert_eq!(detect_pretokenizer(Some(&ws), &mut notes), (Pretokenizer::Gpt2, false));
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains("Whitespace"), "{notes:?}");
     }
@@ -785,33 +672,19 @@ mod tests {
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
         let added = serde_json::json!([{"id": 257, "content": "<|begin_of_text|>", "special": true},
                                        {"id": 258, "content": "<|end_of_text|>", "special": true}]);
-        let mut v: Value =
-            serde_json::from_str(&bpe_json(pre, serde_json::json!(["h e"]), &["he"], added))
-                .unwrap();
+        let mut v: Value = serde_json::from_str(&bpe_json(pre, serde_json::json!(["h e"]), &["he"], added)).unwrap();
         v["model"]["ignore_merges"] = true.into();
         v["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]});
-        let cfg =
-            r#"{"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|end_of_text|>"}}"#;
+        let cfg = r#"{"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|end_of_text|>"}}"#;
         let t = from_json(&v.to_string(), Some(cfg), Fallback::default()).unwrap();
         let tok = Tokenizer::parse(&t.blob).unwrap();
         assert_eq!(tok.pretokenizer(), Pretokenizer::Llama3);
-        assert_ne!(
-            tok.flags() & edgeq_runtime::tokenizer::FLAG_IGNORE_MERGES,
-            0
-        );
+        assert_ne!(tok.flags() & edgeq_runtime::tokenizer::FLAG_IGNORE_MERGES, 0);
         assert_eq!((t.bos, t.eos, t.add_bos), (Some(257), Some(258), true));
         assert_eq!(
             encode(&t, "12345 he"),
-            vec![
-                b'1' as u32,
-                b'2' as u32,
-                b'3' as u32,
-                b'4' as u32,
-                b'5' as u32,
-                b' ' as u32,
-                256
-            ]
+            vec![b'1' as u32, b'2' as u32, b'3' as u32, b'4' as u32, b'5' as u32, b' ' as u32, 256]
         );
     }
 
@@ -864,10 +737,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.kind, "sentencepiece-bpe");
-        assert_eq!(
-            (t.bos, t.eos, t.add_bos, t.vocab_size),
-            (Some(1), Some(2), true, 268)
-        );
+        assert_eq!((t.bos, t.eos, t.add_bos, t.vocab_size), (Some(1), Some(2), true, 268));
         let tok = Tokenizer::parse(&t.blob).unwrap();
         assert_eq!(tok.kind(), TokenizerKind::SentencePiece);
         assert_eq!(tok.token_bytes(263), Some(&b" a"[..]));
@@ -886,14 +756,7 @@ mod tests {
         // unknown char -> byte fallback <0xE2><0x82><0xAC> for "€"
         assert_eq!(encode(&t, "a€"), vec![263, 3 + 0xE2, 3 + 0x82, 3 + 0xAC]);
         // Array merges give the same blob.
-        let arr = serde_json::json!([
-            ["a", "b"],
-            ["▁", "a"],
-            ["▁", "ab"],
-            ["▁a", "b"],
-            ["b", "c"],
-            ["ab", "c"]
-        ]);
+        let arr = serde_json::json!([["a", "b"], ["▁", "a"], ["▁", "ab"], ["▁a", "b"], ["b", "c"], ["ab", "c"]]);
         assert_eq!(
             from_json(
                 &sp_json(arr),
@@ -912,15 +775,8 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let pre = serde_json::json!({"type": "ByteLevel"});
-        let bad_merge = bpe_json(
-            pre.clone(),
-            serde_json::json!(["h zz"]),
-            &["he"],
-            serde_json::json!([]),
-        );
-        let e = from_json(&bad_merge, None, Fallback::default())
-            .unwrap_err()
-            .to_string();
+        let bad_merge = bpe_json(pre.clone(), serde_json::json!(["h zz"]), &["he"], serde_json::json!([]));
+        let e = from_json(&bad_merge, None, Fallback::default()).unwrap_err().to_string();
         assert!(e.contains("merge 0") && e.contains("zz"), "{e}");
         let gap = bpe_json(
             pre,
@@ -928,14 +784,10 @@ mod tests {
             &["he"],
             serde_json::json!([{"id": 300, "content": "<x>", "special": true}]),
         );
-        let e = from_json(&gap, None, Fallback::default())
-            .unwrap_err()
-            .to_string();
+        let e = from_json(&gap, None, Fallback::default()).unwrap_err().to_string();
         assert!(e.contains("no token has id 257"), "{e}");
         let wp = r#"{"model": {"type": "WordPiece", "vocab": {}}}"#;
-        let e = from_json(wp, None, Fallback::default())
-            .unwrap_err()
-            .to_string();
+        let e = from_json(wp, None, Fallback::default()).unwrap_err().to_string();
         assert!(e.contains("WordPiece"), "{e}");
     }
 }

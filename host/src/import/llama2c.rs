@@ -13,22 +13,20 @@ use std::path::Path;
 pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let ctx = || format!("{}: not a llama2.c v0 checkpoint", path.display());
-    ensure!(
-        bytes.len() >= 28,
-        "{}: file too short for the 28-byte header",
-        ctx()
-    );
+    ensure!(bytes.len() >= 28, "{}: file too short for the 28-byte header", ctx());
     let h: Vec<i32> = (0..7)
         .map(|i| i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
         .collect();
-    let (dim, hidden, n_layers, n_heads, n_kv, vocab_raw, seq_len) =
-        (h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
+    let (dim, hidden, n_layers, n_heads, n_kv, vocab_raw, seq_len) = (h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
     if [dim, hidden, n_layers, n_heads, n_kv, seq_len]
         .iter()
         .any(|&v| v <= 0 || v > 1 << 20)
         || vocab_raw == 0
     {
-        bail!("{}: implausible header {h:?} (is this the v1/v2 'ak42' format? export it as legacy v0)", ctx());
+        bail!(
+            "{}: implausible header {h:?} (is this the v1/v2 'ak42' format? export it as legacy v0)",
+            ctx()
+        );
     }
     ensure!(
         dim % n_heads == 0 && n_heads % n_kv == 0,
@@ -71,11 +69,7 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
         bytes.len()
     );
     if bytes.len() > need {
-        eprintln!(
-            "warning: {}: {} trailing bytes ignored",
-            path.display(),
-            bytes.len() - need
-        );
+        eprintln!("warning: {}: {} trailing bytes ignored", path.display(), bytes.len() - need);
     }
     let floats: Vec<f32> = bytes[28..need]
         .chunks_exact(4)
@@ -105,10 +99,9 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
         eos_id: 2,
         ..bytemuck::Zeroable::zeroed()
     };
-    let tok_bytes = std::fs::read(tokenizer)
-        .with_context(|| format!("cannot read tokenizer {}", tokenizer.display()))?;
-    let tokenizer_blob = edgeq_runtime::tokenizer::from_llama2c_bin(&tok_bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
+    let tok_bytes = std::fs::read(tokenizer).with_context(|| format!("cannot read tokenizer {}", tokenizer.display()))?;
+    let tokenizer_blob =
+        edgeq_runtime::tokenizer::from_llama2c_bin(&tok_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
     let n_tok = edgeq_runtime::tokenizer::Tokenizer::parse(&tokenizer_blob)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?
         .vocab_size();

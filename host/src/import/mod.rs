@@ -47,15 +47,7 @@ impl ImportedModel {
     }
 
     /// Adds a tensor already encoded in `spec`'s layout.
-    pub fn push_encoded(
-        &mut self,
-        role: TensorRole,
-        layer: u16,
-        spec: QuantSpec,
-        rows: usize,
-        cols: usize,
-        data: Vec<u8>,
-    ) {
+    pub fn push_encoded(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: Vec<u8>) {
         self.tensors.push(TensorEntry {
             role,
             layer,
@@ -77,9 +69,8 @@ impl ImportedModel {
         let bytes = w.finish();
         // Self-check: what we write must be readable by the runtime.
         let mut aligned = AlignedBytes::from(&bytes[..]);
-        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes()).map_err(|e| {
-            anyhow::anyhow!("internal error: the written model does not validate: {e}")
-        })?;
+        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes())
+            .map_err(|e| anyhow::anyhow!("internal error: the written model does not validate: {e}"))?;
         Ok(bytes)
     }
 }
@@ -98,10 +89,7 @@ impl AlignedBytes {
     pub fn from(bytes: &[u8]) -> Self {
         let mut blocks = vec![Block64([0; 64]); bytes.len().div_ceil(64)];
         bytemuck::cast_slice_mut::<Block64, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
-        AlignedBytes {
-            blocks,
-            len: bytes.len(),
-        }
+        AlignedBytes { blocks, len: bytes.len() }
     }
     pub fn as_bytes(&self) -> &[u8] {
         &bytemuck::cast_slice::<Block64, u8>(&self.blocks)[..self.len]
@@ -117,10 +105,7 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
     if src.is_dir() {
         return hf::import(src);
     }
-    let ext = src
-        .extension()
-        .map(|e| e.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
+    let ext = src.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext == "gguf" {
         return from_gguf::import(src);
     }

@@ -26,9 +26,7 @@
 
 use core::cmp::Ordering;
 
-use super::{
-    cmp_concat, hex, le_u32, Pretokenizer, TokenType, Tokenizer, TokenizerError as E, TokenizerKind,
-};
+use super::{cmp_concat, hex, le_u32, Pretokenizer, TokenType, Tokenizer, TokenizerError as E, TokenizerKind};
 
 /// First four bytes of every tokenizer blob.
 pub const MAGIC: [u8; 4] = *b"EQTK";
@@ -49,8 +47,7 @@ pub const FLAG_INDIVIDUAL_DIGITS: u32 = 1 << 2;
 /// BPE: a pre-token that is itself in the vocabulary is emitted whole (HF
 /// `ignore_merges`, Llama-3).
 pub const FLAG_IGNORE_MERGES: u32 = 1 << 3;
-const KNOWN_FLAGS: u32 =
-    FLAG_ADD_BOS | FLAG_ADD_DUMMY_PREFIX | FLAG_INDIVIDUAL_DIGITS | FLAG_IGNORE_MERGES;
+const KNOWN_FLAGS: u32 = FLAG_ADD_BOS | FLAG_ADD_DUMMY_PREFIX | FLAG_INDIVIDUAL_DIGITS | FLAG_IGNORE_MERGES;
 
 /// Header field byte offsets.
 pub(crate) mod field {
@@ -92,15 +89,9 @@ impl<'a> Cursor<'a> {
     /// Table at `off` of `count × elem` bytes. `off == 0` means absent and is
     /// only allowed when the table is empty.
     fn table(&mut self, off: u32, count: u32, elem: usize) -> Result<&'a [u8], E> {
-        let len = (count as usize)
-            .checked_mul(elem)
-            .ok_or(E::TableOutOfBounds)?;
+        let len = (count as usize).checked_mul(elem).ok_or(E::TableOutOfBounds)?;
         if off == 0 {
-            return if len == 0 {
-                Ok(&[])
-            } else {
-                Err(E::TableOutOfBounds)
-            };
+            return if len == 0 { Ok(&[]) } else { Err(E::TableOutOfBounds) };
         }
         let off = off as usize;
         if off % 4 != 0 {
@@ -178,15 +169,8 @@ pub(crate) fn parse(blob: &[u8]) -> Result<Tokenizer<'_>, E> {
         }
     }
 
-    let mut cur = Cursor {
-        blob,
-        pos: HEADER_LEN,
-    };
-    let offsets = cur.table(
-        rd32(hdr, field::OFFSETS_OFF),
-        n_vocab.checked_add(1).ok_or(E::BadHeader)?,
-        4,
-    )?;
+    let mut cur = Cursor { blob, pos: HEADER_LEN };
+    let offsets = cur.table(rd32(hdr, field::OFFSETS_OFF), n_vocab.checked_add(1).ok_or(E::BadHeader)?, 4)?;
     let bytes = cur.table(rd32(hdr, field::BYTES_OFF), rd32(hdr, field::BYTES_LEN), 1)?;
     let scores_off = rd32(hdr, field::SCORES_OFF);
     let scores = match kind {
@@ -250,11 +234,7 @@ pub(crate) fn parse(blob: &[u8]) -> Result<Tokenizer<'_>, E> {
             None => return Err(E::BadTokenType),
             Some(TokenType::Byte) => {
                 let p = tok.piece(id);
-                let ok = p.len() == 6
-                    && p.starts_with(b"<0x")
-                    && p[5] == b'>'
-                    && hex(p[3]).is_some()
-                    && hex(p[4]).is_some();
+                let ok = p.len() == 6 && p.starts_with(b"<0x") && p[5] == b'>' && hex(p[3]).is_some() && hex(p[4]).is_some();
                 if !ok {
                     return Err(E::BadTokenType);
                 }

@@ -17,12 +17,7 @@ use super::merge::{merge_in_place, Merger};
 use super::pretokenize::for_each_pretoken;
 use super::{push, Tokenizer, TokenizerError, FLAG_IGNORE_MERGES, FLAG_INDIVIDUAL_DIGITS};
 
-pub(crate) fn encode(
-    tok: &Tokenizer<'_>,
-    text: &str,
-    out: &mut [u32],
-    mut n: usize,
-) -> Result<usize, TokenizerError> {
+pub(crate) fn encode(tok: &Tokenizer<'_>, text: &str, out: &mut [u32], mut n: usize) -> Result<usize, TokenizerError> {
     let bytes = text.as_bytes();
     let mut chunk_start = 0;
     if tok.n_specials() > 0 {
@@ -57,11 +52,7 @@ fn match_special(tok: &Tokenizer<'_>, s: &[u8]) -> Option<(u32, usize)> {
     let first = *s.first()?;
     let ns = tok.n_specials();
     // Specials are sorted by bytes: find the block starting with `first`.
-    let lo = partition(ns, |i| {
-        tok.piece(tok.special_id(i))
-            .first()
-            .is_some_and(|&b| b < first)
-    });
+    let lo = partition(ns, |i| tok.piece(tok.special_id(i)).first().is_some_and(|&b| b < first));
     let mut best: Option<(u32, usize)> = None;
     for i in lo..ns {
         let id = tok.special_id(i);
@@ -90,24 +81,12 @@ fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
     lo
 }
 
-fn encode_chunk(
-    tok: &Tokenizer<'_>,
-    chunk: &str,
-    out: &mut [u32],
-    n: &mut usize,
-) -> Result<(), TokenizerError> {
+fn encode_chunk(tok: &Tokenizer<'_>, chunk: &str, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
     let digits = tok.flags & FLAG_INDIVIDUAL_DIGITS != 0;
-    for_each_pretoken(chunk, tok.pretok, digits, |w| {
-        encode_word(tok, w.as_bytes(), out, n)
-    })
+    for_each_pretoken(chunk, tok.pretok, digits, |w| encode_word(tok, w.as_bytes(), out, n))
 }
 
-fn encode_word(
-    tok: &Tokenizer<'_>,
-    word: &[u8],
-    out: &mut [u32],
-    n: &mut usize,
-) -> Result<(), TokenizerError> {
+fn encode_word(tok: &Tokenizer<'_>, word: &[u8], out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
     if word.is_empty() {
         return Ok(());
     }

@@ -17,8 +17,8 @@ use alloc::vec::Vec;
 use super::blob::{field, HEADER_LEN, MAGIC, NO_TOKEN, VERSION};
 use super::unicode::gpt2_char_to_byte;
 use super::{
-    Pretokenizer, TokenType, Tokenizer, TokenizerError as E, TokenizerKind, FLAG_ADD_BOS,
-    FLAG_ADD_DUMMY_PREFIX, FLAG_IGNORE_MERGES, FLAG_INDIVIDUAL_DIGITS,
+    Pretokenizer, TokenType, Tokenizer, TokenizerError as E, TokenizerKind, FLAG_ADD_BOS, FLAG_ADD_DUMMY_PREFIX, FLAG_IGNORE_MERGES,
+    FLAG_INDIVIDUAL_DIGITS,
 };
 
 /// The general blob writer. Fill the public fields and call [`build`](Self::build).
@@ -91,11 +91,7 @@ impl TokenizerBuilder {
             by_bytes.entry(t.as_slice()).or_insert(id as u32);
         }
         let mut sorted: Vec<u32> = (0..n as u32).collect();
-        sorted.sort_by(|&a, &b| {
-            self.tokens[a as usize]
-                .cmp(&self.tokens[b as usize])
-                .then(a.cmp(&b))
-        });
+        sorted.sort_by(|&a, &b| self.tokens[a as usize].cmp(&self.tokens[b as usize]).then(a.cmp(&b)));
 
         // Merges: (left, right) -> (rank, result); later duplicates win.
         let mut merges: BTreeMap<(u32, u32), (u32, u32)> = BTreeMap::new();
@@ -216,24 +212,14 @@ pub struct SentencePieceConfig {
 /// SentencePiece's `'▁'` already replaced by `' '` (as llama2.c's export
 /// does); byte-fallback pieces are the text `<0xNN>` typed
 /// [`TokenType::Byte`].
-pub fn build_sentencepiece(
-    tokens: &[&[u8]],
-    scores: &[f32],
-    types: &[TokenType],
-    cfg: &SentencePieceConfig,
-) -> Result<Vec<u8>, E> {
+pub fn build_sentencepiece(tokens: &[&[u8]], scores: &[f32], types: &[TokenType], cfg: &SentencePieceConfig) -> Result<Vec<u8>, E> {
     let mut b = TokenizerBuilder::new(TokenizerKind::SentencePiece);
     b.tokens = tokens.iter().map(|t| t.to_vec()).collect();
     b.scores = scores.to_vec();
     b.types = types.to_vec();
     b.bos = cfg.bos;
     b.eos = cfg.eos;
-    b.flags = (if cfg.add_bos { FLAG_ADD_BOS } else { 0 })
-        | (if cfg.add_dummy_prefix {
-            FLAG_ADD_DUMMY_PREFIX
-        } else {
-            0
-        });
+    b.flags = (if cfg.add_bos { FLAG_ADD_BOS } else { 0 }) | (if cfg.add_dummy_prefix { FLAG_ADD_DUMMY_PREFIX } else { 0 });
     b.build()
 }
 
@@ -273,12 +259,7 @@ pub struct AddedToken<'s> {
 /// `merges` are `(left id, right id)` in rank order. `added` tokens are split
 /// out of text literally; their `content` is raw text and replaces the vocab
 /// string of the same id. Together, ids must cover `0..n` exactly.
-pub fn build_byte_level_bpe(
-    vocab: &[(&str, u32)],
-    merges: &[(u32, u32)],
-    added: &[AddedToken<'_>],
-    cfg: &BpeConfig,
-) -> Result<Vec<u8>, E> {
+pub fn build_byte_level_bpe(vocab: &[(&str, u32)], merges: &[(u32, u32)], added: &[AddedToken<'_>], cfg: &BpeConfig) -> Result<Vec<u8>, E> {
     let n = vocab
         .iter()
         .map(|v| v.1)
@@ -298,11 +279,7 @@ pub fn build_byte_level_bpe(
             return Err(E::InvalidInput);
         }
         *slot = Some(a.content.as_bytes().to_vec());
-        types[a.id as usize] = if a.special {
-            TokenType::Control
-        } else {
-            TokenType::UserDefined
-        };
+        types[a.id as usize] = if a.special { TokenType::Control } else { TokenType::UserDefined };
     }
     for &(s, id) in vocab {
         let slot = &mut tokens[id as usize];
@@ -316,10 +293,7 @@ pub fn build_byte_level_bpe(
         *slot = Some(bytes.ok_or(E::InvalidInput)?);
     }
     let mut b = TokenizerBuilder::new(TokenizerKind::ByteLevelBpe);
-    b.tokens = tokens
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or(E::InvalidInput)?;
+    b.tokens = tokens.into_iter().collect::<Option<Vec<_>>>().ok_or(E::InvalidInput)?;
     b.types = types;
     b.merges = merges.to_vec();
     b.specials = added.iter().map(|a| a.id).collect();
@@ -327,16 +301,8 @@ pub fn build_byte_level_bpe(
     b.bos = cfg.bos;
     b.eos = cfg.eos;
     b.flags = (if cfg.add_bos { FLAG_ADD_BOS } else { 0 })
-        | (if cfg.individual_digits {
-            FLAG_INDIVIDUAL_DIGITS
-        } else {
-            0
-        })
-        | (if cfg.ignore_merges {
-            FLAG_IGNORE_MERGES
-        } else {
-            0
-        });
+        | (if cfg.individual_digits { FLAG_INDIVIDUAL_DIGITS } else { 0 })
+        | (if cfg.ignore_merges { FLAG_IGNORE_MERGES } else { 0 });
     b.build()
 }
 
@@ -346,12 +312,7 @@ pub fn build_byte_level_bpe(
 /// `add_dummy_prefix`. Token 0 is typed unknown, 1 and 2 control, `<0xNN>`
 /// pieces byte-fallback, the rest normal.
 pub fn from_llama2c_bin(bytes: &[u8]) -> Result<Vec<u8>, E> {
-    let rd = |p: usize| -> Result<[u8; 4], E> {
-        bytes
-            .get(p..p + 4)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(E::Truncated)
-    };
+    let rd = |p: usize| -> Result<[u8; 4], E> { bytes.get(p..p + 4).and_then(|s| s.try_into().ok()).ok_or(E::Truncated) };
     let max_len = i32::from_le_bytes(rd(0)?);
     if max_len < 0 {
         return Err(E::InvalidInput);
@@ -363,16 +324,10 @@ pub fn from_llama2c_bin(bytes: &[u8]) -> Result<Vec<u8>, E> {
         let len = i32::from_le_bytes(rd(p + 4)?);
         let len = usize::try_from(len).map_err(|_| E::InvalidInput)?;
         p += 8;
-        let t = bytes
-            .get(p..p.checked_add(len).ok_or(E::Truncated)?)
-            .ok_or(E::Truncated)?;
+        let t = bytes.get(p..p.checked_add(len).ok_or(E::Truncated)?).ok_or(E::Truncated)?;
         p += len;
         let id = tokens.len();
-        let is_byte = t.len() == 6
-            && t.starts_with(b"<0x")
-            && t[5] == b'>'
-            && super::hex(t[3]).is_some()
-            && super::hex(t[4]).is_some();
+        let is_byte = t.len() == 6 && t.starts_with(b"<0x") && t[5] == b'>' && super::hex(t[3]).is_some() && super::hex(t[4]).is_some();
         types.push(match id {
             0 => TokenType::Unknown,
             1 | 2 => TokenType::Control,

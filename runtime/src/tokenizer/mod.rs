@@ -38,14 +38,10 @@ mod tests;
 use core::cmp::Ordering;
 use core::fmt;
 
-pub use blob::{
-    FLAG_ADD_BOS, FLAG_ADD_DUMMY_PREFIX, FLAG_IGNORE_MERGES, FLAG_INDIVIDUAL_DIGITS, HEADER_LEN,
-    MAGIC, NO_TOKEN, VERSION,
-};
+pub use blob::{FLAG_ADD_BOS, FLAG_ADD_DUMMY_PREFIX, FLAG_IGNORE_MERGES, FLAG_INDIVIDUAL_DIGITS, HEADER_LEN, MAGIC, NO_TOKEN, VERSION};
 #[cfg(feature = "alloc")]
 pub use build::{
-    build_byte_level_bpe, build_sentencepiece, from_llama2c_bin, AddedToken, BpeConfig,
-    SentencePieceConfig, TokenizerBuilder,
+    build_byte_level_bpe, build_sentencepiece, from_llama2c_bin, AddedToken, BpeConfig, SentencePieceConfig, TokenizerBuilder,
 };
 pub use unicode::{gpt2_byte_to_char, gpt2_char_to_byte};
 
@@ -116,9 +112,7 @@ impl fmt::Display for TokenizerError {
             Self::IdOutOfRange => f.write_str("token id out of range in table"),
             Self::NotSorted => f.write_str("tokenizer table not sorted"),
             Self::BadMerge => f.write_str("merge result is not the concatenation of its parts"),
-            Self::MissingByteToken => {
-                f.write_str("byte-level vocabulary lacks a single-byte token")
-            }
+            Self::MissingByteToken => f.write_str("byte-level vocabulary lacks a single-byte token"),
             Self::BadSpecialToken => f.write_str("special token empty or not UTF-8"),
             Self::NoByteFallback => f.write_str("no byte-fallback token for an unknown character"),
             Self::NoBos => f.write_str("tokenizer has no BOS token"),
@@ -300,9 +294,7 @@ impl<'a> Tokenizer<'a> {
         if id >= self.n_vocab {
             return None;
         }
-        self.types
-            .get(id as usize)
-            .and_then(|&b| TokenType::from_u8(b))
+        self.types.get(id as usize).and_then(|&b| TokenType::from_u8(b))
     }
 
     /// The SentencePiece score of a token (`None` for byte-level BPE).
@@ -349,12 +341,7 @@ impl<'a> Tokenizer<'a> {
     /// Encodes `text` into `out`, optionally preceded by BOS; returns the
     /// number of tokens written. Never panics; see the module docs for how
     /// much room `out` needs (`text.len() + 2` always suffices).
-    pub fn encode(
-        &self,
-        text: &str,
-        add_bos: bool,
-        out: &mut [u32],
-    ) -> Result<usize, TokenizerError> {
+    pub fn encode(&self, text: &str, add_bos: bool, out: &mut [u32]) -> Result<usize, TokenizerError> {
         let mut n = 0;
         if add_bos {
             let bos = self.bos.ok_or(TokenizerError::NoBos)?;
@@ -377,17 +364,12 @@ impl<'a> Tokenizer<'a> {
     /// across tokens, so a streaming caller must buffer incomplete UTF-8
     /// sequences itself before printing.
     pub fn decode_piece(&self, prev: u32, token: u32) -> Result<&'a [u8], TokenizerError> {
-        let piece = self
-            .token_bytes(token)
-            .ok_or(TokenizerError::InvalidToken)?;
+        let piece = self.token_bytes(token).ok_or(TokenizerError::InvalidToken)?;
         match self.token_type(token) {
             Some(TokenType::Control) => return Ok(&[]),
             Some(TokenType::Byte) => {
                 // Validated by `parse` to be `<0xNN>`.
-                let b = match (
-                    piece.get(3).and_then(|&c| hex(c)),
-                    piece.get(4).and_then(|&c| hex(c)),
-                ) {
+                let b = match (piece.get(3).and_then(|&c| hex(c)), piece.get(4).and_then(|&c| hex(c))) {
                     (Some(h), Some(l)) => (h << 4) | l,
                     _ => return Err(TokenizerError::BadTokenType),
                 };

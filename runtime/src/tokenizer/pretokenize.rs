@@ -33,11 +33,7 @@ pub(crate) fn for_each_pretoken<E>(
     split_regex(s.get(seg_start..).unwrap_or(""), pat, &mut f)
 }
 
-fn split_regex<E>(
-    s: &str,
-    pat: Pretokenizer,
-    f: &mut impl FnMut(&str) -> Result<(), E>,
-) -> Result<(), E> {
+fn split_regex<E>(s: &str, pat: Pretokenizer, f: &mut impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
     let mut pos = 0;
     while pos < s.len() {
         let end = match pat {

@@ -13,12 +13,7 @@
 use super::merge::{merge_in_place, Merger};
 use super::{push, Tokenizer, TokenizerError, FLAG_ADD_DUMMY_PREFIX};
 
-pub(crate) fn encode(
-    tok: &Tokenizer<'_>,
-    text: &str,
-    out: &mut [u32],
-    mut n: usize,
-) -> Result<usize, TokenizerError> {
+pub(crate) fn encode(tok: &Tokenizer<'_>, text: &str, out: &mut [u32], mut n: usize) -> Result<usize, TokenizerError> {
     if !text.is_empty() && tok.flags & FLAG_ADD_DUMMY_PREFIX != 0 {
         push_char(tok, ' ', out, &mut n)?;
     }
@@ -28,12 +23,7 @@ pub(crate) fn encode(
     Ok(merge_in_place(&SpMerger(tok), out, n))
 }
 
-fn push_char(
-    tok: &Tokenizer<'_>,
-    c: char,
-    out: &mut [u32],
-    n: &mut usize,
-) -> Result<(), TokenizerError> {
+fn push_char(tok: &Tokenizer<'_>, c: char, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {
     let mut buf = [0u8; 4];
     let s = c.encode_utf8(&mut buf).as_bytes();
     if let Some(id) = tok.lookup(s) {
@@ -48,14 +38,7 @@ fn push_char(
 /// The token for raw byte `b`: `<0xNN>` if present, else `b + 3`.
 pub(crate) fn byte_fallback(tok: &Tokenizer<'_>, b: u8) -> Result<u32, TokenizerError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let name = [
-        b'<',
-        b'0',
-        b'x',
-        HEX[(b >> 4) as usize],
-        HEX[(b & 15) as usize],
-        b'>',
-    ];
+    let name = [b'<', b'0', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize], b'>'];
     if let Some(id) = tok.lookup(&name) {
         return Ok(id);
     }
@@ -91,11 +74,7 @@ impl Merger for SpMerger<'_, '_> {
         let bits = s.to_bits();
         // Total order of non-NaN floats as u32, then inverted: higher score
         // -> smaller key.
-        let ordered = if bits & 0x8000_0000 != 0 {
-            !bits
-        } else {
-            bits | 0x8000_0000
-        };
+        let ordered = if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 };
         !ordered
     }
 

@@ -51,14 +51,8 @@ fn pretokenize_gpt2() {
         pretokens("Hello world's  end\n\n", g, false),
         ["Hello", " world", "'s", " ", " end", "\n\n"]
     );
-    assert_eq!(
-        pretokens("I've 123 !!! ?x", g, false),
-        ["I", "'ve", " 123", " !!!", " ?", "x"]
-    );
-    assert_eq!(
-        pretokens("'S \t\tabc", g, false),
-        ["'", "S", " \t", "\t", "abc"]
-    );
+    assert_eq!(pretokens("I've 123 !!! ?x", g, false), ["I", "'ve", " 123", " !!!", " ?", "x"]);
+    assert_eq!(pretokens("'S \t\tabc", g, false), ["'", "S", " \t", "\t", "abc"]);
     assert_eq!(pretokens("   ", g, false), ["   "]);
     assert_eq!(pretokens("नमस्ते", g, false), ["नमस", "्", "त", "े"]);
     // SmolLM2: digits isolated first, then the regex on the pieces between.
@@ -73,20 +67,11 @@ fn pretokenize_llama3_qwen2() {
         pretokens("Hello World's 1234567 ...\n\nok  \n x", l, false),
         ["Hello", " World", "'s", " ", "123", "456", "7", " ...\n\n", "ok", "  \n", " x"]
     );
-    assert_eq!(
-        pretokens("I'RE (hello", l, false),
-        ["I", "'RE", " (", "hello"]
-    );
+    assert_eq!(pretokens("I'RE (hello", l, false), ["I", "'RE", " (", "hello"]);
     assert_eq!(pretokens("(hello", l, false), ["(hello"]);
     assert_eq!(pretokens("a\r\n\r\nb", l, false), ["a", "\r\n\r\n", "b"]);
-    assert_eq!(
-        pretokens("12345", Pretokenizer::Qwen2, false),
-        ["1", "2", "3", "4", "5"]
-    );
-    assert_eq!(
-        pretokens("  1", Pretokenizer::Qwen2, false),
-        [" ", " ", "1"]
-    );
+    assert_eq!(pretokens("12345", Pretokenizer::Qwen2, false), ["1", "2", "3", "4", "5"]);
+    assert_eq!(pretokens("  1", Pretokenizer::Qwen2, false), [" ", " ", "1"]);
 }
 
 #[cfg(feature = "alloc")]
@@ -196,10 +181,7 @@ mod with_alloc {
         assert_eq!(tok.decode_piece(260, 266), Ok(&b" ab"[..]));
         assert_eq!(tok.decode_piece(NO_TOKEN, 3 + 0xE6), Ok(&[0xE6u8][..]));
         assert_eq!(tok.decode_piece(NO_TOKEN, 1), Ok(&[][..]));
-        assert_eq!(
-            tok.decode_piece(NO_TOKEN, 100_000),
-            Err(TokenizerError::InvalidToken)
-        );
+        assert_eq!(tok.decode_piece(NO_TOKEN, 100_000), Err(TokenizerError::InvalidToken));
         for s in ["abc", "xé日 qrs", "  a", "\n\tab"] {
             let t = enc(&tok, s, true);
             assert_eq!(tok.decode(&t), s.as_bytes());
@@ -212,31 +194,17 @@ mod with_alloc {
         s.bytes().map(gpt2_byte_to_char).collect()
     }
 
-    fn bpe_blob(
-        pretokenizer: Pretokenizer,
-        individual_digits: bool,
-        ignore_merges: bool,
-    ) -> Vec<u8> {
-        let mut vocab: Vec<(String, u32)> = (0..=255u8)
-            .map(|b| (gpt2_byte_to_char(b).into(), b as u32))
-            .collect();
+    fn bpe_blob(pretokenizer: Pretokenizer, individual_digits: bool, ignore_merges: bool) -> Vec<u8> {
+        let mut vocab: Vec<(String, u32)> = (0..=255u8).map(|b| (gpt2_byte_to_char(b).into(), b as u32)).collect();
         let merged = [" t", "he", " the", "in", " a", "er", "12", "the"];
         for (i, m) in merged.iter().enumerate() {
             vocab.push((gpt2(m), 256 + i as u32));
         }
         let id = |s: &str| vocab.iter().find(|v| v.0 == gpt2(s)).unwrap().1;
-        let merges: Vec<(u32, u32)> = [
-            (" ", "t"),
-            ("h", "e"),
-            (" t", "he"),
-            ("i", "n"),
-            (" ", "a"),
-            ("e", "r"),
-            ("1", "2"),
-        ]
-        .iter()
-        .map(|(l, r)| (id(l), id(r)))
-        .collect();
+        let merges: Vec<(u32, u32)> = [(" ", "t"), ("h", "e"), (" t", "he"), ("i", "n"), (" ", "a"), ("e", "r"), ("1", "2")]
+            .iter()
+            .map(|(l, r)| (id(l), id(r)))
+            .collect();
         let added = [
             AddedToken {
                 id: 264,
@@ -286,10 +254,7 @@ mod with_alloc {
             enc(&tok, "<|im_start|>user\nhi<|im_end|><tool><|im", false),
             [264, 117, 115, 261, 10, 104, 105, 265, 266, 267]
         );
-        assert_eq!(
-            enc(&tok, "a<|im_star", false),
-            [97, 267, 95, 115, 116, 97, 114]
-        );
+        assert_eq!(enc(&tok, "a<|im_star", false), [97, 267, 95, 115, 116, 97, 114]);
         assert_eq!(enc(&tok, "hi", true), [264, 104, 105]);
         assert_eq!(tok.decode(&[264, 104, 105, 265, 266]), b"hi<tool>");
 
@@ -319,12 +284,7 @@ mod with_alloc {
         let spaces = " ".repeat(200_000);
         let n = tok.encode(&spaces, false, &mut out).unwrap();
         assert_eq!(n, 200_000);
-        std::println!(
-            "encoded {} + {} bytes in {:?}",
-            text.len(),
-            spaces.len(),
-            t0.elapsed()
-        );
+        std::println!("encoded {} + {} bytes in {:?}", text.len(), spaces.len(), t0.elapsed());
         assert!(t0.elapsed().as_secs() < 20);
     }
 
@@ -376,10 +336,7 @@ mod with_alloc {
     fn truncated_blobs_are_rejected() {
         for blob in [sp_blob(), bpe_blob(Pretokenizer::Llama3, true, true)] {
             for k in 0..blob.len() {
-                assert!(
-                    Tokenizer::parse(&blob[..k]).is_err(),
-                    "prefix of {k} bytes accepted"
-                );
+                assert!(Tokenizer::parse(&blob[..k]).is_err(), "prefix of {k} bytes accepted");
             }
             // Trailing bytes are ignored; an odd start address is fine.
             let mut padded = vec![0u8; 1];
@@ -447,9 +404,7 @@ mod with_alloc {
         let n = tok.encode("abc", false, &mut out).unwrap();
         assert_eq!(&out[..n], &[0, 1]);
         // Merge result not in vocab.
-        let full: Vec<(String, u32)> = (0..=255u8)
-            .map(|b| (gpt2_byte_to_char(b).into(), b as u32))
-            .collect();
+        let full: Vec<(String, u32)> = (0..=255u8).map(|b| (gpt2_byte_to_char(b).into(), b as u32)).collect();
         let full: Vec<(&str, u32)> = full.iter().map(|(s, i)| (s.as_str(), *i)).collect();
         assert_eq!(
             build_byte_level_bpe(&full, &[(97, 98)], &[], &cfg),
@@ -458,10 +413,7 @@ mod with_alloc {
         // Gap in ids.
         let mut gap = full.clone();
         gap.push(("ab", 300));
-        assert_eq!(
-            build_byte_level_bpe(&gap, &[], &[], &cfg),
-            Err(TokenizerError::InvalidInput)
-        );
+        assert_eq!(build_byte_level_bpe(&gap, &[], &[], &cfg), Err(TokenizerError::InvalidInput));
         // Byte-typed token that is not <0xNN>.
         let cfg = SentencePieceConfig {
             bos: None,
@@ -473,10 +425,7 @@ mod with_alloc {
             build_sentencepiece(&[b"<0xZZ>"], &[0.0], &[TokenType::Byte], &cfg),
             Err(TokenizerError::BadTokenType)
         );
-        assert_eq!(
-            from_llama2c_bin(&[1, 0, 0, 0, 0, 0]),
-            Err(TokenizerError::Truncated)
-        );
+        assert_eq!(from_llama2c_bin(&[1, 0, 0, 0, 0, 0]), Err(TokenizerError::Truncated));
     }
 
     // ---------- llama2.c stories260K tokenizer ----------
@@ -494,10 +443,7 @@ mod with_alloc {
         assert!(tok.add_bos_default());
         let text = "Once upon a time, there was a little girl named Lily.";
         let ids = enc(&tok, text, true);
-        assert_eq!(
-            ids,
-            [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426]
-        );
+        assert_eq!(ids, [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426]);
         assert_eq!(tok.decode(&ids), text.as_bytes());
         // Non-ASCII goes through byte fallback and back.
         let s = "Lily saw a 🐶 — ünïcödé!";

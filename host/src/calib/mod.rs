@@ -1,0 +1,7 @@
+//! Calibration: the data (`data.rs`), the statistics observed on each
+//! linear layer's input (`stats.rs`), and the sequential block-by-block
+//! pipeline that quantizes a model with them (`pipeline.rs`).
+pub mod data;
+pub mod pipeline;
+pub mod prepare;
+pub mod stats;

@@ -1,0 +1,313 @@
+//! Sequential, block-by-block quantization (GPTQ's `llama_sequential`):
+//! capture the inputs of block `l` by running the runtime's own
+//! [`block_forward`] on every calibration sample, quantize its linears in
+//! `true_sequential` order (q/k/v together, then o, then gate/up, then
+//! down: each stage sees the inputs produced by the already-quantized
+//! stages before it), recompute block `l`'s outputs with the quantized
+//! weights, and feed those to block `l+1`. Only one block's weights and the
+//! calibration activations are held at a time.
+use super::data::CalibSet;
+use super::stats::InputStats;
+use crate::algo::{output_rel_err, QuantizedLayer};
+use crate::import::AlignedBytes;
+use crate::quantize::Policy;
+use anyhow::{Context, Result};
+use edgeq_core::format::writer::TensorEntry;
+use edgeq_core::{QuantSpec, TensorRole, TensorView};
+use edgeq_runtime::arena::{ArenaPlan, Buffers};
+use edgeq_runtime::model::Block;
+use edgeq_runtime::{block_forward, rope_angles, Model, Observer};
+use rayon::prelude::*;
+use std::ops::ControlFlow;
+
+/// One linear layer handed to a method.
+pub struct LayerJob<'a> {
+    pub name: &'a str,
+    pub role: TensorRole,
+    pub layer: usize,
+    /// `[rows, cols]` f32, row-major.
+    pub w: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// Input statistics (when the method asked for them).
+    pub stats: Option<&'a InputStats>,
+}
+
+/// What the pipeline needs to know about a method.
+pub struct MethodHooks<'f> {
+    pub name: &'f str,
+    /// Collect input statistics at all (RTN/HQQ need none).
+    pub needs_inputs: bool,
+    /// Accumulate `Σ xxᵀ` (GPTQ).
+    pub hessian: bool,
+    /// Input rows kept per stage (AWQ loss/clip, error reports).
+    pub keep_rows: usize,
+    pub quantize: &'f (dyn Fn(&LayerJob<'_>) -> Result<(QuantizedLayer, String)> + Sync),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub tensor: String,
+    pub scheme: String,
+    /// `||XWᵀ − XŴᵀ||² / ||XWᵀ||²` on (up to `keep_rows`) calibration inputs,
+    /// or the weight error `||W − Ŵ||²/||W||²` when no inputs were collected.
+    pub rel_err: f64,
+    pub metric: &'static str,
+    pub seconds: f64,
+    pub note: String,
+}
+
+const STAGES: [(TensorRole, &[TensorRole]); 4] = [
+    (TensorRole::Wq, &[TensorRole::Wq, TensorRole::Wk, TensorRole::Wv]),
+    (TensorRole::Wo, &[TensorRole::Wo]),
+    (TensorRole::WGate, &[TensorRole::WGate, TensorRole::WUp]),
+    (TensorRole::WDown, &[TensorRole::WDown]),
+];
+
+/// The linears of one block as the pipeline holds them: current bytes
+/// (original, then quantized) and the original f32 weights.
+struct HostBlock<'a> {
+    orig: Block<'a>,
+    cur: Vec<(TensorRole, QuantSpec, u32, u32, AlignedBytes)>,
+}
+
+impl<'a> HostBlock<'a> {
+    fn view(&self, role: TensorRole) -> Result<TensorView<'_>> {
+        let (_, spec, rows, cols, bytes) = self.cur.iter().find(|c| c.0 == role).context("role")?;
+        TensorView::new(*spec, *rows, *cols, bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    fn block(&self) -> Result<Block<'_>> {
+        Ok(Block {
+            attn_norm: self.orig.attn_norm,
+            wq: self.view(TensorRole::Wq)?,
+            wk: self.view(TensorRole::Wk)?,
+            wv: self.view(TensorRole::Wv)?,
+            wo: self.view(TensorRole::Wo)?,
+            bq: self.orig.bq,
+            bk: self.orig.bk,
+            bv: self.orig.bv,
+            ffn_norm: self.orig.ffn_norm,
+            w_gate: self.view(TensorRole::WGate)?,
+            w_down: self.view(TensorRole::WDown)?,
+            w_up: self.view(TensorRole::WUp)?,
+        })
+    }
+}
+
+/// Adds the input of `role` to the stats and stops the block there.
+struct Collect<'s> {
+    role: TensorRole,
+    stats: &'s mut InputStats,
+}
+impl Observer for Collect<'_> {
+    fn linear_input(&mut self, _: usize, role: TensorRole, x: &[f32], n: usize) -> ControlFlow<()> {
+        if role == self.role {
+            self.stats.add(x, n);
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Runs block `l` on one sample (`x`: len×dim, updated in place) with a fresh cache.
+fn run_block<O: Observer>(
+    model: &Model<'_>,
+    b: &Block<'_>,
+    l: usize,
+    x: &mut [f32],
+    len: usize,
+    rope: &[f32],
+    obs: &mut O,
+) -> ControlFlow<()> {
+    let c = &model.cfg;
+    let plan = ArenaPlan::new(c, len, len);
+    let one_layer = ArenaPlan {
+        kcache: len * c.kv_dim(),
+        vcache: len * c.kv_dim(),
+        ..plan
+    };
+    let mut arena = vec![0u64; (one_layer.floats() * 4).div_ceil(8)];
+    let Ok(buf) = Buffers::carve(&one_layer, bytemuck::cast_slice_mut(&mut arena)) else {
+        return ControlFlow::Break(());
+    };
+    let mut s = buf.s;
+    block_forward(c, b, l, x, len, 0, buf.kcache, buf.vcache, rope, &mut s, obs)
+}
+
+/// Quantizes every linear layer the policy selects, block by block.
+/// Returns the new linear tensors (others are the caller's business).
+pub fn run(
+    model: &Model<'_>,
+    calib: &CalibSet,
+    policy: &Policy,
+    hooks: &MethodHooks<'_>,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
+    let c = &model.cfg;
+    let dim = c.dim as usize;
+    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1);
+    let mut rope = vec![0.0f32; max_len * c.rope_dim as usize];
+    rope_angles(&mut rope, c, 0, max_len);
+    // Block inputs of every sample: the embeddings to start with.
+    let emb = model.tok_embd().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut xs: Vec<Vec<f32>> = calib
+        .samples
+        .iter()
+        .map(|s| {
+            let mut x = vec![0.0f32; s.len() * dim];
+            for (i, &t) in s.iter().enumerate() {
+                emb.dequantize_row(t as usize, &mut x[i * dim..(i + 1) * dim]);
+            }
+            x
+        })
+        .collect();
+    progress.set_length(c.n_layers as u64 * 5);
+    let mut entries = Vec::new();
+    let mut reports = Vec::new();
+    for l in 0..c.n_layers as usize {
+        let orig = model.block(l).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut hb = HostBlock { orig, cur: Vec::new() };
+        for role in [
+            TensorRole::Wq,
+            TensorRole::Wk,
+            TensorRole::Wv,
+            TensorRole::Wo,
+            TensorRole::WGate,
+            TensorRole::WDown,
+            TensorRole::WUp,
+        ] {
+            let t = model.eqf.find(role, l as u16).context("tensor")?;
+            let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+            hb.cur.push((
+                role,
+                spec,
+                t.rows,
+                t.cols,
+                AlignedBytes::from(model.eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?),
+            ));
+        }
+        for (input_role, roles) in STAGES {
+            let targets: Vec<_> = roles
+                .iter()
+                .copied()
+                .filter_map(|r| model.eqf.find(r, l as u16).filter(|t| policy.target(t).is_some()).map(|t| (r, t)))
+                .collect();
+            if targets.is_empty() {
+                progress.inc(1);
+                continue;
+            }
+            let cols = targets[0].1.cols as usize;
+            let stats = if hooks.needs_inputs {
+                let block = hb.block()?;
+                let st = calib
+                    .samples
+                    .par_iter()
+                    .zip(&xs)
+                    .fold(
+                        || InputStats::new(cols, hooks.hessian, hooks.keep_rows),
+                        |mut acc, (s, x)| {
+                            let mut x = x.clone();
+                            let _ = run_block(
+                                model,
+                                &block,
+                                l,
+                                &mut x,
+                                s.len(),
+                                &rope,
+                                &mut Collect {
+                                    role: input_role,
+                                    stats: &mut acc,
+                                },
+                            );
+                            acc
+                        },
+                    )
+                    .reduce(
+                        || InputStats::new(cols, hooks.hessian, hooks.keep_rows),
+                        |mut a, b| {
+                            a.merge(&b);
+                            a
+                        },
+                    );
+                Some(st)
+            } else {
+                None
+            };
+            // The stage's linears are independent given the inputs.
+            let results: Vec<Result<(TensorRole, QuantizedLayer, LayerReport)>> = targets
+                .par_iter()
+                .map(|(role, t)| {
+                    let t0 = std::time::Instant::now();
+                    let view = model.eqf.view(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let (rows, cols) = (view.rows(), view.cols());
+                    let mut w = vec![0.0f32; rows * cols];
+                    for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                        view.dequantize_row(r, row);
+                    }
+                    let job = LayerJob {
+                        name: t.name_str(),
+                        role: *role,
+                        layer: l,
+                        w: &w,
+                        rows,
+                        cols,
+                        stats: stats.as_ref(),
+                    };
+                    let (q, note) = (hooks.quantize)(&job).with_context(|| format!("{} of tensor {}", hooks.name, t.name_str()))?;
+                    let deq = q.dequantize();
+                    let (rel_err, metric) = match stats.as_ref().filter(|s| !s.rows.is_empty()) {
+                        Some(s) => (output_rel_err(&w, &deq, &s.rows, rows, cols), "output"),
+                        None => {
+                            let num: f64 = w.iter().zip(&deq).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                            let den: f64 = w.iter().map(|a| (*a as f64).powi(2)).sum();
+                            (num / den.max(f64::MIN_POSITIVE), "weight")
+                        }
+                    };
+                    let spec = q.grid.spec()?;
+                    let rep = LayerReport {
+                        tensor: t.name_str().to_string(),
+                        scheme: crate::quantize::spec_name(&spec),
+                        rel_err,
+                        metric,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        note,
+                    };
+                    Ok((*role, q, rep))
+                })
+                .collect();
+            for r in results {
+                let (role, q, rep) = r?;
+                let (spec, bytes) = q.to_eqf().with_context(|| format!("storing {}", rep.tensor))?;
+                let slot = hb.cur.iter_mut().find(|c| c.0 == role).context("role")?;
+                slot.1 = spec;
+                slot.4 = AlignedBytes::from(&bytes);
+                entries.push(TensorEntry {
+                    role,
+                    layer: l as u16,
+                    spec,
+                    rows: q.rows as u32,
+                    cols: q.cols as u32,
+                    data: bytes,
+                });
+                reports.push(rep);
+            }
+            progress.inc(1);
+        }
+        // Recompute the block's outputs with its quantized weights.
+        let block = hb.block()?;
+        calib.samples.par_iter().zip(xs.par_iter_mut()).for_each(|(s, x)| {
+            let _ = run_block(model, &block, l, x, s.len(), &rope, &mut edgeq_runtime::NoObserver);
+        });
+        progress.inc(1);
+    }
+    Ok((entries, reports))
+}
+
+/// Peak resident memory of this process (VmHWM), in MB, where the OS says.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
