@@ -489,6 +489,7 @@ fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) 
         blocksize: m.blocksize,
         hqq_axis: m.hqq_axis,
         hqq_iters: m.hqq_iters,
+        store: true,
     }
 }
 
@@ -568,7 +569,8 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
 fn cmd_layer(a: LayerArgs) -> Result<()> {
     let t0 = Instant::now();
     let w = edgeq_host::npy::read(&a.weight)?;
-    let ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
+    let mut ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
+    ma.store = false; // research interface: dequantized weight only, act-order groups may interleave
     let x = match &a.acts {
         Some(p) => Some(edgeq_host::npy::read(p)?),
         None if ma.needs_calibration() => anyhow::bail!("--method {} needs --acts X.npy", a.method),
@@ -639,11 +641,16 @@ fn cmd_calib_prepare(a: PrepareArgs) -> Result<()> {
     let tok = text::tokenizer(&model)?;
     let chat_template = match &a.chat_template {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
-        None => serde_json::from_slice::<serde_json::Value>(model.eqf.metadata()).ok().and_then(|m| m["chat_template"].as_str().map(String::from)),
+        None => serde_json::from_slice::<serde_json::Value>(model.eqf.metadata())
+            .ok()
+            .and_then(|m| m["chat_template"].as_str().map(String::from)),
     };
     let max_ctx = model.cfg.max_seq_len as usize;
     if a.max_tokens > max_ctx {
-        eprintln!("note: --max-tokens {} is beyond the model's context of {max_ctx}; instances are cut to {max_ctx}", a.max_tokens);
+        eprintln!(
+            "note: --max-tokens {} is beyond the model's context of {max_ctx}; instances are cut to {max_ctx}",
+            a.max_tokens
+        );
     }
     let opts = edgeq_host::calib::prepare::PrepareOptions {
         field: a.field.clone(),

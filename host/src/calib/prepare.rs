@@ -197,7 +197,11 @@ pub fn prepare(inputs: &[&Path], tok: &Tokenizer<'_>, opts: &PrepareOptions) -> 
                 continue;
             }
             stats.truncated += usize::from(cut);
-            pool.push(Instance { text: t, tokens: n, stratum });
+            pool.push(Instance {
+                text: t,
+                tokens: n,
+                stratum,
+            });
         }
     }
     // Seeded shuffle, then (stratified) selection.
@@ -213,10 +217,13 @@ pub fn prepare(inputs: &[&Path], tok: &Tokenizer<'_>, opts: &PrepareOptions) -> 
             groups.entry(inst.stratum.clone().unwrap_or_default()).or_default().push(inst);
         }
         let total: usize = groups.values().map(|g| g.len()).sum();
-        let mut alloc: Vec<(String, usize, f64)> = groups.iter().map(|(k, g)| {
-            let exact = want as f64 * g.len() as f64 / total as f64;
-            (k.clone(), exact.floor() as usize, exact - exact.floor())
-        }).collect();
+        let mut alloc: Vec<(String, usize, f64)> = groups
+            .iter()
+            .map(|(k, g)| {
+                let exact = want as f64 * g.len() as f64 / total as f64;
+                (k.clone(), exact.floor() as usize, exact - exact.floor())
+            })
+            .collect();
         let mut left = want - alloc.iter().map(|a| a.1).sum::<usize>();
         let mut order: Vec<usize> = (0..alloc.len()).collect();
         order.sort_by(|&a, &b| alloc[b].2.total_cmp(&alloc[a].2).then(a.cmp(&b)));

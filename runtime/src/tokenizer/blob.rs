@@ -211,9 +211,10 @@ pub(crate) fn parse(blob: &[u8]) -> Result<Tokenizer<'_>, E> {
         return Err(E::BadHeader);
     }
 
-    let tok = Tokenizer {
+    let mut tok = Tokenizer {
         kind,
         pretok,
+        sp_word_split: false,
         flags,
         n_vocab,
         bos,
@@ -297,6 +298,10 @@ pub(crate) fn parse(blob: &[u8]) -> Result<Tokenizer<'_>, E> {
         prev = Some(id);
     }
 
+    // SentencePiece: when no piece has a space after its first byte, no
+    // merge can cross the start of a word, so encoding word by word gives
+    // exactly the whole-text result in linear rather than quadratic time.
+    tok.sp_word_split = kind == TokenizerKind::SentencePiece && (0..n_vocab).all(|id| !tok.piece(id).iter().skip(1).any(|&b| b == b' '));
     // Byte-level BPE need not cover all 256 bytes: encode drops bytes
     // without a token (see bpe.rs), as HF `tokenizers` does.
     let _ = kind;

@@ -183,6 +183,8 @@ impl TokenType {
 pub struct Tokenizer<'a> {
     kind: TokenizerKind,
     pretok: Pretokenizer,
+    /// SentencePiece vocabulary without interior spaces: encode word by word.
+    sp_word_split: bool,
     flags: u32,
     n_vocab: u32,
     bos: Option<u32>,

@@ -14,13 +14,35 @@ use super::merge::{merge_in_place, Merger};
 use super::{push, Tokenizer, TokenizerError, FLAG_ADD_DUMMY_PREFIX};
 
 pub(crate) fn encode(tok: &Tokenizer<'_>, text: &str, out: &mut [u32], mut n: usize) -> Result<usize, TokenizerError> {
-    if !text.is_empty() && tok.flags & FLAG_ADD_DUMMY_PREFIX != 0 {
-        push_char(tok, ' ', out, &mut n)?;
+    if !tok.sp_word_split {
+        if !text.is_empty() && tok.flags & FLAG_ADD_DUMMY_PREFIX != 0 {
+            push_char(tok, ' ', out, &mut n)?;
+        }
+        for c in text.chars() {
+            push_char(tok, c, out, &mut n)?;
+        }
+        return Ok(merge_in_place(&SpMerger(tok), out, n));
     }
-    for c in text.chars() {
+    // No piece has an interior space, so no merge crosses the start of a
+    // word (a space and what follows it): merging each word on its own is
+    // the whole-text result (the leftmost-best order within a word is
+    // unchanged), in time linear in the number of words. The first "word"
+    // includes what the caller already pushed (BOS), as llama2.c merges it too.
+    let mut start = 0;
+    let mut chars = text.chars();
+    let dummy = !text.is_empty() && tok.flags & FLAG_ADD_DUMMY_PREFIX != 0;
+    let mut next = if dummy { Some(' ') } else { chars.next() };
+    while let Some(c) = next {
+        if c == ' ' && n > start {
+            let merged = merge_in_place(&SpMerger(tok), &mut out[start..], n - start);
+            n = start + merged;
+            start = n;
+        }
         push_char(tok, c, out, &mut n)?;
+        next = chars.next();
     }
-    Ok(merge_in_place(&SpMerger(tok), out, n))
+    let merged = merge_in_place(&SpMerger(tok), &mut out[start..], n - start);
+    Ok(start + merged)
 }
 
 fn push_char(tok: &Tokenizer<'_>, c: char, out: &mut [u32], n: &mut usize) -> Result<(), TokenizerError> {

@@ -432,7 +432,7 @@ mod with_alloc {
 
     #[test]
     fn llama2c_tok512() {
-        let path = "/work/shared/fixtures/stories260K/tok512.bin";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/stories260K/tok512.bin");
         let Ok(bin) = std::fs::read(path) else {
             std::println!("skipping llama2c_tok512: {path} not found");
             return;
@@ -449,5 +449,43 @@ mod with_alloc {
         let s = "Lily saw a 🐶 — ünïcödé!";
         let ids = enc(&tok, s, true);
         assert_eq!(tok.decode(&ids), s.as_bytes());
+    }
+
+    /// Word-by-word SentencePiece encoding (linear time) equals llama2.c's
+    /// whole-text merge loop on real text and on awkward spacing.
+    #[test]
+    fn sp_word_split_equals_whole_text() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/stories260K/tok512.bin");
+        let Ok(bin) = std::fs::read(path) else {
+            std::println!("skipping sp_word_split_equals_whole_text: {path} not found");
+            return;
+        };
+        let blob = from_llama2c_bin(&bin).unwrap();
+        let split = Tokenizer::parse(&blob).unwrap();
+        assert!(split.sp_word_split, "tok512 has no interior spaces");
+        let mut whole = split;
+        whole.sp_word_split = false;
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/text/tinystories_val.txt"
+        ))
+        .unwrap_or_default();
+        let mut cases: std::vec::Vec<std::string::String> = text
+            .chars()
+            .take(20000)
+            .collect::<std::string::String>()
+            .split("\n")
+            .map(|l| l.into())
+            .collect();
+        cases.extend(
+            ["", " ", "  a  b ", "a\n b", "\u{1F600} x  ", "   "]
+                .iter()
+                .map(|s| std::string::String::from(*s)),
+        );
+        for c in &cases {
+            for bos in [false, true] {
+                assert_eq!(enc(&split, c, bos), enc(&whole, c, bos), "{c:?}");
+            }
+        }
     }
 }
