@@ -292,3 +292,226 @@ fn help_explains_every_flag() {
         }
     }
 }
+
+#[test]
+fn stories260k_calibrated_methods_beat_rtn() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("methods");
+    let m = import_stories(&fx, &dir);
+    let text = fx.join("text/tinystories_val.txt");
+    let t = text.to_str().unwrap();
+    let out = |name: &str| dir.join(format!("{name}.eqf")).to_str().unwrap().to_string();
+    ok(&[
+        "quantize",
+        &m,
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--sym",
+        "-o",
+        &out("rtn"),
+    ]);
+    ok(&[
+        "quantize",
+        &m,
+        "--method",
+        "rtn",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--asym",
+        "-o",
+        &out("rtn_asym"),
+    ]);
+    // Calibration from a slice disjoint from the evaluation slice (the first 6,000 characters).
+    let calib = [
+        "--calib",
+        t,
+        "--calib-skip-chars",
+        "10000",
+        "--calib-samples",
+        "32",
+        "--calib-seqlen",
+        "256",
+    ];
+    for method in ["gptq", "awq"] {
+        let mut args = vec!["quantize", &m, "--method", method, "--bits", "4", "--group", "32", "--sym"];
+        args.extend(calib);
+        let o = out(method);
+        args.extend(["-o", &o]);
+        ok(&args);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{method}.report.json"))).unwrap()).unwrap();
+        assert_eq!(report["layers"].as_array().unwrap().len(), 35, "{method}: 5 blocks × 7 linears");
+        assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    }
+    ok(&["quantize", &m, "--method", "hqq", "--bits", "4", "--group", "32", "-o", &out("hqq")]);
+    let models = ["rtn", "gptq", "awq", "rtn_asym", "hqq"].map(out);
+    let mut args = vec!["eval"];
+    args.extend(models.iter().map(|s| s.as_str()));
+    args.extend(["--text", t, "--chars", "6000", "--window", "256", "--max-tokens", "1024", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+    let nll: Vec<f64> = v.as_array().unwrap().iter().map(|r| r["mean_nll"].as_f64().unwrap()).collect();
+    eprintln!(
+        "NLL rtn {:.4} gptq {:.4} awq {:.4} | rtn-asym {:.4} hqq {:.4}",
+        nll[0], nll[1], nll[2], nll[3], nll[4]
+    );
+    assert!(nll[1] < nll[0], "GPTQ {} should beat RTN {}", nll[1], nll[0]);
+    assert!(nll[2] < nll[0], "AWQ {} should beat RTN {}", nll[2], nll[0]);
+    assert!(nll[4] < nll[3], "HQQ {} should beat RTN asym {}", nll[4], nll[3]);
+    // The side-by-side table.
+    let mut args = vec!["eval"];
+    args.extend(models.iter().map(|s| s.as_str()));
+    args.extend(["--text", t, "--chars", "6000", "--max-tokens", "1024"]);
+    let table = ok(&args);
+    assert!(table.contains("ΔNLL") && table.lines().count() >= 6, "{table}");
+}
+
+#[test]
+fn layer_research_interface() {
+    use edgeq_host::npy::{write, Matrix};
+    let dir = tmpdir("layer");
+    // A layer with correlated inputs and a few outlier channels.
+    let (rows, cols, n) = (64usize, 256usize, 1024usize);
+    let mut seed = 0x1234_5678_u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+    };
+    let w: Vec<f32> = (0..rows * cols).map(|_| rnd() * 0.1).collect();
+    let mix: Vec<f32> = (0..16 * cols).map(|_| rnd()).collect();
+    let mut x = vec![0.0f32; n * cols];
+    for t in 0..n {
+        let z: Vec<f32> = (0..16).map(|_| rnd()).collect();
+        for c in 0..cols {
+            let v: f32 = (0..16).map(|k| z[k] * mix[k * cols + c]).sum::<f32>() + 0.1 * rnd();
+            x[t * cols + c] = if c % 64 == 0 { v * 20.0 } else { v };
+        }
+    }
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    write(std::path::Path::new(&p("W.npy")), &Matrix { rows, cols, data: w }).unwrap();
+    write(std::path::Path::new(&p("X.npy")), &Matrix { rows: n, cols, data: x }).unwrap();
+    let mut err = std::collections::HashMap::new();
+    for method in ["rtn", "gptq", "awq", "hqq"] {
+        let out = p(&format!("{method}.npy"));
+        let r = ok(&[
+            "layer",
+            "--weight",
+            &p("W.npy"),
+            "--acts",
+            &p("X.npy"),
+            "--method",
+            method,
+            "--bits",
+            "4",
+            "--group",
+            "64",
+            "--out",
+            &out,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
+        err.insert(method, v["out_rel_err"].as_f64().unwrap());
+        let back = edgeq_host::npy::read(std::path::Path::new(&out)).unwrap();
+        assert_eq!((back.rows, back.cols), (rows, cols));
+    }
+    eprintln!("layer output errors: {err:?}");
+    assert!(err["gptq"] < err["rtn"] && err["awq"] < err["rtn"], "{err:?}");
+    // A shape mismatch is a clear error.
+    write(
+        std::path::Path::new(&p("Xbad.npy")),
+        &Matrix {
+            rows: 4,
+            cols: cols + 1,
+            data: vec![0.0; 4 * (cols + 1)],
+        },
+    )
+    .unwrap();
+    let (success, _, e) = edgeq(&[
+        "layer",
+        "--weight",
+        &p("W.npy"),
+        "--acts",
+        &p("Xbad.npy"),
+        "--method",
+        "gptq",
+        "--out",
+        &p("o.npy"),
+    ]);
+    assert!(!success && e.contains("Xbad.npy") && e.contains("features"), "{e}");
+}
+
+#[test]
+fn calib_prepare_cleans_dedups_and_stratifies() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("prepare");
+    let m = import_stories(&fx, &dir);
+    let input = dir.join("in.jsonl");
+    let mut lines = String::new();
+    for i in 0..30 {
+        let task = if i % 3 == 0 { "a" } else { "b" };
+        lines += &format!("{{\"text\": \"Once upon a time  there was a   dog number {i} who liked to play.\", \"task\": \"{task}\"}}\n");
+    }
+    lines += "{\"text\": \"Once upon a time  there was a   dog number 1 who liked to play.\", \"task\": \"b\"}\n"; // duplicate
+    lines += "this line is not json\n";
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.join("calib.jsonl");
+    let (success, _, e) = edgeq(&[
+        "calib",
+        "prepare",
+        input.to_str().unwrap(),
+        "--model",
+        &m,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!success && e.contains("in.jsonl:32"), "bad line must be named: {e}");
+    let stats = ok(&[
+        "calib",
+        "prepare",
+        input.to_str().unwrap(),
+        "--model",
+        &m,
+        "--stratify-by",
+        "task",
+        "--samples",
+        "9",
+        "--min-tokens",
+        "4",
+        "--skip-bad-lines",
+        "--json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["duplicates"], 1);
+    assert_eq!(v["bad_lines"], 1);
+    assert_eq!(v["instances"], 9);
+    assert_eq!(v["per_stratum"]["a"], 3);
+    assert_eq!(v["per_stratum"]["b"], 6);
+    let body = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(body.lines().count(), 9);
+    assert!(body.lines().all(|l| !l.contains("  ")), "whitespace is collapsed");
+    // The prepared set calibrates a quantization run.
+    let q = dir.join("g.eqf");
+    ok(&[
+        "quantize",
+        &m,
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--calib",
+        out.to_str().unwrap(),
+        "-o",
+        q.to_str().unwrap(),
+    ]);
+}

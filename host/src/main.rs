@@ -101,6 +101,12 @@ struct MethodFlags {
     /// HQQ: axis along which groups run (1 = along a row, the default; 0 = along a column).
     #[arg(long, default_value_t = 1)]
     hqq_axis: usize,
+    /// AWQ: AutoAWQ's duo scaling (s = x_mean^r / w_mean^(1-r)) instead of llm-awq's x_mean^r.
+    #[arg(long)]
+    duo_scaling: bool,
+    /// AWQ: skip the weight-clipping search.
+    #[arg(long)]
+    no_clip: bool,
     /// HQQ: maximum proximal iterations (stops early when the error stops improving).
     #[arg(long, default_value_t = 20)]
     hqq_iters: usize,
@@ -241,8 +247,10 @@ struct RunArgs {
 
 #[derive(clap::Args)]
 struct EvalArgs {
-    /// EQF model.
-    model: PathBuf,
+    /// EQF model(s). With several, they are scored on the same tokens and printed side by side,
+    /// each with its change against the first (put the unquantized baseline first).
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
     /// UTF-8 text file to score.
     #[arg(long)]
     text: PathBuf,
@@ -426,30 +434,55 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
     }
-    let f = ModelFile::open(&a.model)?;
-    let model = f.model()?;
-    let tok = text::tokenizer(&model)?;
     let raw = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
     let body: String = match a.chars {
         Some(n) => raw.chars().take(n).collect(),
         None => raw,
     };
-    let bos = match a.bos.as_str() {
-        "auto" => tok.add_bos_default(),
-        "yes" => true,
-        "no" => false,
-        o => anyhow::bail!("--bos {o}: expected auto, yes or no"),
-    };
-    let tokens = text::encode(&tok, &body, bos)?;
-    let pb = progress(0, "eval");
-    let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
-    pb.finish_and_clear();
+    let mut results = Vec::new();
+    for path in &a.models {
+        let f = ModelFile::open(path)?;
+        let model = f.model()?;
+        let tok = text::tokenizer(&model)?;
+        let bos = match a.bos.as_str() {
+            "auto" => tok.add_bos_default(),
+            "yes" => true,
+            "no" => false,
+            o => anyhow::bail!("--bos {o}: expected auto, yes or no"),
+        };
+        let tokens = text::encode(&tok, &body, bos)?;
+        let pb = progress(0, "eval");
+        let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
+        pb.finish_and_clear();
+        let info = inspect::report(&model, f.bytes().len() as u64);
+        results.push((
+            path.clone(),
+            r,
+            f.bytes().len(),
+            info["bits_per_weight"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
+        let objs: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(p, r, size, bpw)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["model"] = serde_json::json!(p);
+                v["file_bytes"] = serde_json::json!(size);
+                v["bits_per_weight"] = serde_json::json!(bpw);
+                v
+            })
+            .collect();
+        if objs.len() == 1 {
+            println!("{}", serde_json::to_string(&objs[0])?);
+        } else {
+            println!("{}", serde_json::to_string(&objs)?);
+        }
+    } else if results.len() == 1 {
+        let (p, r, _, _) = &results[0];
         println!(
             "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} windows of {}, stride {}) in {:.2}s ({:.0} tok/s)",
-            a.model.display(),
+            p.display(),
             r.mean_nll,
             r.ppl,
             r.tokens,
@@ -458,6 +491,27 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             r.stride,
             r.seconds,
             r.tokens_per_second
+        );
+    } else {
+        let base = results[0].1.mean_nll;
+        println!(
+            "{:<40} {:>10} {:>7} {:>10} {:>10} {:>9}",
+            "model", "size MB", "bpw", "mean NLL", "ppl", "ΔNLL"
+        );
+        for (p, r, size, bpw) in &results {
+            println!(
+                "{:<40} {:>10.3} {:>7.3} {:>10.4} {:>10.4} {:>+8.2}%",
+                p.display().to_string(),
+                *size as f64 / 1e6,
+                bpw,
+                r.mean_nll,
+                r.ppl,
+                (r.mean_nll / base - 1.0) * 100.0
+            );
+        }
+        println!(
+            "({} tokens scored per model, windows of {}, stride {})",
+            results[0].1.tokens, results[0].1.window, results[0].1.stride
         );
     }
     Ok(())
@@ -490,6 +544,8 @@ fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) 
         hqq_axis: m.hqq_axis,
         hqq_iters: m.hqq_iters,
         store: true,
+        duo_scaling: m.duo_scaling,
+        clip: !m.no_clip,
     }
 }
 
@@ -522,7 +578,16 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         },
     };
     let pb = progress(0, &a.method);
-    let (entries, reports) = methods::with_hooks(&ma, |hooks| edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb))?;
+    let (entries, reports) = if a.method == "awq" {
+        let cfg = edgeq_host::algo::awq::AwqConfig {
+            duo_scaling: a.m.duo_scaling,
+            clip: !a.m.no_clip,
+            ..Default::default()
+        };
+        edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb)?
+    } else {
+        methods::with_hooks(&ma, |hooks| edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb))?
+    };
     pb.finish_and_clear();
     // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
     let quantized: std::collections::HashSet<(u16, u16)> = entries.iter().map(|e| (e.layer, e.role as u16)).collect();
@@ -585,8 +650,7 @@ fn cmd_layer(a: LayerArgs) -> Result<()> {
             w.cols
         );
     }
-    let (q, note) = methods::quantize_layer(&ma, &w.data, w.rows, w.cols, x.as_ref().map(|x| &x.data[..]))?;
-    let deq = q.dequantize();
+    let (_q, note, deq) = methods::quantize_layer_effective(&ma, &w.data, w.rows, w.cols, x.as_ref().map(|x| &x.data[..]))?;
     let secs = t0.elapsed().as_secs_f64();
     edgeq_host::npy::write(
         &a.out,

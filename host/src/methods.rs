@@ -21,6 +21,9 @@ pub struct MethodArgs {
     pub hqq_iters: usize,
     /// The result will be stored in EQF (forces static groups with act-order).
     pub store: bool,
+    /// AWQ
+    pub duo_scaling: bool,
+    pub clip: bool,
 }
 
 impl MethodArgs {
@@ -48,6 +51,7 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
             cfg.iters = a.hqq_iters;
             hqq_rows(w, rows, cols, &cfg)
         }
+        "awq" => bail!("awq rescales the layer: use quantize_layer_effective"),
         m => bail!("--method {m}: unknown (rtn, gptq, awq, hqq)"),
     }
 }
@@ -144,4 +148,33 @@ fn hqq_rows(w: &[f32], rows: usize, cols: usize, cfg: &algo::hqq::HqqConfig) -> 
         q.zeros[r * ng + ng - 1] = tail.zeros[r];
     }
     Ok((q, format!("partial last group of {rem} solved separately")))
+}
+
+/// One layer for the research interface: the quantized layer, a note, and
+/// the effective dequantized weight (for AWQ `Q(W·s)·diag(1/s)`; the stored
+/// layer is `W·diag(s)`, whose scales fold into the previous operation).
+pub fn quantize_layer_effective(
+    a: &MethodArgs,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    x: Option<&[f32]>,
+) -> Result<(QuantizedLayer, String, Vec<f32>)> {
+    if a.method == "awq" {
+        let Some(x) = x else {
+            bail!("awq needs calibration activations (--acts)")
+        };
+        let cfg = algo::awq::AwqConfig {
+            duo_scaling: a.duo_scaling,
+            clip: a.clip,
+            ..Default::default()
+        };
+        let (q, s, st) = algo::awq::awq_linear(w, rows, cols, a.grid, x, &cfg)?;
+        let mut deq = q.dequantize();
+        algo::awq::unscale(&mut deq, cols, &s);
+        return Ok((q, format!("best ratio {:.2}, scale loss {:.4e}", st.best_ratio, st.scale_loss), deq));
+    }
+    let (q, note) = quantize_layer(a, w, rows, cols, x)?;
+    let deq = q.dequantize();
+    Ok((q, note, deq))
 }

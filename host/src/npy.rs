@@ -26,7 +26,7 @@ pub fn read(path: &Path) -> Result<Matrix> {
         [c] => (1, c as usize),
         _ => bail!("{}: expected a 2-D array, got shape {shape:?}", path.display()),
     };
-    let descr = npy.dtype().descr();
+    let descr = npy.dtype().descr().trim_matches(|c| c == '\'' || c == '"').to_string();
     let data: Vec<f32> = match descr.as_str() {
         "<f4" => npy.into_vec::<f32>()?,
         "<f8" => npy.into_vec::<f64>()?.into_iter().map(|v| v as f32).collect(),

@@ -1,6 +1,7 @@
 //! Calibration: the data (`data.rs`), the statistics observed on each
 //! linear layer's input (`stats.rs`), and the sequential block-by-block
 //! pipeline that quantizes a model with them (`pipeline.rs`).
+pub mod awq_pipeline;
 pub mod data;
 pub mod pipeline;
 pub mod prepare;
