@@ -14,6 +14,6 @@ done
 echo "== no_std build with defmt: thumbv7em-none-eabihf"
 cargo build --release -p edgeq-runtime --features defmt --target thumbv7em-none-eabihf
 echo "== cargo test"
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast
 echo "== SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
 scripts/test-cross.sh
