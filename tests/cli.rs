@@ -277,18 +277,26 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
 
 #[test]
 fn help_explains_every_flag() {
-    for cmd in ["import", "quantize", "run", "eval", "inspect"] {
-        let out = ok(&[cmd, "--help"]);
-        for line in out.lines().filter(|l| l.trim_start().starts_with("--")) {
-            let flag = line.trim_start().split_whitespace().next().unwrap();
+    for cmd in [&["import"][..], &["quantize"], &["run"], &["eval"], &["inspect"], &["layer"], &["calib", "prepare"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = ok(&args);
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_flag = t.starts_with("--") || (t.starts_with('-') && t.get(2..4) == Some(", "));
+            if !is_flag {
+                continue;
+            }
+            let flag = t.split([' ', ',']).find(|w| w.starts_with("--")).unwrap_or(t);
             if flag == "--help" || flag == "--version" {
                 continue;
             }
-            assert!(
-                line.trim().len() > flag.len() + 8
-                    || out.contains(&format!("{flag}")) && line.split("  ").filter(|s| !s.trim().is_empty()).count() > 1,
-                "{cmd} {flag} has no help text:\n{out}"
-            );
+            // Help text either follows on the same line (after two spaces) or on the next, more indented line.
+            let same_line = t.split("  ").filter(|s| !s.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).map(|n| n.trim_start()).unwrap_or("");
+            let next_line = !next.is_empty() && !next.starts_with('-');
+            assert!(same_line || next_line, "{cmd:?} {flag} has no help text:\n{out}");
         }
     }
 }
