@@ -277,7 +277,15 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
 
 #[test]
 fn help_explains_every_flag() {
-    for cmd in [&["import"][..], &["quantize"], &["run"], &["eval"], &["inspect"], &["layer"], &["calib", "prepare"]] {
+    for cmd in [
+        &["import"][..],
+        &["quantize"],
+        &["run"],
+        &["eval"],
+        &["inspect"],
+        &["layer"],
+        &["calib", "prepare"],
+    ] {
         let mut args = cmd.to_vec();
         args.push("--help");
         let out = ok(&args);

@@ -298,6 +298,13 @@ fn main() {
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
     };
     if let Err(e) = r {
+        // `edgeq run ... | head`: a closed stdout is the reader's choice, not an error.
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

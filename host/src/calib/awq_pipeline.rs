@@ -15,7 +15,7 @@
 //! and round all linears with AWQ's quantizer (`pseudo_quantize`). The
 //! rescaled norms are part of the output.
 use super::data::CalibSet;
-use super::pipeline::LayerReport;
+use super::pipeline::{embed_samples, run_block, LayerReport};
 use crate::algo::awq::{
     apply_clip, auto_clip, candidate_scales, fake_quantize, linear_loss, pseudo_quantize, search_scale, weight_mean, AwqConfig,
 };
@@ -25,9 +25,8 @@ use crate::quantize::Policy;
 use anyhow::{Context, Result};
 use edgeq_core::format::writer::TensorEntry;
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
-use edgeq_runtime::arena::{ArenaPlan, Buffers};
 use edgeq_runtime::model::Block;
-use edgeq_runtime::{block_forward, rope_angles, Model, Observer};
+use edgeq_runtime::{Model, Observer};
 use rayon::prelude::*;
 use std::ops::ControlFlow;
 
@@ -108,21 +107,6 @@ impl Observer for Capture {
     }
 }
 
-fn run_block<O: Observer>(model: &Model<'_>, b: &Block<'_>, l: usize, x: &mut [f32], len: usize, rope: &[f32], obs: &mut O) {
-    let c = &model.cfg;
-    let plan = ArenaPlan::new(c, len, len);
-    let one_layer = ArenaPlan {
-        kcache: len * c.kv_dim(),
-        vcache: len * c.kv_dim(),
-        ..plan
-    };
-    let mut arena = vec![0u64; (one_layer.floats() * 4).div_ceil(8)];
-    if let Ok(buf) = Buffers::carve(&one_layer, bytemuck::cast_slice_mut(&mut arena)) {
-        let mut s = buf.s;
-        let _ = block_forward(c, b, l, x, len, 0, buf.kcache, buf.vcache, rope, &mut s, obs);
-    }
-}
-
 /// Q(W·diag(s))·diag(1/s), the candidate weight of a scale search.
 fn fake_scaled(w: &[f32], rows: usize, cols: usize, grid: Grid, s: &[f32]) -> Vec<f32> {
     let ws: Vec<f32> = w.chunks_exact(cols).flat_map(|r| r.iter().zip(s).map(|(a, b)| a * b)).collect();
@@ -165,21 +149,7 @@ pub fn run(
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (dim, hid) = (c.dim as usize, c.hidden_dim as usize);
-    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1);
-    let mut rope = vec![0.0f32; max_len * c.rope_dim as usize];
-    rope_angles(&mut rope, c, 0, max_len);
-    let emb = model.tok_embd().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut xs: Vec<Vec<f32>> = calib
-        .samples
-        .iter()
-        .map(|s| {
-            let mut x = vec![0.0f32; s.len() * dim];
-            for (i, &t) in s.iter().enumerate() {
-                emb.dequantize_row(t as usize, &mut x[i * dim..(i + 1) * dim]);
-            }
-            x
-        })
-        .collect();
+    let (rope, mut xs) = embed_samples(model, calib)?;
     progress.set_length(c.n_layers as u64);
     let (mut entries, mut reports) = (Vec::new(), Vec::new());
     for l in 0..c.n_layers as usize {
@@ -220,7 +190,7 @@ pub fn run(
             .zip(xs.par_iter_mut())
             .map(|(s, x)| {
                 let mut cap = Capture::default();
-                run_block(model, &block, l, x, s.len(), &rope, &mut cap);
+                let _ = run_block(model, &block, l, x, s.len(), &rope, &mut cap);
                 cap
             })
             .collect();
@@ -300,7 +270,7 @@ pub fn run(
                         stop_at: Some(TensorRole::Wo),
                         ..Default::default()
                     };
-                    run_block(model, &b, l, &mut x, smp.len(), &rope, &mut cap);
+                    let _ = run_block(model, &b, l, &mut x, smp.len(), &rope, &mut cap);
                     let a = cap
                         .seen
                         .iter()

@@ -111,7 +111,7 @@ impl Observer for Collect<'_> {
 }
 
 /// Runs block `l` on one sample (`x`: len×dim, updated in place) with a fresh cache.
-fn run_block<O: Observer>(
+pub(crate) fn run_block<O: Observer>(
     model: &Model<'_>,
     b: &Block<'_>,
     l: usize,
@@ -145,23 +145,7 @@ pub fn run(
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
-    let dim = c.dim as usize;
-    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1);
-    let mut rope = vec![0.0f32; max_len * c.rope_dim as usize];
-    rope_angles(&mut rope, c, 0, max_len);
-    // Block inputs of every sample: the embeddings to start with.
-    let emb = model.tok_embd().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut xs: Vec<Vec<f32>> = calib
-        .samples
-        .iter()
-        .map(|s| {
-            let mut x = vec![0.0f32; s.len() * dim];
-            for (i, &t) in s.iter().enumerate() {
-                emb.dequantize_row(t as usize, &mut x[i * dim..(i + 1) * dim]);
-            }
-            x
-        })
-        .collect();
+    let (rope, mut xs) = embed_samples(model, calib)?;
     progress.set_length(c.n_layers as u64 * 5);
     let mut entries = Vec::new();
     let mut reports = Vec::new();
@@ -302,6 +286,29 @@ pub fn run(
         progress.inc(1);
     }
     Ok((entries, reports))
+}
+
+/// Rotary angles for the longest sample, and every sample's embeddings
+/// (the first block's inputs).
+pub(crate) fn embed_samples(model: &Model<'_>, calib: &CalibSet) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let c = &model.cfg;
+    let dim = c.dim as usize;
+    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1);
+    let mut rope = vec![0.0f32; max_len * c.rope_dim as usize];
+    rope_angles(&mut rope, c, 0, max_len);
+    let emb = model.tok_embd().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let xs = calib
+        .samples
+        .iter()
+        .map(|s| {
+            let mut x = vec![0.0f32; s.len() * dim];
+            for (i, &t) in s.iter().enumerate() {
+                emb.dequantize_row(t as usize, &mut x[i * dim..(i + 1) * dim]);
+            }
+            x
+        })
+        .collect();
+    Ok((rope, xs))
 }
 
 /// Peak resident memory of this process (VmHWM), in MB, where the OS says.
