@@ -21,3 +21,13 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// A log line that shows above the progress bar, or on stderr when the bar
+/// is hidden (not a terminal: CI logs, `2> file`).
+pub fn log_line(pb: &indicatif::ProgressBar, msg: &str) {
+    if pb.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        pb.println(msg);
+    }
+}

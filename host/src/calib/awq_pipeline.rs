@@ -150,6 +150,7 @@ pub fn run(
     let c = &model.cfg;
     let (dim, hid) = (c.dim as usize, c.hidden_dim as usize);
     let (rope, mut xs) = embed_samples(model, calib)?;
+    let t_start = std::time::Instant::now();
     progress.set_length(c.n_layers as u64);
     let (mut entries, mut reports) = (Vec::new(), Vec::new());
     for l in 0..c.n_layers as usize {
@@ -458,6 +459,15 @@ pub fn run(
             );
         }
         let _ = candidate_scales;
+        crate::log_line(
+            progress,
+            &format!(
+                "block {}/{}: scales and clips searched, {:.1}s elapsed",
+                l + 1,
+                c.n_layers,
+                t_start.elapsed().as_secs_f64()
+            ),
+        );
         progress.inc(1);
     }
     Ok((entries, reports))

@@ -146,6 +146,7 @@ pub fn run(
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (rope, mut xs) = embed_samples(model, calib)?;
+    let t_start = std::time::Instant::now();
     progress.set_length(c.n_layers as u64 * 5);
     let mut entries = Vec::new();
     let mut reports = Vec::new();
@@ -278,6 +279,16 @@ pub fn run(
             }
             progress.inc(1);
         }
+        crate::log_line(
+            progress,
+            &format!(
+                "block {}/{}: {} layers quantized, {:.1}s elapsed",
+                l + 1,
+                c.n_layers,
+                reports.len(),
+                t_start.elapsed().as_secs_f64()
+            ),
+        );
         // Recompute the block's outputs with its quantized weights.
         let block = hb.block()?;
         calib.samples.par_iter().zip(xs.par_iter_mut()).for_each(|(s, x)| {
