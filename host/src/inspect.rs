@@ -39,13 +39,17 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
     })
 }
 
-pub fn print_human(r: &serde_json::Value) {
+pub fn print_human(r: &serde_json::Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     let c = &r["config"];
-    println!(
+    writeln!(
+        out,
         "model: dim {} hidden {} layers {} heads {}/{} (kv) head_dim {} vocab {} ctx {}",
         c["dim"], c["hidden_dim"], c["n_layers"], c["n_heads"], c["n_kv_heads"], c["head_dim"], c["vocab_size"], c["max_seq_len"]
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {}",
         c["rope_theta"],
         c["rope_layout"].as_str().unwrap_or(""),
@@ -53,36 +57,44 @@ pub fn print_human(r: &serde_json::Value) {
         c["rms_eps"],
         c["tied_embeddings"],
         c["qkv_bias"]
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "size:  {} params, {:.3} MB tensors, {:.3} MB file, {:.3} bits/weight",
         r["params"],
         r["tensor_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         r["file_bytes"].as_f64().unwrap_or(0.0) / 1e6,
         r["bits_per_weight"].as_f64().unwrap_or(0.0)
-    );
-    println!("\n{:<16} {:>12} {:>12} {:>8}", "scheme", "params", "bytes", "bpw");
+    )?;
+    writeln!(out, "\n{:<16} {:>12} {:>12} {:>8}", "scheme", "params", "bytes", "bpw")?;
     if let Some(m) = r["schemes"].as_object() {
         for (k, v) in m {
-            println!(
+            writeln!(
+                out,
                 "{:<16} {:>12} {:>12} {:>8.3}",
                 k,
-                v["params"],
-                v["bytes"],
+                v["params"].as_u64().unwrap_or(0),
+                v["bytes"].as_u64().unwrap_or(0),
                 v["bpw"].as_f64().unwrap_or(0.0)
-            );
+            )?;
         }
     }
-    println!("\n{:<24} {:>14} {:<14} {:>10} {:>7}", "tensor", "shape", "scheme", "bytes", "bpw");
+    writeln!(
+        out,
+        "\n{:<24} {:>14} {:<14} {:>10} {:>7}",
+        "tensor", "shape", "scheme", "bytes", "bpw"
+    )?;
     for t in r["tensors"].as_array().into_iter().flatten() {
         let shape = format!("{}x{}", t["shape"][0], t["shape"][1]);
-        println!(
+        writeln!(
+            out,
             "{:<24} {:>14} {:<14} {:>10} {:>7.3}",
             t["name"].as_str().unwrap_or(""),
             shape,
             t["scheme"].as_str().unwrap_or(""),
-            t["bytes"],
+            t["bytes"].as_u64().unwrap_or(0),
             t["bpw"].as_f64().unwrap_or(0.0)
-        );
+        )?;
     }
+    Ok(())
 }

@@ -531,7 +531,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        inspect::print_human(&r);
+        inspect::print_human(&r)?;
     }
     Ok(())
 }
