@@ -469,6 +469,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             info["bits_per_weight"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    let mut out = std::io::stdout().lock();
     if a.json {
         let objs: Vec<serde_json::Value> = results
             .iter()
@@ -481,13 +482,14 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             })
             .collect();
         if objs.len() == 1 {
-            println!("{}", serde_json::to_string(&objs[0])?);
+            writeln!(out, "{}", serde_json::to_string(&objs[0])?)?;
         } else {
-            println!("{}", serde_json::to_string(&objs)?);
+            writeln!(out, "{}", serde_json::to_string(&objs)?)?;
         }
     } else if results.len() == 1 {
         let (p, r, _, _) = &results[0];
-        println!(
+        writeln!(
+            out,
             "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} windows of {}, stride {}) in {:.2}s ({:.0} tok/s)",
             p.display(),
             r.mean_nll,
@@ -498,15 +500,17 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             r.stride,
             r.seconds,
             r.tokens_per_second
-        );
+        )?;
     } else {
         let base = results[0].1.mean_nll;
-        println!(
+        writeln!(
+            out,
             "{:<40} {:>10} {:>7} {:>10} {:>10} {:>9}",
             "model", "size MB", "bpw", "mean NLL", "ppl", "ΔNLL"
-        );
+        )?;
         for (p, r, size, bpw) in &results {
-            println!(
+            writeln!(
+                out,
                 "{:<40} {:>10.3} {:>7.3} {:>10.4} {:>10.4} {:>+8.2}%",
                 p.display().to_string(),
                 *size as f64 / 1e6,
@@ -514,12 +518,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 r.mean_nll,
                 r.ppl,
                 (r.mean_nll / base - 1.0) * 100.0
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            out,
             "({} tokens scored per model, windows of {}, stride {})",
             results[0].1.tokens, results[0].1.window, results[0].1.stride
-        );
+        )?;
     }
     Ok(())
 }
