@@ -117,18 +117,17 @@ impl ModelConfig {
         }
         const MAX: u32 = 1 << 20;
         for (v, what) in [
-            (self.dim, "dim"),
-            (self.hidden_dim, "hidden_dim"),
-            (self.n_layers, "n_layers"),
-            (self.n_heads, "n_heads"),
-            (self.n_kv_heads, "n_kv_heads"),
-            (self.head_dim, "head_dim"),
-            (self.vocab_size, "vocab_size"),
-            (self.max_seq_len, "max_seq_len"),
+            (self.dim, "dim is zero or larger than 2^20"),
+            (self.hidden_dim, "hidden_dim is zero or larger than 2^20"),
+            (self.n_layers, "n_layers is zero or larger than 2^20"),
+            (self.n_heads, "n_heads is zero or larger than 2^20"),
+            (self.n_kv_heads, "n_kv_heads is zero or larger than 2^20"),
+            (self.head_dim, "head_dim is zero or larger than 2^20"),
+            (self.vocab_size, "vocab_size is zero or larger than 2^20"),
+            (self.max_seq_len, "max_seq_len is zero or larger than 2^20"),
         ] {
             if v == 0 || v > MAX {
-                let _ = what;
-                return Err(BadConfig("a dimension is zero or larger than 2^20"));
+                return Err(BadConfig(what));
             }
         }
         if self.n_layers > 4096 {

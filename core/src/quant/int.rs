@@ -193,7 +193,6 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
     let scales = t.row_scales_f16(r);
     let mins = t.row_mins(r);
     let g = t.layout.group_len as usize;
-    let cols = out.len();
     for (gi, (chunk, scale)) in out.chunks_mut(g).zip(scales).enumerate() {
         let s = scale.to_f32();
         let m = mins.get(gi).map_or(0.0, |m| m.to_f32());
@@ -228,5 +227,4 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
             }
         }
     }
-    let _ = cols;
 }

@@ -144,7 +144,6 @@ impl QuantizedLayer {
         ensure!(l.groups_per_row as usize == self.grid.n_groups(self.cols), "group layout mismatch");
         let mut out = vec![0u8; l.total_bytes as usize];
         let ng = l.groups_per_row as usize;
-        let gl = l.group_len as usize;
         for r in 0..self.rows {
             for g in 0..ng {
                 let i = r * ng + g;
@@ -177,7 +176,6 @@ impl QuantizedLayer {
                     }
                 }
             }
-            let _ = gl;
         }
         Ok((spec, out))
     }

@@ -16,9 +16,7 @@
 //! rescaled norms are part of the output.
 use super::data::CalibSet;
 use super::pipeline::{embed_samples, run_block, LayerReport};
-use crate::algo::awq::{
-    apply_clip, auto_clip, candidate_scales, fake_quantize, linear_loss, pseudo_quantize, search_scale, weight_mean, AwqConfig,
-};
+use crate::algo::awq::{apply_clip, auto_clip, fake_quantize, linear_loss, pseudo_quantize, search_scale, weight_mean, AwqConfig};
 use crate::algo::{output_rel_err, Grid};
 use crate::import::AlignedBytes;
 use crate::quantize::Policy;
@@ -458,7 +456,6 @@ pub fn run(
                 if s_vo.is_none() { ", v->o skipped (shapes differ)" } else { "" }
             );
         }
-        let _ = candidate_scales;
         crate::log_line(
             progress,
             &format!(

@@ -304,6 +304,5 @@ pub(crate) fn parse(blob: &[u8]) -> Result<Tokenizer<'_>, E> {
     tok.sp_word_split = kind == TokenizerKind::SentencePiece && (0..n_vocab).all(|id| !tok.piece(id).iter().skip(1).any(|&b| b == b' '));
     // Byte-level BPE need not cover all 256 bytes: encode drops bytes
     // without a token (see bpe.rs), as HF `tokenizers` does.
-    let _ = kind;
     Ok(tok)
 }
