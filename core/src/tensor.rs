@@ -123,6 +123,37 @@ impl<'a> TensorView<'a> {
         s.get(i).copied().unwrap_or(0.0)
     }
 
+    /// The rows `r0..r1` as a view of their own (for splitting a product
+    /// across threads): integer and plain float schemes, `None` for FP8 (its
+    /// scales are not per row) or a range outside the tensor.
+    pub fn row_slice(&self, r0: usize, r1: usize) -> Option<TensorView<'a>> {
+        let l = &self.layout;
+        if r0 > r1 || r1 > l.rows as usize || self.spec.scheme.is_fp8() {
+            return None;
+        }
+        let n = (r1 - r0) as u32;
+        let layout = self.spec.layout(n, l.cols).ok()?;
+        let stride = l.row_stride as usize;
+        let codes = self.codes.get(r0 * stride..r1 * stride)?;
+        let g = l.groups_per_row as usize;
+        let scales = match self.scales {
+            Scales::F16(s) => Scales::F16(s.get(r0 * g..r1 * g)?),
+            other => other,
+        };
+        let mins = if self.mins.is_empty() {
+            self.mins
+        } else {
+            self.mins.get(r0 * g..r1 * g)?
+        };
+        Some(TensorView {
+            spec: self.spec,
+            layout,
+            codes,
+            scales,
+            mins,
+        })
+    }
+
     /// Dequantizes row `r` into `out[..cols]` (reference semantics).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         crate::quant::dequantize_row(self, r, out)

@@ -2,7 +2,7 @@
 //! computed with the runtime's own forward pass over windows of the token
 //! stream, windows evaluated in parallel (one session each).
 use anyhow::Result;
-use edgeq_runtime::{arena_bytes, Model, Session};
+use edgeq_runtime::{arena_bytes, Activations, MatmulOpts, Model, Session};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -50,6 +50,7 @@ pub fn perplexity(
     window: usize,
     stride: usize,
     max_tokens: Option<usize>,
+    acts: Activations,
     progress: &indicatif::ProgressBar,
 ) -> Result<PplResult> {
     let t0 = std::time::Instant::now();
@@ -65,6 +66,7 @@ pub fn perplexity(
             let seq = len; // positions fed
             let mut arena = vec![0u64; arena_bytes(&model.cfg, seq, seq).div_ceil(8)];
             let mut s = Session::new(model, bytemuck::cast_slice_mut(&mut arena), seq, seq).map_err(|e| anyhow::anyhow!("{e}"))?;
+            s.set_matmul(MatmulOpts { acts, threads: 1 });
             let mut logits = vec![0.0f32; (len - 1) * vocab];
             s.forward(&tokens[start..start + len - 1], Some(&mut logits))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;

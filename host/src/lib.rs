@@ -1,5 +1,6 @@
 //! The edgeq host: import, quantize, run and evaluate models (the `edgeq` CLI).
 pub mod algo;
+pub mod bench;
 pub mod calib;
 pub mod eval;
 pub mod import;

@@ -35,6 +35,46 @@ enum Cmd {
     Calib(CalibCmd),
     /// Quantize ONE linear layer given as .npy files and write the dequantized weight (research interface).
     Layer(LayerArgs),
+    /// Measure memory bandwidth, kernel throughput (every implementation side by side) and model decode speed.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Matrix shapes ROWSxCOLS (out x in) for the GEMV table.
+    #[arg(long, value_delimiter = ',', default_value = "576x1536,4096x4096,4096x11008")]
+    shapes: Vec<String>,
+    /// Weight schemes (as `edgeq inspect` names them): q4-g32, q4a-g32, q8-g32, q8a-ch, f16, f32, ...
+    #[arg(long, value_delimiter = ',', default_value = "q4-g32,q4a-g32,q8-g32,f16,f32")]
+    schemes: Vec<String>,
+    /// Thread counts to measure (each kernel and the bandwidth run with each).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Minimum time per measurement, seconds (the fastest iteration is reported, and the median).
+    #[arg(long, default_value_t = 0.3)]
+    min_time: f64,
+    /// Weights are rotated over copies totalling at least this many MB, so they come from memory, not
+    /// the cache (set above the last-level cache; 0 measures cache-resident speed).
+    #[arg(long, default_value_t = 256)]
+    cold_mb: usize,
+    /// Also (or only, with --no-kernels) benchmark a model: llama-bench style tests on an EQF file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Model tests: tgN (decode N tokens one at a time) and ppN (an N-token prompt in one batch).
+    #[arg(long, value_delimiter = ',', default_value = "tg64,pp128")]
+    tests: Vec<String>,
+    /// Activation precisions for the model tests.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "q8,f32")]
+    acts: Vec<Acts>,
+    /// Repetitions of each model test (the fastest and the median are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip the kernel table.
+    #[arg(long)]
+    no_kernels: bool,
+    /// Print JSON (one object with bandwidth, kernels and model rows) instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -243,6 +283,29 @@ struct RunArgs {
     /// Print the generated token ids on stderr.
     #[arg(long)]
     show_tokens: bool,
+    /// Activation precision of integer-weight layers: q8 (8-bit activations per 32-block with
+    /// int8 dot products, llama.cpp's scheme, fastest) or f32 (exact).
+    #[arg(long, value_enum, default_value_t = Acts::Q8)]
+    acts: Acts,
+    /// Threads per matrix product (rows split across cores; default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// `--acts` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Acts {
+    F32,
+    Q8,
+}
+
+impl From<Acts> for edgeq_runtime::Activations {
+    fn from(a: Acts) -> Self {
+        match a {
+            Acts::F32 => edgeq_runtime::Activations::F32,
+            Acts::Q8 => edgeq_runtime::Activations::Q8,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -269,6 +332,11 @@ struct EvalArgs {
     /// Prepend BOS to the text: auto (as the tokenizer says), yes, no.
     #[arg(long, default_value = "auto")]
     bos: String,
+    /// Activation precision of integer-weight layers: f32 (exact, the default: scores the weight
+    /// quantization alone, as GPTQ/AWQ papers do) or q8 (8-bit activations per 32-block, what
+    /// `edgeq run` executes by default, as llama.cpp does).
+    #[arg(long, value_enum, default_value_t = Acts::F32)]
+    acts: Acts,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -295,6 +363,7 @@ fn main() {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Layer(a) => cmd_layer(a),
+        Cmd::Bench(a) => cmd_bench(a),
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
     };
     if let Err(e) = r {
@@ -385,6 +454,17 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let batch = prompt.len().min(max_seq).min(512);
     let mut arena = vec![0u64; arena_bytes(&model.cfg, max_seq, batch).div_ceil(8)];
     let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if threads > 1 {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
+    }
+    s.set_matmul(edgeq_runtime::MatmulOpts {
+        acts: a.acts.into(),
+        threads,
+    });
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temp,
         top_p: a.top_p,
@@ -437,6 +517,121 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    use edgeq_host::bench;
+    let min_time = std::time::Duration::from_secs_f64(a.min_time.max(0.01));
+    let mut out = std::io::stdout().lock();
+    let json = a.json;
+    let mut bw = Vec::new();
+    if !a.no_kernels {
+        if !json {
+            writeln!(
+                out,
+                "kernels: {} (available: {})",
+                edgeq_kernels::implementation().name(),
+                edgeq_kernels::available().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            )?;
+        }
+        for &t in &a.threads {
+            let b = bench::bandwidth(t.max(1), 256 << 20, min_time);
+            if !json {
+                writeln!(
+                    out,
+                    "memory bandwidth, {} thread(s): read {:.2} GB/s, triad {:.2} GB/s",
+                    b.threads, b.read_gbs, b.triad_gbs
+                )?;
+            }
+            bw.push(b);
+        }
+    }
+    let mut kernels = Vec::new();
+    if !a.no_kernels {
+        let shapes = a
+            .shapes
+            .iter()
+            .map(|s| {
+                let (r, c) = s
+                    .split_once('x')
+                    .ok_or_else(|| anyhow::anyhow!("--shapes {s}: expected ROWSxCOLS"))?;
+                Ok((r.parse()?, c.parse()?))
+            })
+            .collect::<Result<Vec<(usize, usize)>>>()?;
+        let specs = a.schemes.iter().map(|s| quantize::parse_spec_name(s)).collect::<Result<Vec<_>>>()?;
+        let cfg = bench::KernelBench {
+            shapes,
+            specs,
+            threads: a.threads.iter().map(|&t| t.max(1)).collect(),
+            min_time,
+            cold_bytes: a.cold_mb << 20,
+        };
+        if !json {
+            writeln!(
+                out,
+                "\n{:<11} {:<9} {:<22} {:>5} {:>3} {:>10} {:>10} {:>8} {:>6}",
+                "shape", "scheme", "implementation", "acts", "thr", "best µs", "median µs", "GB/s", "of BW"
+            )?;
+        }
+        kernels = bench::kernels(&cfg, &bw, |r| {
+            if !json {
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{:<11} {:<9} {:<22} {:>5} {:>3} {:>10.1} {:>10.1} {:>8.2} {:>5.0}%",
+                    r.shape,
+                    r.scheme,
+                    r.implementation,
+                    r.activations,
+                    r.threads,
+                    r.us,
+                    r.median_us,
+                    r.weight_gbs,
+                    r.of_bandwidth * 100.0
+                );
+            }
+        })?;
+    }
+    let mut models = Vec::new();
+    if let Some(path) = &a.model {
+        let f = ModelFile::open(path)?;
+        let model = f.model()?;
+        if !json {
+            writeln!(out, "\nmodel {} ({:.1} MB)", path.display(), f.bytes().len() as f64 / 1e6)?;
+            writeln!(
+                out,
+                "{:<8} {:>5} {:>3} {:>10} {:>12}",
+                "test", "acts", "thr", "best t/s", "median t/s"
+            )?;
+        }
+        for test in &a.tests {
+            let (kind, n) = test.split_at(2.min(test.len()));
+            anyhow::ensure!(kind == "tg" || kind == "pp", "--tests {test}: expected tgN or ppN");
+            let n: usize = n.parse().map_err(|_| anyhow::anyhow!("--tests {test}: expected tgN or ppN"))?;
+            for &acts in &a.acts {
+                for &t in &a.threads {
+                    let r = bench::model(&model, (kind, n), acts.into(), t.max(1), a.reps)?;
+                    if !json {
+                        writeln!(
+                            out,
+                            "{:<8} {:>5} {:>3} {:>10.2} {:>12.2}",
+                            r.test, r.activations, r.threads, r.tokens_per_second, r.median_tokens_per_second
+                        )?;
+                    }
+                    models.push(r);
+                }
+            }
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "implementation": edgeq_kernels::implementation().name(),
+            "bandwidth": bw,
+            "kernels": kernels,
+            "model": models,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
@@ -459,7 +654,15 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         };
         let tokens = text::encode(&tok, &body, bos)?;
         let pb = progress(0, "eval");
-        let r = eval::perplexity(&model, &tokens, a.window, a.stride.unwrap_or(a.window), a.max_tokens, &pb)?;
+        let r = eval::perplexity(
+            &model,
+            &tokens,
+            a.window,
+            a.stride.unwrap_or(a.window),
+            a.max_tokens,
+            a.acts.into(),
+            &pb,
+        )?;
         pb.finish_and_clear();
         let info = inspect::report(&model, f.bytes().len() as u64);
         results.push((

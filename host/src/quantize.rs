@@ -205,6 +205,44 @@ fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: 
     Ok(if den > 0.0 { num / den } else { 0.0 })
 }
 
+/// Parses what [`spec_name`] prints: `q4-g32`, `q8a-ch`, `fp8-e4m3-b128`,
+/// `fp8-e5m2-t`, `f16`, ...
+pub fn parse_spec_name(name: &str) -> Result<QuantSpec> {
+    use edgeq_core::Scheme::*;
+    let all = [F32, F16, BF16, Q8Sym, Q8Asym, Q4Sym, Q4Asym, Fp8E4M3, Fp8E5M2];
+    // Longest scheme name that prefixes `name` ("q4a" before "q4").
+    let scheme = all
+        .iter()
+        .filter(|s| name.starts_with(s.name()))
+        .max_by_key(|s| s.name().len())
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("unknown scheme {name:?}: expected e.g. q4-g32, q4a-g32, q8-ch, q8a-g64, f16, f32, fp8-e4m3-ch"))?;
+    let rest = &name[scheme.name().len()..];
+    let spec = match rest {
+        "" if scheme.is_float() => QuantSpec::float(scheme),
+        "-ch" if !scheme.is_float() => QuantSpec::per_channel(scheme),
+        "-t" if scheme.is_fp8() => QuantSpec {
+            granularity: edgeq_core::Granularity::PerTensor,
+            ..QuantSpec::per_channel(scheme)
+        },
+        _ => {
+            let (kind, g) = rest.split_at(rest.len().min(2));
+            let g: u32 = g.parse().map_err(|_| anyhow::anyhow!("bad scheme name {name:?}"))?;
+            match kind {
+                "-g" if scheme.is_int() => QuantSpec::per_group(scheme, g),
+                "-b" if scheme.is_fp8() => QuantSpec {
+                    granularity: edgeq_core::Granularity::Block,
+                    group: g,
+                    ..QuantSpec::per_channel(scheme)
+                },
+                _ => anyhow::bail!("bad scheme name {name:?}"),
+            }
+        }
+    };
+    spec.layout(1, spec.group.max(32))?;
+    Ok(spec)
+}
+
 pub fn spec_name(s: &QuantSpec) -> String {
     use edgeq_core::Granularity::*;
     match s.granularity {

@@ -10,7 +10,7 @@
 //! one token do not depend on how many share the pass. F16 weights convert
 //! with `FCVTL`/`FCVTL2` (base ARMv8.0 AdvSIMD, via `asm!` because the
 //! `float16x4_t` intrinsics are not stable), which is exact.
-use crate::scalar_q8::f16_to_f32;
+use crate::support::f16_to_f32;
 use core::arch::aarch64::*;
 use core::ops::Range;
 use edgeq_core::{Scheme, TensorView};

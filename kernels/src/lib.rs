@@ -14,6 +14,9 @@
 //!   XGETBV (OS saves the YMM state); cached in a static.
 //! * `aarch64-neon`: aarch64 with `target_feature = "neon"` (compile time;
 //!   every aarch64 Linux target has it, soft-float bare metal does not).
+//!   `aarch64-neon-dotprod` when the CPU also has `dotprod` (run time with
+//!   `std`, `target_feature = "dotprod"` without): the quantized-activation
+//!   kernels then use `sdot`.
 //! * `riscv64-rvv`: riscv64. Stable Rust (1.95) has neither
 //!   `is_riscv_feature_detected!` nor a stable `v` target feature (with
 //!   `-C target-feature=+v` the cfg stays unset), so RVV is chosen when
@@ -58,17 +61,29 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod act_q8;
+#[cfg(feature = "rayon")]
+pub mod par;
 pub mod scalar;
-pub mod scalar_q8;
+pub mod scalar_int;
+pub mod support;
+
+pub use act_q8::Q8Acts;
 
 #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
 mod x86_avx2;
+#[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
+mod x86_avx2_int;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64_neon;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod aarch64_neon_int;
 
 #[cfg(target_arch = "riscv64")]
 mod riscv_rvv;
+#[cfg(target_arch = "riscv64")]
+mod riscv_rvv_int;
 
 use edgeq_core::TensorView;
 
@@ -81,6 +96,8 @@ pub enum Implementation {
     /// AVX2 + FMA + F16C.
     Avx2FmaF16c,
     Neon,
+    /// NEON + `dotprod` (`sdot`) for the quantized-activation kernels.
+    NeonDot,
     Rvv,
 }
 
@@ -91,6 +108,7 @@ impl Implementation {
             Implementation::Avx2Fma => "x86_64-avx2-fma",
             Implementation::Avx2FmaF16c => "x86_64-avx2-fma-f16c",
             Implementation::Neon => "aarch64-neon",
+            Implementation::NeonDot => "aarch64-neon-dotprod",
             Implementation::Rvv => "riscv64-rvv",
         }
     }
@@ -99,6 +117,7 @@ impl Implementation {
 /// Run-time detection, done once: 0 = not yet, else `1 + index`.
 #[cfg(any(
     all(target_arch = "x86_64", not(target_os = "none")),
+    all(target_arch = "aarch64", target_feature = "neon", feature = "std"),
     all(target_arch = "riscv64", feature = "std", target_os = "linux")
 ))]
 mod cache {
@@ -106,11 +125,12 @@ mod cache {
     use core::sync::atomic::{AtomicU8, Ordering};
 
     static IMPL: AtomicU8 = AtomicU8::new(0);
-    const ALL: [Implementation; 5] = [
+    const ALL: [Implementation; 6] = [
         Implementation::Scalar,
         Implementation::Avx2Fma,
         Implementation::Avx2FmaF16c,
         Implementation::Neon,
+        Implementation::NeonDot,
         Implementation::Rvv,
     ];
 
@@ -145,6 +165,21 @@ fn detect_x86() -> Implementation {
     }
 }
 
+/// NEON, with `dotprod` when the CPU has it: detected at run time with
+/// `std`, from the compile-time target features without.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn detect_arm() -> Implementation {
+    #[cfg(feature = "std")]
+    let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(feature = "std"))]
+    let dot = cfg!(target_feature = "dotprod");
+    if dot {
+        Implementation::NeonDot
+    } else {
+        Implementation::Neon
+    }
+}
+
 #[cfg(all(target_arch = "riscv64", feature = "std", target_os = "linux"))]
 fn detect_riscv() -> Implementation {
     extern "C" {
@@ -173,9 +208,13 @@ pub fn implementation() -> Implementation {
     {
         cache::get(detect_x86)
     }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon", feature = "std"))]
     {
-        Implementation::Neon
+        cache::get(detect_arm)
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon", not(feature = "std")))]
+    {
+        detect_arm()
     }
     #[cfg(target_arch = "riscv64")]
     {
@@ -213,36 +252,116 @@ pub fn implementation() -> Implementation {
 /// [`scalar::matmul`] within the bound in the crate docs.
 #[inline]
 pub fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: core::ops::Range<usize>, scratch: &mut [f32]) {
-    if !scalar_q8::args_ok(y, w, x, t, &rows, scratch) {
-        return;
+    matmul_with(implementation(), y, w, x, t, rows, scratch);
+}
+
+/// `y[i][r] = Σ_c W[r][c] · x[i][c]` for the rows in `rows`, with the
+/// activations `x` given quantized ([`Q8Acts`]): integer dot products with
+/// i32 accumulation (see [`scalar_int`] for the reference and its bound).
+///
+/// Requires a Q4/Q8 weight ([`scalar_int::supported`]) and `a.cols() ==
+/// W.cols()`; `y` holds `a.tokens()` vectors of `W.rows()`. Arguments that
+/// do not fit make the call return without writing (never a panic).
+#[inline]
+pub fn matmul_q8(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: core::ops::Range<usize>) {
+    matmul_q8_with(implementation(), y, w, a, rows);
+}
+
+/// [`matmul_q8`] with a chosen implementation; returns false (writing
+/// nothing) when `imp` is not available on this machine (see
+/// [`available`]) or the arguments do not fit.
+pub fn matmul_q8_with(imp: Implementation, y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: core::ops::Range<usize>) -> bool {
+    if !support::q8_args_ok(y, w, a, &rows) || !is_available(imp) {
+        return false;
     }
-    if rows.is_empty() || t == 0 || !scalar_q8::simd_view_ok(w) {
-        return scalar::matmul(y, w, x, t, rows, scratch);
-    }
-    match implementation() {
+    match imp {
         #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
         i @ (Implementation::Avx2Fma | Implementation::Avx2FmaF16c) => {
-            // SAFETY: `implementation()` returned an AVX2 variant only after
-            // detecting AVX2 + FMA (+ F16C for the F16C variant) on this CPU
-            // with OS support; the arguments and `w`'s regions were checked
-            // above (`args_ok`, `simd_view_ok`), as the kernels require.
+            // SAFETY: `is_available` confirmed AVX2 + FMA (+ F16C for the
+            // F16C variant) on this CPU; the arguments passed `q8_args_ok`.
+            unsafe { x86_avx2_int::matmul(y, w, a, rows, i == Implementation::Avx2FmaF16c) }
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        i @ (Implementation::Neon | Implementation::NeonDot) => {
+            // SAFETY: NEON is enabled at compile time; `is_available`
+            // confirmed dotprod for NeonDot; arguments passed `q8_args_ok`.
+            unsafe { aarch64_neon_int::matmul(y, w, a, rows, i == Implementation::NeonDot) }
+        }
+        #[cfg(target_arch = "riscv64")]
+        Implementation::Rvv => {
+            // SAFETY: `is_available` confirmed V; arguments passed `q8_args_ok`.
+            unsafe { riscv_rvv_int::matmul(y, w, a, rows) }
+        }
+        _ => scalar_int::matmul(y, w, a, rows),
+    }
+    true
+}
+
+/// [`matmul`] with a chosen implementation (for tests and benchmarks that
+/// compare implementations side by side); false when `imp` is not available
+/// here or the arguments do not fit.
+pub fn matmul_with(
+    imp: Implementation,
+    y: &mut [f32],
+    w: &TensorView<'_>,
+    x: &[f32],
+    t: usize,
+    rows: core::ops::Range<usize>,
+    scratch: &mut [f32],
+) -> bool {
+    if !support::args_ok(y, w, x, t, &rows, scratch) || !is_available(imp) {
+        return false;
+    }
+    if rows.is_empty() || t == 0 || !support::simd_view_ok(w) {
+        scalar::matmul(y, w, x, t, rows, scratch);
+        return true;
+    }
+    match imp {
+        #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
+        i @ (Implementation::Avx2Fma | Implementation::Avx2FmaF16c) => {
+            // SAFETY: `is_available` confirmed the features of `i`; the
+            // arguments and regions were checked above.
             unsafe { x86_avx2::matmul(y, w, x, t, rows, scratch, i == Implementation::Avx2FmaF16c) }
         }
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        Implementation::Neon => {
-            // SAFETY: NEON is enabled at compile time; arguments and regions
-            // were checked above (`args_ok`, `simd_view_ok`).
+        Implementation::Neon | Implementation::NeonDot => {
+            // SAFETY: NEON is enabled at compile time; arguments checked.
             unsafe { aarch64_neon::matmul(y, w, x, t, rows, scratch) }
         }
         #[cfg(target_arch = "riscv64")]
         Implementation::Rvv => {
-            // SAFETY: `implementation()` returns Rvv only when V is enabled
-            // at compile time or reported by the kernel in AT_HWCAP;
-            // arguments were checked above (`args_ok`, `simd_view_ok`).
+            // SAFETY: `is_available` confirmed V; arguments checked.
             unsafe { riscv_rvv::matmul(y, w, x, t, rows, scratch) }
         }
         _ => scalar::matmul(y, w, x, t, rows, scratch),
     }
+    true
+}
+
+/// Whether `imp` can run on this machine: the detected implementation,
+/// any weaker variant of the same family, and always `Scalar`.
+pub fn is_available(imp: Implementation) -> bool {
+    let best = implementation();
+    match imp {
+        Implementation::Scalar => true,
+        Implementation::Avx2Fma => matches!(best, Implementation::Avx2Fma | Implementation::Avx2FmaF16c),
+        Implementation::Neon => matches!(best, Implementation::Neon | Implementation::NeonDot),
+        other => other == best,
+    }
+}
+
+/// Every implementation available on this machine, reference first.
+pub fn available() -> impl Iterator<Item = Implementation> {
+    [
+        Implementation::Scalar,
+        Implementation::Avx2Fma,
+        Implementation::Avx2FmaF16c,
+        Implementation::Neon,
+        Implementation::NeonDot,
+        Implementation::Rvv,
+    ]
+    .into_iter()
+    .filter(|&i| is_available(i))
 }
 
 /// Dot product of two equal-length f32 slices with 8 independent partial

@@ -11,7 +11,7 @@
 //! how many tokens share the pass. The last block of a row with `cols % 32`
 //! valid elements is dotted against a zero-padded copy of `x` (never read
 //! past `cols`).
-use crate::scalar_q8::f16_to_f32;
+use crate::support::f16_to_f32;
 use core::arch::x86_64::*;
 use core::ops::Range;
 use edgeq_core::{Scheme, TensorView};
@@ -194,7 +194,7 @@ unsafe fn block_dot(wv: &[__m256; 4], xp: *const f32) -> __m256 {
 
 /// Horizontal sum of 8 lanes: (lo + hi) halves, then pairs.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: register-only AVX ops (AVX2 available per caller).
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));

@@ -162,7 +162,10 @@ fn dispatched_implementation() {
         );
     }
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(imp, edgeq_kernels::Implementation::Neon);
+    assert!(matches!(
+        imp,
+        edgeq_kernels::Implementation::Neon | edgeq_kernels::Implementation::NeonDot
+    ));
     match std::env::var("EDGEQ_EXPECT_IMPL") {
         Ok(want) if !want.is_empty() => assert_eq!(imp.name(), want, "EDGEQ_EXPECT_IMPL"),
         _ => {}
@@ -172,7 +175,7 @@ fn dispatched_implementation() {
 #[test]
 fn f16_scale_conversion_exact() {
     for h in 0..=u16::MAX {
-        let a = edgeq_kernels::scalar_q8::f16_to_f32(h);
+        let a = edgeq_kernels::support::f16_to_f32(h);
         let b = half::f16::from_bits(h).to_f32();
         if b.is_nan() {
             assert!(a.is_nan(), "{h:#x}");

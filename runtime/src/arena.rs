@@ -16,6 +16,8 @@ pub struct ArenaPlan {
     pub att: usize,
     pub rope: usize,
     pub row: usize,
+    /// Quantized activations of the widest linear input ([`edgeq_kernels::act_q8::words`]).
+    pub qa: usize,
     pub logits: usize,
     pub kcache: usize,
     pub vcache: usize,
@@ -35,6 +37,7 @@ impl ArenaPlan {
             att: max_seq,
             rope: b * c.rope_dim as usize,
             row: dim.max(qd).max(hid),
+            qa: edgeq_kernels::act_q8::words(b, dim.max(qd).max(hid)),
             logits: c.vocab_size as usize,
             kcache: c.n_layers as usize * max_seq * kvd,
             vcache: c.n_layers as usize * max_seq * kvd,
@@ -50,6 +53,7 @@ impl ArenaPlan {
             + self.att
             + self.rope
             + self.row
+            + self.qa
             + self.logits
             + self.kcache
             + self.vcache
@@ -64,6 +68,38 @@ pub fn arena_bytes(cfg: &ModelConfig, max_seq: usize, max_batch: usize) -> usize
     ArenaPlan::new(cfg, max_seq, max_batch).floats() * 4
 }
 
+/// Activation precision of the linear layers with integer weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Activations {
+    /// Exact: weights dequantized against f32 activations.
+    F32,
+    /// Activations quantized to 8 bits per 32-block, int8 dot products
+    /// (llama.cpp's Q8_0 scheme; relative output error ~1e-3). F32/F16/FP8
+    /// weights always use f32 activations.
+    Q8,
+}
+
+/// How the linear layers of a session run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MatmulOpts {
+    pub acts: Activations,
+    /// Threads per product (rows split across rayon's pool); only with the
+    /// `rayon` feature, otherwise ignored.
+    pub threads: usize,
+}
+
+impl Default for MatmulOpts {
+    /// Q8 activations (the fast path), one thread.
+    fn default() -> Self {
+        MatmulOpts {
+            acts: Activations::Q8,
+            threads: 1,
+        }
+    }
+}
+
 /// Per-call scratch of one block's forward pass (see [`crate::forward::block_forward`]).
 pub struct Scratch<'r> {
     pub xb: &'r mut [f32],
@@ -73,6 +109,8 @@ pub struct Scratch<'r> {
     pub hb2: &'r mut [f32],
     pub att: &'r mut [f32],
     pub row: &'r mut [f32],
+    pub qa: &'r mut [f32],
+    pub mm: MatmulOpts,
 }
 
 /// The carved buffers of a session.
@@ -109,6 +147,8 @@ impl<'r> Buffers<'r> {
                 hb2: take(plan.hb2),
                 att: take(plan.att),
                 row: take(plan.row),
+                qa: take(plan.qa),
+                mm: MatmulOpts::default(),
             },
             rope: take(plan.rope),
             logits: take(plan.logits),

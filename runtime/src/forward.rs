@@ -13,7 +13,7 @@
 //!     x += Wdown · (silu(Wgate h) ⊙ (Wup h))
 //! logits = Wcls · (rmsnorm(x) · output_norm)
 //! ```
-use crate::arena::{ArenaPlan, Buffers, Scratch};
+use crate::arena::{Activations, ArenaPlan, Buffers, MatmulOpts, Scratch};
 use crate::error::RuntimeError;
 use crate::model::{Block, Model};
 use core::ops::ControlFlow;
@@ -48,7 +48,27 @@ pub struct Session<'m, 'a, 'r> {
     pos: usize,
 }
 
-fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32]) {
+/// `y = W·x` for `n` tokens. Integer weights with [`Activations::Q8`] run
+/// as int8 dot products against `x` quantized per 32-block into `qa`
+/// (llama.cpp's scheme); everything else against f32 activations (`row`:
+/// one dequantized row for the scalar reference). With the `rayon` feature
+/// and `mm.threads > 1` rows are split across threads (same results).
+fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32], qa: &mut [f32], mm: MatmulOpts) {
+    if mm.acts == Activations::Q8 && k::scalar_int::supported(w) {
+        if let Some(mut a) = k::Q8Acts::carve(qa, n, w.cols()) {
+            if a.quantize(x) {
+                #[cfg(feature = "rayon")]
+                if mm.threads > 1 {
+                    return k::par::matmul_q8(mm.threads, y, w, &a);
+                }
+                return k::matmul_q8(y, w, &a, 0..w.rows());
+            }
+        }
+    }
+    #[cfg(feature = "rayon")]
+    if mm.threads > 1 {
+        return k::par::matmul(mm.threads, y, w, x, n, row);
+    }
     k::matmul(y, w, x, n, 0..w.rows(), row);
 }
 
@@ -163,9 +183,9 @@ pub fn block_forward<O: Observer>(
     }
     {
         let (k_new, v_new) = (&mut kc[pos * kvd..(pos + n) * kvd], &mut vc[pos * kvd..(pos + n) * kvd]);
-        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row);
-        matmul(k_new, &w.wk, h, n, s.row);
-        matmul(v_new, &w.wv, h, n, s.row);
+        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.mm);
+        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.mm);
+        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.mm);
         for i in 0..n {
             let (q, kk, vv) = (
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -205,7 +225,7 @@ pub fn block_forward<O: Observer>(
     if obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row);
+    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row, s.qa, s.mm);
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
 
     // Feed-forward (SwiGLU).
@@ -216,8 +236,8 @@ pub fn block_forward<O: Observer>(
     if obs.linear_input(l, TensorRole::WGate, h, n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row);
-    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row);
+    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row, s.qa, s.mm);
+    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row, s.qa, s.mm);
     s.hb[..n * hid]
         .iter_mut()
         .zip(&s.hb2[..n * hid])
@@ -225,7 +245,7 @@ pub fn block_forward<O: Observer>(
     if obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.xb2[..n * dim], &w.w_down, &s.hb[..n * hid], n, s.row);
+    matmul(&mut s.xb2[..n * dim], &w.w_down, &s.hb[..n * hid], n, s.row, s.qa, s.mm);
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
     ControlFlow::Continue(())
 }
@@ -249,6 +269,13 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
     pub fn pos(&self) -> usize {
         self.pos
+    }
+    /// How linear layers run from now on (activation precision, threads).
+    pub fn set_matmul(&mut self, mm: MatmulOpts) {
+        self.buf.s.mm = mm;
+    }
+    pub fn matmul_opts(&self) -> MatmulOpts {
+        self.buf.s.mm
     }
     pub fn max_seq(&self) -> usize {
         self.max_seq
@@ -345,10 +372,10 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {
-                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row);
+                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row, b.s.qa, b.s.mm);
                 b.logits.copy_from_slice(&out[(n - 1) * vocab..n * vocab]);
             }
-            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row),
+            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row, b.s.qa, b.s.mm),
         }
         self.pos += n;
         Ok(self.buf.logits)

@@ -23,7 +23,7 @@ pub mod model;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use arena::{arena_bytes, ArenaPlan};
+pub use arena::{arena_bytes, Activations, ArenaPlan, MatmulOpts};
 pub use error::RuntimeError;
 pub use forward::{block_forward, rope_angles, NoObserver, Observer, Session};
 pub use model::Model;

@@ -14,7 +14,7 @@ use crate::quantize::Policy;
 use anyhow::{Context, Result};
 use edgeq_core::format::writer::TensorEntry;
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
-use edgeq_runtime::arena::{ArenaPlan, Buffers};
+use edgeq_runtime::arena::{Activations, ArenaPlan, Buffers, MatmulOpts};
 use edgeq_runtime::model::Block;
 use edgeq_runtime::{block_forward, rope_angles, Model, Observer};
 use rayon::prelude::*;
@@ -132,6 +132,11 @@ pub(crate) fn run_block<O: Observer>(
         return ControlFlow::Break(());
     };
     let mut s = buf.s;
+    // Calibration follows the reference implementations: exact f32 activations.
+    s.mm = MatmulOpts {
+        acts: Activations::F32,
+        threads: 1,
+    };
     block_forward(c, b, l, x, len, 0, buf.kcache, buf.vcache, rope, &mut s, obs)
 }
 

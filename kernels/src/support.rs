@@ -65,3 +65,16 @@ pub fn args_ok(y: &[f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: &core::
     };
     rows.end <= n_rows && rows.start <= rows.end && y.len() >= ny && x.len() >= nx && scratch.len() >= cols
 }
+
+/// The argument checks of the quantized-activation kernels: an integer
+/// scheme with complete regions, activations with `w.cols()` columns, and
+/// room in `y` for every token's `w.rows()` outputs.
+#[inline]
+pub fn q8_args_ok(y: &[f32], w: &TensorView<'_>, a: &crate::Q8Acts<'_>, rows: &core::ops::Range<usize>) -> bool {
+    let n_rows = w.rows();
+    crate::scalar_int::supported(w)
+        && a.cols == w.cols()
+        && rows.end <= n_rows
+        && rows.start <= rows.end
+        && a.t.checked_mul(n_rows).is_some_and(|n| y.len() >= n)
+}

@@ -1,0 +1,57 @@
+//! Row-parallel products equal the single-threaded ones bit for bit.
+#![cfg(feature = "rayon")]
+use edgeq_core::quant::quantize;
+use edgeq_core::{QuantSpec, Scheme, TensorView};
+use edgeq_kernels::{act_q8, par, Q8Acts};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+#[test]
+fn parallel_equals_serial() {
+    let (rows, cols) = (520, 1024); // not a multiple of the 16-row chunks
+    for spec in [
+        QuantSpec::per_group(Scheme::Q4Sym, 32),
+        QuantSpec::per_group(Scheme::Q8Asym, 64),
+        QuantSpec::float(Scheme::F32),
+        QuantSpec::float(Scheme::F16),
+    ] {
+        let len = spec.layout(rows as u32, cols as u32).unwrap().total_bytes as usize;
+        let mut buf = vec![0u8; len + 64];
+        let off = buf.as_ptr().align_offset(64);
+        quantize(spec, rows as u32, cols as u32, &data(rows * cols, 1), &mut buf[off..off + len]).unwrap();
+        let w = TensorView::new(spec, rows as u32, cols as u32, &buf[off..off + len]).unwrap();
+        for t in [1usize, 3] {
+            let x = data(t * cols, t as u32 + 7);
+            let mut scratch = vec![0.0; cols];
+            let mut y1 = vec![0.0f32; t * rows];
+            edgeq_kernels::matmul(&mut y1, &w, &x, t, 0..rows, &mut scratch);
+            for threads in [2, 3, 8] {
+                let mut y2 = vec![f32::NAN; t * rows];
+                par::matmul(threads, &mut y2, &w, &x, t, &mut scratch);
+                assert!(
+                    y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{spec:?} t={t} threads={threads}"
+                );
+            }
+            if edgeq_kernels::scalar_int::supported(&w) {
+                let mut abuf = vec![0.0; act_q8::words(t, cols)];
+                let mut a = Q8Acts::carve(&mut abuf, t, cols).unwrap();
+                assert!(a.quantize(&x));
+                let mut y1 = vec![0.0f32; t * rows];
+                edgeq_kernels::matmul_q8(&mut y1, &w, &a, 0..rows);
+                for threads in [2, 3, 8] {
+                    let mut y2 = vec![f32::NAN; t * rows];
+                    par::matmul_q8(threads, &mut y2, &w, &a);
+                    assert!(
+                        y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "q8 {spec:?} t={t} threads={threads}"
+                    );
+                }
+            }
+        }
+    }
+}
