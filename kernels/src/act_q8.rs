@@ -31,7 +31,13 @@ pub const QK: usize = 32;
 /// `f32` words a buffer for `t` tokens of `cols` activations needs.
 pub const fn words(t: usize, cols: usize) -> usize {
     let blocks = cols.div_ceil(QK);
-    t * (blocks * (QK / 4 + 3) + blocks.div_ceil(2) * 16)
+    t * (blocks * QK / 4 + 3 * meta_stride(blocks) + blocks.div_ceil(2) * 16)
+}
+
+/// Per-token stride of the scales, sums and dsums: `blocks` rounded up to
+/// 8, zero-padded, so kernels read them 8 at a time without a tail.
+pub const fn meta_stride(blocks: usize) -> usize {
+    blocks.div_ceil(8) * 8
 }
 
 /// Quantized activations of `t` tokens, `blocks` blocks each.
@@ -45,6 +51,8 @@ pub struct Q8Acts<'a> {
     pub(crate) t: usize,
     pub(crate) cols: usize,
     pub(crate) blocks: usize,
+    /// [`meta_stride`]`(blocks)`.
+    pub(crate) bs: usize,
 }
 
 impl<'a> Q8Acts<'a> {
@@ -52,16 +60,21 @@ impl<'a> Q8Acts<'a> {
     /// (`None` when it holds fewer than [`words`]`(t, cols)` elements).
     pub fn carve(buf: &'a mut [f32], t: usize, cols: usize) -> Option<Q8Acts<'a>> {
         let blocks = cols.div_ceil(QK);
+        let bs = meta_stride(blocks);
         let nb = t.checked_mul(blocks)?;
+        let nm = t.checked_mul(bs)?;
         let np = t.checked_mul(blocks.div_ceil(2))?;
-        let need = nb.checked_mul(QK / 4 + 3)?.checked_add(np.checked_mul(16)?)?;
+        let need = (nb.checked_mul(QK / 4)?)
+            .checked_add(nm.checked_mul(3)?)?
+            .checked_add(np.checked_mul(16)?)?;
         if buf.len() < need || cols == 0 {
             return None;
         }
+        buf[..need].fill(0.0);
         let (codes, rest) = buf[..need].split_at_mut(nb * QK / 4);
-        let (scales, rest) = rest.split_at_mut(nb);
-        let (sums, rest) = rest.split_at_mut(nb);
-        let (dsums, pairs) = rest.split_at_mut(nb);
+        let (scales, rest) = rest.split_at_mut(nm);
+        let (sums, rest) = rest.split_at_mut(nm);
+        let (dsums, pairs) = rest.split_at_mut(nm);
         Some(Q8Acts {
             codes: bytemuck::cast_slice_mut(codes),
             scales,
@@ -71,6 +84,7 @@ impl<'a> Q8Acts<'a> {
             t,
             cols,
             blocks,
+            bs,
         })
     }
 
@@ -89,15 +103,15 @@ impl<'a> Q8Acts<'a> {
     }
     /// Block scales `d` of token `i`.
     pub fn scales(&self, i: usize) -> &[f32] {
-        &self.scales[i * self.blocks..(i + 1) * self.blocks]
+        &self.scales[i * self.bs..i * self.bs + self.blocks]
     }
     /// Block code sums of token `i`.
     pub fn sums(&self, i: usize) -> &[i32] {
-        &self.sums[i * self.blocks..(i + 1) * self.blocks]
+        &self.sums[i * self.bs..i * self.bs + self.blocks]
     }
     /// `d · sum` per block of token `i`.
     pub fn dsums(&self, i: usize) -> &[f32] {
-        &self.dsums[i * self.blocks..(i + 1) * self.blocks]
+        &self.dsums[i * self.bs..i * self.bs + self.blocks]
     }
 
     /// Quantizes `x` (`t` rows of `cols`) with the scalar reference;
@@ -111,6 +125,7 @@ impl<'a> Q8Acts<'a> {
             for b in 0..self.blocks {
                 let xs = &xr[b * QK..xr.len().min((b + 1) * QK)];
                 let k = i * self.blocks + b;
+                let km = i * self.bs + b;
                 let (d, id) = block_scale(block_amax(xs));
                 let q = &mut self.codes[k * QK..(k + 1) * QK];
                 let mut sum = 0i32;
@@ -121,9 +136,9 @@ impl<'a> Q8Acts<'a> {
                     };
                     sum += *o as i32;
                 }
-                self.scales[k] = d;
-                self.sums[k] = sum;
-                self.dsums[k] = d * sum as f32;
+                self.scales[km] = d;
+                self.sums[km] = sum;
+                self.dsums[km] = d * sum as f32;
             }
         }
         self.fill_pairs();

@@ -124,8 +124,14 @@ impl IntBlock for Q4Sym {
             // q − 8 in i8 is exact; `(q−8) as f32 · s` is the reference product.
             let eight = _mm_set1_epi8(8);
             let (lo, hi) = (_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight));
-            let f = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s);
-            [f(lo), f(_mm_unpackhi_epi64(lo, lo)), f(hi), f(_mm_unpackhi_epi64(hi, hi))]
+            // (Local macros, not closures: closures do not inherit the
+            // caller's target features and their intrinsics would not inline.)
+            macro_rules! f {
+                ($v:expr) => {
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32($v)), s)
+                };
+            }
+            [f!(lo), f!(_mm_unpackhi_epi64(lo, lo)), f!(hi), f!(_mm_unpackhi_epi64(hi, hi))]
         }
     }
 }
@@ -139,8 +145,12 @@ impl IntBlock for Q4Asym {
         unsafe {
             let (lo, hi) = q4_nibbles(p);
             // s·q, rounded, then + min, rounded: two ops as the reference.
-            let f = |v: __m128i| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), s), m);
-            [f(lo), f(_mm_unpackhi_epi64(lo, lo)), f(hi), f(_mm_unpackhi_epi64(hi, hi))]
+            macro_rules! f {
+                ($v:expr) => {
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32($v)), s), m)
+                };
+            }
+            [f!(lo), f!(_mm_unpackhi_epi64(lo, lo)), f!(hi), f!(_mm_unpackhi_epi64(hi, hi))]
         }
     }
 }
@@ -152,11 +162,15 @@ impl IntBlock for Q8Sym {
     unsafe fn dequant(p: *const u8, s: __m256, _m: __m256) -> [__m256; 4] {
         // SAFETY: 32 readable bytes at `p` (caller), read as 4×8 bytes.
         unsafe {
-            let f = |k: usize| {
-                let v = _mm_loadl_epi64(p.add(8 * k) as *const __m128i);
-                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s)
-            };
-            [f(0), f(1), f(2), f(3)]
+            macro_rules! f {
+                ($k:expr) => {
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * $k) as *const __m128i))),
+                        s,
+                    )
+                };
+            }
+            [f!(0), f!(1), f!(2), f!(3)]
         }
     }
 }
@@ -168,11 +182,18 @@ impl IntBlock for Q8Asym {
     unsafe fn dequant(p: *const u8, s: __m256, m: __m256) -> [__m256; 4] {
         // SAFETY: 32 readable bytes at `p` (caller), read as 4×8 bytes.
         unsafe {
-            let f = |k: usize| {
-                let v = _mm_loadl_epi64(p.add(8 * k) as *const __m128i);
-                _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), s), m)
-            };
-            [f(0), f(1), f(2), f(3)]
+            macro_rules! f {
+                ($k:expr) => {
+                    _mm256_add_ps(
+                        _mm256_mul_ps(
+                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * $k) as *const __m128i))),
+                            s,
+                        ),
+                        m,
+                    )
+                };
+            }
+            [f!(0), f!(1), f!(2), f!(3)]
         }
     }
 }
@@ -281,19 +302,23 @@ unsafe fn int_row<B: IntBlock, const T: usize>(
     // b < cols/32 (contract); the partial block reads a local copy.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); T];
-        let params = |gi: usize| {
-            let s = _mm256_set1_ps(f16_to_f32(scales[gi].to_bits()));
-            let m = if B::ASYM {
-                _mm256_set1_ps(f16_to_f32(mins[gi].to_bits()))
-            } else {
-                _mm256_setzero_ps()
-            };
-            (s, m)
-        };
+        // A macro, not a closure (closures do not inherit target features).
+        macro_rules! params {
+            ($gi:expr) => {{
+                let gi: usize = $gi;
+                let s = _mm256_set1_ps(f16_to_f32(scales[gi].to_bits()));
+                let m = if B::ASYM {
+                    _mm256_set1_ps(f16_to_f32(mins[gi].to_bits()))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                (s, m)
+            }};
+        }
         let mut b = 0;
         let mut gi = 0;
         while b < full {
-            let (s, m) = params(gi);
+            let (s, m) = params!(gi);
             let end = (b + bpg).min(full);
             while b < end {
                 let wv = B::dequant(cp.add(b * B::BYTES), s, m);
@@ -305,7 +330,7 @@ unsafe fn int_row<B: IntBlock, const T: usize>(
             gi += 1;
         }
         if full < nblk {
-            let (s, m) = params(full / bpg);
+            let (s, m) = params!(full / bpg);
             let wv = B::dequant(cp.add(full * B::BYTES), s, m);
             let e0 = full * BLOCK;
             for (i, a) in acc.iter_mut().enumerate() {
@@ -366,8 +391,12 @@ impl DenseRows for F16Rows {
         // SAFETY: 32 readable halves at `p` (caller); F16C available
         // (caller). VCVTPH2PS is exact (every f16 is an f32).
         unsafe {
-            let f = |k: usize| _mm256_cvtph_ps(_mm_loadu_si128(p.add(8 * k) as *const __m128i));
-            [f(0), f(1), f(2), f(3)]
+            macro_rules! f {
+                ($k:expr) => {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(8 * $k) as *const __m128i))
+                };
+            }
+            [f!(0), f!(1), f!(2), f!(3)]
         }
     }
 }

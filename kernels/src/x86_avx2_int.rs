@@ -69,10 +69,11 @@ pub(crate) unsafe fn quantize(a: &mut Q8Acts<'_>, x: &[f32]) {
                 let m1 = _mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2));
                 let (d, id) = block_scale(_mm_cvtss_f32(m1));
                 let (vid, lo, hi) = (_mm256_set1_ps(id), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
-                let q = v.map(|vk| {
+                let mut q = [_mm256_setzero_si256(); 4];
+                for (qk, vk) in q.iter_mut().zip(v) {
                     let c = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(vk, vid), lo), hi);
-                    _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c))
-                });
+                    *qk = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c));
+                }
                 let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
                 let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
                 let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
@@ -84,9 +85,10 @@ pub(crate) unsafe fn quantize(a: &mut Q8Acts<'_>, x: &[f32]) {
                 let p8 = _mm256_packs_epi16(p01, p23);
                 let ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                 _mm256_storeu_si256(a.codes.as_mut_ptr().add(k * QK) as *mut __m256i, ordered);
-                *a.scales.get_unchecked_mut(k) = d;
-                *a.sums.get_unchecked_mut(k) = sum;
-                *a.dsums.get_unchecked_mut(k) = d * sum as f32;
+                let km = i * a.bs + b;
+                *a.scales.get_unchecked_mut(km) = d;
+                *a.sums.get_unchecked_mut(km) = sum;
+                *a.dsums.get_unchecked_mut(km) = d * sum as f32;
             }
         }
     }
@@ -367,34 +369,19 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
                     }
                 }
             }
+            s[nb..nb + 8].fill(0.0);
+            m[nb..nb + 8].fill(0.0);
             for k in 0..T {
-                let kb = (i0 + k) * blocks + b0;
+                // Meta entries are padded to a multiple of 8 (zeros).
+                let km = (i0 + k) * a.bs + b0;
                 let mut j = 0;
-                while j + 8 <= nb {
-                    let cv = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(j)), _mm256_loadu_ps(ad.add(kb + j)));
+                while j < nb {
+                    let cv = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(j)), _mm256_loadu_ps(ad.add(km + j)));
                     _mm256_storeu_ps(c[k].as_mut_ptr().add(j), cv);
                     if B::ASYM {
-                        macc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr().add(j)), _mm256_loadu_ps(ads.add(kb + j)), macc[k]);
+                        macc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr().add(j)), _mm256_loadu_ps(ads.add(km + j)), macc[k]);
                     }
                     j += 8;
-                }
-                // Tail: lane j of the vector accumulator, as the 8-wide
-                // steps would (a zero-padded 8-wide step).
-                if j < nb {
-                    let (mut sv, mut dv, mut mv, mut dsv) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
-                    for l in 0..nb - j {
-                        sv[l] = s[j + l];
-                        dv[l] = *ad.add(kb + j + l);
-                        mv[l] = m[j + l];
-                        dsv[l] = *ads.add(kb + j + l);
-                    }
-                    let cv = _mm256_mul_ps(_mm256_loadu_ps(sv.as_ptr()), _mm256_loadu_ps(dv.as_ptr()));
-                    let mut tmp = [0.0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), cv);
-                    c[k][j..nb].copy_from_slice(&tmp[..nb - j]);
-                    if B::ASYM {
-                        macc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(mv.as_ptr()), _mm256_loadu_ps(dsv.as_ptr()), macc[k]);
-                    }
                 }
             }
             // Integer dot products, two blocks per step.
@@ -404,9 +391,9 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
                 let wv0 = B::load(wp.add(b * B::BYTES));
                 let wv1 = B::load(wp.add((b + 1) * B::BYTES));
                 for k in 0..T {
-                    let kb = (i0 + k) * blocks + b;
-                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(kb));
-                    let p1 = B::dot(wv1, _mm256_loadu_si256(ac.add((kb + 1) * QK) as *const __m256i), *asum.add(kb + 1));
+                    let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
+                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
+                    let p1 = B::dot(wv1, _mm256_loadu_si256(ac.add((kb + 1) * QK) as *const __m256i), *asum.add(km + 1));
                     acc0[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j]), _mm256_cvtepi32_ps(p0), acc0[k]);
                     acc1[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j + 1]), _mm256_cvtepi32_ps(p1), acc1[k]);
                 }
@@ -416,8 +403,8 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
                 let b = b0 + j;
                 let wv0 = B::load(wp.add(b * B::BYTES));
                 for k in 0..T {
-                    let kb = (i0 + k) * blocks + b;
-                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(kb));
+                    let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
+                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
                     acc0[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j]), _mm256_cvtepi32_ps(p0), acc0[k]);
                 }
             }
@@ -506,20 +493,11 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
                 kk[nb..nb + 8].fill(0.0);
             }
             for k in 0..T {
-                let kb = (i0 + k) * blocks + b0;
+                // Meta entries are padded to a multiple of 8 (zeros).
+                let km = (i0 + k) * a.bs + b0;
                 let mut j = 0;
                 while j < nb {
-                    // d and dsum of blocks j..j+8, zero past nb.
-                    let (dv, dsv) = if j + 8 <= nb {
-                        (_mm256_loadu_ps(ad.add(kb + j)), _mm256_loadu_ps(ads.add(kb + j)))
-                    } else {
-                        let (mut d8, mut ds8) = ([0.0f32; 8], [0.0f32; 8]);
-                        for l in 0..nb - j {
-                            d8[l] = *ad.add(kb + j + l);
-                            ds8[l] = *ads.add(kb + j + l);
-                        }
-                        (_mm256_loadu_ps(d8.as_ptr()), _mm256_loadu_ps(ds8.as_ptr()))
-                    };
+                    let (dv, dsv) = (_mm256_loadu_ps(ad.add(km + j)), _mm256_loadu_ps(ads.add(km + j)));
                     let cv = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(j)), dv);
                     for (q, idx) in spread.iter().enumerate() {
                         _mm256_storeu_ps(c2[k].as_mut_ptr().add(4 * j + 8 * q), _mm256_permutevar8x32_ps(cv, *idx));
@@ -528,20 +506,25 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
                     j += 8;
                 }
             }
-            // One pair: 32 bytes of nibbles (16 for a last odd block).
-            let pair = |j: usize, wv: __m256i, acc: &mut [__m256; T]| {
-                let lo = _mm256_and_si256(wv, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask);
-                for k in 0..T {
-                    let pp = ap.add(((i0 + k) * np + (b0 + j) / 2) * 2 * QK);
-                    let s16 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, _mm256_loadu_si256(pp as *const __m256i)),
-                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256(pp.add(QK) as *const __m256i)),
-                    );
-                    let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                    acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(c2[k].as_ptr().add(4 * j)), lanes, acc[k]);
-                }
-            };
+            // One pair: 32 bytes of nibbles (16 for a last odd block). A
+            // macro, not a closure: closures do not inherit the enclosing
+            // `target_feature`, and their intrinsics would not inline.
+            macro_rules! pair {
+                ($j:expr, $wv:expr, $acc:expr) => {{
+                    let (j, wv): (usize, __m256i) = ($j, $wv);
+                    let lo = _mm256_and_si256(wv, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask);
+                    for k in 0..T {
+                        let pp = ap.add(((i0 + k) * np + (b0 + j) / 2) * 2 * QK);
+                        let s16 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(pp as *const __m256i)),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(pp.add(QK) as *const __m256i)),
+                        );
+                        let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                        $acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(c2[k].as_ptr().add(4 * j)), lanes, $acc[k]);
+                    }
+                }};
+            }
             // Pairs alternate between the accumulators: pairs 0, 2, ... of
             // the chunk into acc0, 1, 3, ... into acc1.
             let full = if b0 + nb == blocks { nb / 2 * 2 } else { nb };
@@ -549,21 +532,21 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
             while j + 4 <= full {
                 let w0 = _mm256_loadu_si256(wp.add((b0 + j) * 16) as *const __m256i);
                 let w1 = _mm256_loadu_si256(wp.add((b0 + j + 2) * 16) as *const __m256i);
-                pair(j, w0, &mut acc0);
-                pair(j + 2, w1, &mut acc1);
+                pair!(j, w0, acc0);
+                pair!(j + 2, w1, acc1);
                 j += 4;
             }
             if j + 2 <= full {
-                pair(j, _mm256_loadu_si256(wp.add((b0 + j) * 16) as *const __m256i), &mut acc0);
+                pair!(j, _mm256_loadu_si256(wp.add((b0 + j) * 16) as *const __m256i), acc0);
                 j += 2;
             }
             if j < nb {
                 // The row's last block, alone (its pair partner is zeros).
                 let wv = _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(wp.add((b0 + j) * 16) as *const __m128i));
                 if (j / 2) % 2 == 0 {
-                    pair(j, wv, &mut acc0);
+                    pair!(j, wv, acc0);
                 } else {
-                    pair(j, wv, &mut acc1);
+                    pair!(j, wv, acc1);
                 }
             }
             b0 += nb;
