@@ -16,6 +16,11 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Kernel implementation for every matrix product: scalar (the reference, bit-identical on
+    /// every machine, e.g. to compare with a firmware run), x86_64-avx2-fma, x86_64-avx2-fma-f16c,
+    /// aarch64-neon, aarch64-neon-dotprod, riscv64-rvv. Default: the best this CPU supports.
+    #[arg(long, global = true, env = "EDGEQ_KERNELS")]
+    kernels: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -356,6 +361,14 @@ struct InspectArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(k) = &cli.kernels {
+        let ok = edgeq_kernels::implementation_by_name(k).is_some_and(|i| edgeq_kernels::force_implementation(Some(i)));
+        if !ok {
+            let avail: Vec<_> = edgeq_kernels::available().map(|i| i.name()).collect();
+            eprintln!("error: --kernels {k}: not available on this machine (available: {})", avail.join(", "));
+            std::process::exit(2);
+        }
+    }
     let r = match cli.cmd {
         Cmd::Import(a) => cmd_import(a),
         Cmd::Quantize(a) => cmd_quantize(a),

@@ -201,9 +201,53 @@ fn detect_riscv() -> Implementation {
 const RVV_STATIC: bool =
     cfg!(target_feature = "v") || matches!(option_env!("EDGEQ_RVV"), Some(v) if v.len() == 1 && v.as_bytes()[0] == b'1');
 
-/// The implementation [`matmul`] dispatches to (detected on first use).
+/// A forced implementation: 0 = none, else `1 + index` in [`ALL_IMPLS`].
+static FORCED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+const ALL_IMPLS: [Implementation; 6] = [
+    Implementation::Scalar,
+    Implementation::Avx2Fma,
+    Implementation::Avx2FmaF16c,
+    Implementation::Neon,
+    Implementation::NeonDot,
+    Implementation::Rvv,
+];
+
+/// Makes [`matmul`] and [`matmul_q8`] use `imp` from now on (process-wide),
+/// or the detected best again with `None`; false (and no change) when `imp`
+/// is not available here. Forcing `Scalar` gives results bit-identical to
+/// the reference on every machine, e.g. to compare a host run with a
+/// firmware run token for token.
+pub fn force_implementation(imp: Option<Implementation>) -> bool {
+    use core::sync::atomic::Ordering;
+    match imp {
+        None => FORCED.store(0, Ordering::Relaxed),
+        Some(i) if is_available(i) => {
+            let k = ALL_IMPLS.iter().position(|&a| a == i).unwrap_or(0);
+            FORCED.store(k as u8 + 1, Ordering::Relaxed);
+        }
+        Some(_) => return false,
+    }
+    true
+}
+
+/// Parses an implementation name as [`Implementation::name`] prints it.
+pub fn implementation_by_name(name: &str) -> Option<Implementation> {
+    ALL_IMPLS.iter().copied().find(|i| i.name() == name)
+}
+
+/// The implementation [`matmul`] dispatches to: the one forced with
+/// [`force_implementation`], else the best detected (on first use).
 #[inline]
 pub fn implementation() -> Implementation {
+    match FORCED.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => detected(),
+        k => ALL_IMPLS[(k as usize - 1) % ALL_IMPLS.len()],
+    }
+}
+
+/// The best implementation this machine supports.
+#[inline]
+pub fn detected() -> Implementation {
     #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
     {
         cache::get(detect_x86)
@@ -341,7 +385,7 @@ pub fn matmul_with(
 /// Whether `imp` can run on this machine: the detected implementation,
 /// any weaker variant of the same family, and always `Scalar`.
 pub fn is_available(imp: Implementation) -> bool {
-    let best = implementation();
+    let best = detected();
     match imp {
         Implementation::Scalar => true,
         Implementation::Avx2Fma => matches!(best, Implementation::Avx2Fma | Implementation::Avx2FmaF16c),
