@@ -365,7 +365,10 @@ fn main() {
         let ok = edgeq_kernels::implementation_by_name(k).is_some_and(|i| edgeq_kernels::force_implementation(Some(i)));
         if !ok {
             let avail: Vec<_> = edgeq_kernels::available().map(|i| i.name()).collect();
-            eprintln!("error: --kernels {k}: not available on this machine (available: {})", avail.join(", "));
+            eprintln!(
+                "error: --kernels {k}: not available on this machine (available: {})",
+                avail.join(", ")
+            );
             std::process::exit(2);
         }
     }
