@@ -62,10 +62,12 @@
 extern crate std;
 
 pub mod act_q8;
-#[cfg(feature = "rayon")]
+#[cfg(feature = "threads")]
 pub mod par;
 pub mod scalar;
 pub mod scalar_int;
+#[cfg(feature = "threads")]
+pub mod spin_pool;
 pub mod support;
 
 pub use act_q8::Q8Acts;

@@ -1,17 +1,21 @@
-//! Row-parallel matrix products on rayon's pool (feature `rayon`, with
-//! `std`). Rows are split into `threads` contiguous ranges of whole
-//! 16-row chunks; each range runs the single-threaded kernel on its own
-//! row view ([`TensorView::row_slice`]), so results are bit-identical to
+//! Row-parallel matrix products (feature `threads`, with `std`), on the
+//! spinning [`spin_pool`](crate::spin_pool) — see there for why not rayon.
+//! Rows are split into `threads` contiguous ranges of whole 16-row chunks;
+//! each range runs the single-threaded kernel on its own row view
+//! ([`TensorView::row_slice`]), so results are bit-identical to
 //! [`crate::matmul`] / [`crate::matmul_q8`] for any thread count.
 extern crate alloc;
+extern crate std;
+use crate::spin_pool;
 use crate::Q8Acts;
 use alloc::vec;
 use alloc::vec::Vec;
 use edgeq_core::TensorView;
+use std::sync::Mutex;
 
 /// Below this many weight bytes per thread the split costs more than it
-/// saves (a rayon join is a few microseconds).
-const MIN_BYTES_PER_THREAD: u64 = 64 * 1024;
+/// saves (a fork-join on spinning workers costs ~1–2 µs).
+const MIN_BYTES_PER_THREAD: u64 = 32 * 1024;
 
 fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
     let rows = w.rows();
@@ -22,17 +26,43 @@ fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
         return None;
     }
     let per = rows.div_ceil(n).div_ceil(16) * 16;
-    Some(
-        (0..n)
-            .map(|k| (k * per, ((k + 1) * per).min(rows)))
-            .filter(|(a, b)| a < b)
-            .collect(),
-    )
+    let rs: Vec<_> = (0..n)
+        .map(|k| (k * per, ((k + 1) * per).min(rows)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    (rs.len() > 1).then_some(rs)
 }
 
-/// Copies per-range outputs `[t][r1−r0]` into `y` (`[t][rows]`).
-fn scatter(y: &mut [f32], rows: usize, t: usize, parts: Vec<((usize, usize), Vec<f32>)>) {
-    for ((r0, r1), part) in parts {
+/// Runs `f(range, out)` for every range on the pool; `out` is the range's
+/// slice of `y` when `t == 1`, else a `[t][range]` buffer scattered into
+/// `y` afterwards.
+fn split(y: &mut [f32], rows: usize, t: usize, rs: &[(usize, usize)], f: &(dyn Fn((usize, usize), &mut [f32]) + Sync)) {
+    let pool = spin_pool::global(rs.len());
+    if t == 1 {
+        let mut outs: Vec<Mutex<&mut [f32]>> = Vec::with_capacity(rs.len());
+        let mut rest = &mut y[..rows];
+        for &(r0, r1) in rs {
+            let (a, b) = core::mem::take(&mut rest).split_at_mut(r1 - r0);
+            outs.push(Mutex::new(a));
+            rest = b;
+            let _ = r0;
+        }
+        pool.run(&|k| {
+            if let (Some(&r), Some(out)) = (rs.get(k), outs.get(k)) {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                f(r, &mut out);
+            }
+        });
+        return;
+    }
+    let parts: Vec<Mutex<Vec<f32>>> = rs.iter().map(|&(r0, r1)| Mutex::new(vec![0.0f32; t * (r1 - r0)])).collect();
+    pool.run(&|k| {
+        if let (Some(&r), Some(part)) = (rs.get(k), parts.get(k)) {
+            f(r, &mut part.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    });
+    for (&(r0, r1), part) in rs.iter().zip(parts) {
+        let part = part.into_inner().unwrap_or_else(|e| e.into_inner());
         let n = r1 - r0;
         for i in 0..t {
             y[i * rows + r0..i * rows + r1].copy_from_slice(&part[i * n..(i + 1) * n]);
@@ -46,30 +76,12 @@ pub fn matmul(threads: usize, y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: u
     let Some(rs) = ranges(w, threads).filter(|_| crate::support::args_ok(y, w, x, t, &(0..rows), scratch)) else {
         return crate::matmul(y, w, x, t, 0..rows, scratch);
     };
-    use rayon::prelude::*;
-    if t == 1 {
-        // One token: each range writes its own slice of `y` directly.
-        let per = rs[0].1;
-        y[..rows].par_chunks_mut(per).enumerate().for_each(|(k, out)| {
-            let mut row = vec![0.0f32; w.cols()];
-            if let Some(v) = w.row_slice(k * per, k * per + out.len()) {
-                crate::matmul(out, &v, x, 1, 0..out.len(), &mut row);
-            }
-        });
-        return;
-    }
-    let parts: Vec<_> = rs
-        .into_par_iter()
-        .map(|(r0, r1)| {
-            let mut part = vec![0.0f32; t * (r1 - r0)];
-            let mut row = vec![0.0f32; w.cols()];
-            if let Some(v) = w.row_slice(r0, r1) {
-                crate::matmul(&mut part, &v, x, t, 0..r1 - r0, &mut row);
-            }
-            ((r0, r1), part)
-        })
-        .collect();
-    scatter(y, rows, t, parts);
+    split(y, rows, t, &rs, &|(r0, r1), out| {
+        let mut row = vec![0.0f32; w.cols()];
+        if let Some(v) = w.row_slice(r0, r1) {
+            crate::matmul(out, &v, x, t, 0..r1 - r0, &mut row);
+        }
+    });
 }
 
 /// [`crate::matmul_q8`] over all rows of `w`, on up to `threads` threads.
@@ -78,25 +90,9 @@ pub fn matmul_q8(threads: usize, y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'
     let Some(rs) = ranges(w, threads).filter(|_| crate::support::q8_args_ok(y, w, a, &(0..rows))) else {
         return crate::matmul_q8(y, w, a, 0..rows);
     };
-    use rayon::prelude::*;
-    if a.t == 1 {
-        let per = rs[0].1;
-        y[..rows].par_chunks_mut(per).enumerate().for_each(|(k, out)| {
-            if let Some(v) = w.row_slice(k * per, k * per + out.len()) {
-                crate::matmul_q8(out, &v, a, 0..out.len());
-            }
-        });
-        return;
-    }
-    let parts: Vec<_> = rs
-        .into_par_iter()
-        .map(|(r0, r1)| {
-            let mut part = vec![0.0f32; a.t * (r1 - r0)];
-            if let Some(v) = w.row_slice(r0, r1) {
-                crate::matmul_q8(&mut part, &v, a, 0..r1 - r0);
-            }
-            ((r0, r1), part)
-        })
-        .collect();
-    scatter(y, rows, a.t, parts);
+    split(y, rows, a.t, &rs, &|(r0, r1), out| {
+        if let Some(v) = w.row_slice(r0, r1) {
+            crate::matmul_q8(out, &v, a, 0..r1 - r0);
+        }
+    });
 }

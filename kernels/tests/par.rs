@@ -1,5 +1,5 @@
 //! Row-parallel products equal the single-threaded ones bit for bit.
-#![cfg(feature = "rayon")]
+#![cfg(feature = "threads")]
 use edgeq_core::quant::quantize;
 use edgeq_core::{QuantSpec, Scheme, TensorView};
 use edgeq_kernels::{act_q8, par, Q8Acts};

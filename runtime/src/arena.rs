@@ -85,8 +85,8 @@ pub enum Activations {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MatmulOpts {
     pub acts: Activations,
-    /// Threads per product (rows split across rayon's pool); only with the
-    /// `rayon` feature, otherwise ignored.
+    /// Threads per product (rows split across a spinning worker pool); only
+    /// with the `threads` feature, otherwise ignored.
     pub threads: usize,
 }
 

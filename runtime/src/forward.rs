@@ -51,13 +51,13 @@ pub struct Session<'m, 'a, 'r> {
 /// `y = W·x` for `n` tokens. Integer weights with [`Activations::Q8`] run
 /// as int8 dot products against `x` quantized per 32-block into `qa`
 /// (llama.cpp's scheme); everything else against f32 activations (`row`:
-/// one dequantized row for the scalar reference). With the `rayon` feature
+/// one dequantized row for the scalar reference). With the `threads` feature
 /// and `mm.threads > 1` rows are split across threads (same results).
 fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32], qa: &mut [f32], mm: MatmulOpts) {
     if mm.acts == Activations::Q8 && k::scalar_int::supported(w) {
         if let Some(mut a) = k::Q8Acts::carve(qa, n, w.cols()) {
             if a.quantize(x) {
-                #[cfg(feature = "rayon")]
+                #[cfg(feature = "threads")]
                 if mm.threads > 1 {
                     return k::par::matmul_q8(mm.threads, y, w, &a);
                 }
@@ -65,7 +65,7 @@ fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32
             }
         }
     }
-    #[cfg(feature = "rayon")]
+    #[cfg(feature = "threads")]
     if mm.threads > 1 {
         return k::par::matmul(mm.threads, y, w, x, n, row);
     }
