@@ -80,8 +80,13 @@ fn import_stories(fx: &Path, dir: &Path) -> String {
 
 /// The golden NLL protocol: first 6,000 characters, windows of 256, the first 1,024 predictions.
 fn eval_nll(fx: &Path, model: &str) -> f64 {
+    eval_nll_with(fx, model, &[])
+}
+
+/// [`eval_nll`] with extra `edgeq eval` flags.
+fn eval_nll_with(fx: &Path, model: &str, extra: &[&str]) -> f64 {
     let text = fx.join("text/tinystories_val.txt");
-    let out = ok(&[
+    let mut args = vec![
         "eval",
         model,
         "--text",
@@ -93,7 +98,9 @@ fn eval_nll(fx: &Path, model: &str) -> f64 {
         "--max-tokens",
         "1024",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&args);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["tokens"], 1024);
     assert_eq!(v["text_tokens"], 2893, "tokenization of the eval text changed");
@@ -168,6 +175,66 @@ fn stories260k_nll_and_rtn_quantization() {
             assert_eq!(scheme, "q4-g32", "{name}");
         }
     }
+}
+
+/// The arena size from `edgeq run`'s statistics line ("... (N bytes, KV cache KV)").
+fn run_arena_bytes(stderr: &str, kv: &str) -> usize {
+    let tail = format!(" bytes, KV cache {kv})");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&tail))
+        .unwrap_or_else(|| panic!("no stats line:\n{stderr}"));
+    let head = &line[..line.find(&tail).unwrap()];
+    head[head.rfind('(').unwrap() + 1..].parse().unwrap()
+}
+
+#[test]
+fn stories260k_kv_cache_precisions() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("kv");
+    let m = import_stories(&fx, &dir);
+    // NLL cost of the cache precision (golden protocol, f32 weights and activations).
+    let base = eval_nll_with(&fx, &m, &["--kv", "f32"]);
+    let want = golden(&fx)["tinystories_val_nll"]["mean_nll"].as_f64().unwrap();
+    assert!((base - want).abs() < 1e-3, "NLL {base} vs golden {want}");
+    let d16 = eval_nll_with(&fx, &m, &["--kv", "f16"]) / base - 1.0;
+    let d8 = eval_nll_with(&fx, &m, &["--kv", "q8"]) / base - 1.0;
+    eprintln!("NLL f32 KV {base:.5}, f16 KV {:+.4}%, q8 KV {:+.4}%", d16 * 100.0, d8 * 100.0);
+    assert!(d16.abs() < 0.001, "f16 KV cache changed NLL by {:.4}%", d16 * 100.0);
+    assert!(d8.abs() < 0.01, "q8 KV cache changed NLL by {:.4}%", d8 * 100.0);
+
+    // Greedy generation: f32 is the golden text; f16 and q8 run.
+    let g = golden(&fx)["greedy_from_bos"]["text"].as_str().unwrap().to_string();
+    let out = ok(&["run", &m, "--temp", "0", "-n", "128", "--kv", "f32"]);
+    assert_eq!(out.trim_end_matches('\n'), g);
+    for kv in ["f16", "q8"] {
+        let out = ok(&["run", &m, "--temp", "0", "-n", "128", "--kv", kv]);
+        assert!(out.starts_with("Once upon a time"), "{kv}: {out}");
+        // The first sentences are unchanged (q8 first diverges after ~290 characters).
+        assert_eq!(out[..120], g[..120], "{kv}");
+    }
+
+    // The microcontroller case: Q4 weights, 128 positions. The q8 cache
+    // (40 KiB of codes + 10 KiB of f16 scales) saves 110 KiB over f32
+    // (160 KiB) and the whole arena fits in 64 KiB of RAM.
+    let q4 = dir.join("q4.eqf");
+    let q4 = q4.to_str().unwrap();
+    ok(&["quantize", &m, "--bits", "4", "--group", "32", "--sym", "-o", q4]);
+    let mut arena = Vec::new();
+    for kv in ["f32", "f16", "q8"] {
+        let (success, out, err) = edgeq(&["run", q4, "--temp", "0", "-n", "200", "--ctx", "128", "--kv", kv]);
+        assert!(success, "{kv}: {err}");
+        assert!(out.starts_with("Once upon a time"), "{kv}: {out}");
+        assert!(err.contains("context of 128 tokens full"), "{kv}: {err}");
+        arena.push(run_arena_bytes(&err, kv));
+    }
+    eprintln!(
+        "stories260K Q4, ctx 128: arena f32 {} / f16 {} / q8 {} bytes",
+        arena[0], arena[1], arena[2]
+    );
+    assert_eq!(arena[0] - arena[1], 80 * 1024);
+    assert_eq!(arena[0] - arena[2], 110 * 1024);
+    assert!(arena[2] < 60 * 1024, "q8 arena {} bytes", arena[2]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use anyhow::Result;
 use edgeq_core::quant::quantize;
 use edgeq_core::{QuantSpec, TensorView};
 use edgeq_kernels::{act_q8, available, par, Implementation, Q8Acts};
-use edgeq_runtime::{arena_bytes, Activations, MatmulOpts, Model, Session};
+use edgeq_runtime::{arena_bytes_with, Activations, KvCache, MatmulOpts, Model, Session, SessionOptions};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -246,6 +246,8 @@ pub fn kernels(cfg: &KernelBench, bw: &[Bandwidth], mut on_row: impl FnMut(&Kern
 pub struct ModelRow {
     pub test: String,
     pub activations: String,
+    /// KV cache precision.
+    pub kv: String,
     pub threads: usize,
     pub tokens_per_second: f64,
     pub median_tokens_per_second: f64,
@@ -253,13 +255,16 @@ pub struct ModelRow {
 
 /// llama-bench's tests on one model: `tg N` decodes N tokens one at a time
 /// from an empty context, `pp N` feeds an N-token prompt in one batch.
-pub fn model(m: &Model<'_>, test: (&str, usize), acts: Activations, threads: usize, reps: usize) -> Result<ModelRow> {
+pub fn model(m: &Model<'_>, test: (&str, usize), acts: Activations, kv: KvCache, threads: usize, reps: usize) -> Result<ModelRow> {
     let (kind, n) = test;
     let seq = (n + 1).min(m.cfg.max_seq_len as usize);
     let batch = if kind == "pp" { seq } else { 1 };
-    let mut arena = vec![0u64; arena_bytes(&m.cfg, seq, batch).div_ceil(8)];
-    let mut s = Session::new(m, bytemuck::cast_slice_mut(&mut arena), seq, batch).map_err(|e| anyhow::anyhow!("{e}"))?;
-    s.set_matmul(MatmulOpts { acts, threads });
+    let mut arena = vec![0u64; arena_bytes_with(&m.cfg, seq, batch, kv).div_ceil(8)];
+    let opts = SessionOptions {
+        kv,
+        matmul: MatmulOpts { acts, threads },
+    };
+    let mut s = Session::with_options(m, bytemuck::cast_slice_mut(&mut arena), seq, batch, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let vocab = m.cfg.vocab_size;
     let tokens: Vec<u32> = (0..seq as u32).map(|i| (i * 7919 + 1) % vocab).collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
@@ -288,6 +293,7 @@ pub fn model(m: &Model<'_>, test: (&str, usize), acts: Activations, threads: usi
             Activations::Q8 => "q8",
         }
         .to_string(),
+        kv: kv.name().to_string(),
         threads,
         tokens_per_second: n / times[0],
         median_tokens_per_second: n / times[times.len() / 2],

@@ -2,7 +2,7 @@
 //! computed with the runtime's own forward pass over windows of the token
 //! stream, windows evaluated in parallel (one session each).
 use anyhow::Result;
-use edgeq_runtime::{arena_bytes, Activations, MatmulOpts, Model, Session};
+use edgeq_runtime::{arena_bytes_with, Activations, KvCache, MatmulOpts, Model, Session, SessionOptions};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -19,6 +19,8 @@ pub struct PplResult {
     pub stride: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// KV cache precision of the sessions (`f32`, `f16`, `q8`).
+    pub kv: &'static str,
 }
 
 /// Windows of `window` tokens starting every `stride` tokens; each window
@@ -44,6 +46,7 @@ pub fn plan_windows(n_tokens: usize, window: usize, stride: usize, max_tokens: O
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn perplexity(
     model: &Model<'_>,
     tokens: &[u32],
@@ -51,6 +54,7 @@ pub fn perplexity(
     stride: usize,
     max_tokens: Option<usize>,
     acts: Activations,
+    kv: KvCache,
     progress: &indicatif::ProgressBar,
 ) -> Result<PplResult> {
     let t0 = std::time::Instant::now();
@@ -64,9 +68,13 @@ pub fn perplexity(
         .par_iter()
         .map(|&(start, len, first)| {
             let seq = len; // positions fed
-            let mut arena = vec![0u64; arena_bytes(&model.cfg, seq, seq).div_ceil(8)];
-            let mut s = Session::new(model, bytemuck::cast_slice_mut(&mut arena), seq, seq).map_err(|e| anyhow::anyhow!("{e}"))?;
-            s.set_matmul(MatmulOpts { acts, threads: 1 });
+            let mut arena = vec![0u64; arena_bytes_with(&model.cfg, seq, seq, kv).div_ceil(8)];
+            let opts = SessionOptions {
+                kv,
+                matmul: MatmulOpts { acts, threads: 1 },
+            };
+            let mut s =
+                Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), seq, seq, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut logits = vec![0.0f32; (len - 1) * vocab];
             s.forward(&tokens[start..start + len - 1], Some(&mut logits))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -104,6 +112,7 @@ pub fn perplexity(
         stride,
         seconds: secs,
         tokens_per_second: plan.iter().map(|p| p.1 - 1).sum::<usize>() as f64 / secs,
+        kv: kv.name(),
     })
 }
 

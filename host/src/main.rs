@@ -6,7 +6,7 @@ use edgeq_host::{
     model_file::{write_atomic, ModelFile},
     progress, quantize, text,
 };
-use edgeq_runtime::{arena_bytes, Sampler, SamplerConfig, Session};
+use edgeq_runtime::{arena_bytes_with, Sampler, SamplerConfig, Session, SessionOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -71,6 +71,9 @@ struct BenchArgs {
     /// Activation precisions for the model tests.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q8,f32")]
     acts: Vec<Acts>,
+    /// KV cache precisions for the model tests (f32, f16, q8; see `edgeq run --help`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    kv: Vec<Kv>,
     /// Repetitions of each model test (the fastest and the median are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -295,6 +298,28 @@ struct RunArgs {
     /// Threads per matrix product (rows split across cores; default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV cache precision: f32 (exact, 4 bytes per value), f16 (2 bytes) or q8 (int8 per head
+    /// vector with an f16 scale, about 1 byte per value: what a microcontroller's RAM holds).
+    #[arg(long, value_enum, default_value_t = Kv::F32)]
+    kv: Kv,
+}
+
+/// `--kv` values.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kv {
+    F32,
+    F16,
+    Q8,
+}
+
+impl From<Kv> for edgeq_runtime::KvCache {
+    fn from(k: Kv) -> Self {
+        match k {
+            Kv::F32 => edgeq_runtime::KvCache::F32,
+            Kv::F16 => edgeq_runtime::KvCache::F16,
+            Kv::Q8 => edgeq_runtime::KvCache::Q8,
+        }
+    }
 }
 
 /// `--acts` values.
@@ -342,6 +367,10 @@ struct EvalArgs {
     /// `edgeq run` executes by default, as llama.cpp does).
     #[arg(long, value_enum, default_value_t = Acts::F32)]
     acts: Acts,
+    /// KV cache precision: f32 (exact, the default), f16, or q8 (int8 per head vector with an f16
+    /// scale); scores what the cache precision costs.
+    #[arg(long, value_enum, default_value_t = Kv::F32)]
+    kv: Kv,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -468,8 +497,6 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         prompt.len()
     );
     let batch = prompt.len().min(max_seq).min(512);
-    let mut arena = vec![0u64; arena_bytes(&model.cfg, max_seq, batch).div_ceil(8)];
-    let mut s = Session::new(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch).map_err(|e| anyhow::anyhow!("{e}"))?;
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -477,10 +504,17 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     if threads > 1 {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
     }
-    s.set_matmul(edgeq_runtime::MatmulOpts {
-        acts: a.acts.into(),
-        threads,
-    });
+    let opts = SessionOptions {
+        kv: a.kv.into(),
+        matmul: edgeq_runtime::MatmulOpts {
+            acts: a.acts.into(),
+            threads,
+        },
+    };
+    let arena_len = arena_bytes_with(&model.cfg, max_seq, batch, opts.kv);
+    let mut arena = vec![0u64; arena_len.div_ceil(8)];
+    let mut s =
+        Session::with_options(&model, bytemuck::cast_slice_mut(&mut arena), max_seq, batch, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temp,
         top_p: a.top_p,
@@ -521,14 +555,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         eprintln!("tokens: {:?}", prompt.iter().chain(&generated).collect::<Vec<_>>());
     }
     eprintln!(
-        "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); arena {:.2} MB",
+        "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); arena {:.2} MB ({} bytes, KV cache {})",
         prompt.len(),
         t_prefill,
         prompt.len() as f64 / t_prefill.max(1e-9),
         generated.len(),
         dt,
         generated.len() as f64 / dt.max(1e-9),
-        arena.len() as f64 * 8.0 / 1e6
+        arena_len as f64 / 1e6,
+        arena_len,
+        opts.kv.name()
     );
     Ok(())
 }
@@ -613,8 +649,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             writeln!(out, "\nmodel {} ({:.1} MB)", path.display(), f.bytes().len() as f64 / 1e6)?;
             writeln!(
                 out,
-                "{:<8} {:>5} {:>3} {:>10} {:>12}",
-                "test", "acts", "thr", "best t/s", "median t/s"
+                "{:<8} {:>5} {:>4} {:>3} {:>10} {:>12}",
+                "test", "acts", "kv", "thr", "best t/s", "median t/s"
             )?;
         }
         for test in &a.tests {
@@ -622,16 +658,18 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             anyhow::ensure!(kind == "tg" || kind == "pp", "--tests {test}: expected tgN or ppN");
             let n: usize = n.parse().map_err(|_| anyhow::anyhow!("--tests {test}: expected tgN or ppN"))?;
             for &acts in &a.acts {
-                for &t in &a.threads {
-                    let r = bench::model(&model, (kind, n), acts.into(), t.max(1), a.reps)?;
-                    if !json {
-                        writeln!(
-                            out,
-                            "{:<8} {:>5} {:>3} {:>10.2} {:>12.2}",
-                            r.test, r.activations, r.threads, r.tokens_per_second, r.median_tokens_per_second
-                        )?;
+                for &kv in &a.kv {
+                    for &t in &a.threads {
+                        let r = bench::model(&model, (kind, n), acts.into(), kv.into(), t.max(1), a.reps)?;
+                        if !json {
+                            writeln!(
+                                out,
+                                "{:<8} {:>5} {:>4} {:>3} {:>10.2} {:>12.2}",
+                                r.test, r.activations, r.kv, r.threads, r.tokens_per_second, r.median_tokens_per_second
+                            )?;
+                        }
+                        models.push(r);
                     }
-                    models.push(r);
                 }
             }
         }
@@ -677,6 +715,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             a.stride.unwrap_or(a.window),
             a.max_tokens,
             a.acts.into(),
+            a.kv.into(),
             &pb,
         )?;
         pb.finish_and_clear();
@@ -709,7 +748,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         let (p, r, _, _) = &results[0];
         writeln!(
             out,
-            "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} windows of {}, stride {}) in {:.2}s ({:.0} tok/s)",
+            "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} windows of {}, stride {}, KV cache {}) in {:.2}s ({:.0} tok/s)",
             p.display(),
             r.mean_nll,
             r.ppl,
@@ -717,6 +756,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             r.windows,
             r.window,
             r.stride,
+            r.kv,
             r.seconds,
             r.tokens_per_second
         )?;
@@ -741,8 +781,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         }
         writeln!(
             out,
-            "({} tokens scored per model, windows of {}, stride {})",
-            results[0].1.tokens, results[0].1.window, results[0].1.stride
+            "({} tokens scored per model, windows of {}, stride {}, KV cache {})",
+            results[0].1.tokens, results[0].1.window, results[0].1.stride, results[0].1.kv
         )?;
     }
     Ok(())

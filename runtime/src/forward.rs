@@ -13,8 +13,9 @@
 //!     x += Wdown · (silu(Wgate h) ⊙ (Wup h))
 //! logits = Wcls · (rmsnorm(x) · output_norm)
 //! ```
-use crate::arena::{Activations, ArenaPlan, Buffers, MatmulOpts, Scratch};
+use crate::arena::{Activations, ArenaPlan, Buffers, MatmulOpts, Scratch, SessionOptions};
 use crate::error::RuntimeError;
+use crate::kv::{self, KvBufs, KvCache};
 use crate::model::{Block, Model};
 use core::ops::ControlFlow;
 use edgeq_core::{ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
@@ -152,7 +153,8 @@ fn silu(x: f32) -> f32 {
 /// One decoder block on `n` tokens at positions `pos..pos+n`, in place on
 /// `x` (`n·dim`). `kc`/`vc` are this block's caches (`max_seq·kv_dim`, rows
 /// `0..pos` already filled); `rope` holds [`rope_angles`] for the positions;
-/// `s` must be sized for batches of `n` (see [`ArenaPlan`]).
+/// `s` must be sized for batches of `n` (see [`ArenaPlan`]). An f32 cache;
+/// [`block_forward_kv`] takes any precision.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward<O: Observer>(
     c: &ModelConfig,
@@ -167,13 +169,35 @@ pub fn block_forward<O: Observer>(
     s: &mut Scratch<'_>,
     obs: &mut O,
 ) -> ControlFlow<()> {
+    block_forward_kv(c, w, l, x, n, pos, KvBufs::F32 { k: kc, v: vc }, rope_cs, s, obs)
+}
+
+/// [`block_forward`] with this block's KV cache in any precision
+/// ([`KvBufs::layer`]: `max_seq·kv_dim` values, Q8 scales `max_seq·n_kv_heads`;
+/// F16/Q8 compute the new k, v rows in `new` when it holds `2·n·kv_dim`,
+/// else in `s.hb`/`s.hb2`, which then need `n·kv_dim` each).
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward_kv<O: Observer>(
+    c: &ModelConfig,
+    w: &Block<'_>,
+    l: usize,
+    x: &mut [f32],
+    n: usize,
+    pos: usize,
+    mut kv: KvBufs<'_>,
+    rope_cs: &[f32],
+    s: &mut Scratch<'_>,
+    obs: &mut O,
+) -> ControlFlow<()> {
     let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
     let (hd, n_heads) = (c.head_dim as usize, c.n_heads as usize);
-    let kv_mul = n_heads / c.n_kv_heads as usize;
+    let n_kv = c.n_kv_heads as usize;
+    let kv_mul = n_heads / n_kv;
     let rd = c.rope_dim as usize;
     let eps = c.rms_eps;
 
-    // Attention: q, k, v projections (k and v straight into the cache).
+    // Attention: q, k, v projections (k and v straight into an f32 cache,
+    // else into `new` and then stored in the cache's precision).
     for i in 0..n {
         rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.attn_norm, eps);
     }
@@ -182,7 +206,16 @@ pub fn block_forward<O: Observer>(
         return ControlFlow::Break(());
     }
     {
-        let (k_new, v_new) = (&mut kc[pos * kvd..(pos + n) * kvd], &mut vc[pos * kvd..(pos + n) * kvd]);
+        let (k_new, v_new) = match &mut kv {
+            KvBufs::F32 { k, v } => (&mut k[pos * kvd..(pos + n) * kvd], &mut v[pos * kvd..(pos + n) * kvd]),
+            KvBufs::F16 { new, .. } | KvBufs::Q8 { new, .. } => {
+                if new.len() >= 2 * n * kvd {
+                    new[..2 * n * kvd].split_at_mut(n * kvd)
+                } else {
+                    (&mut s.hb[..n * kvd], &mut s.hb2[..n * kvd])
+                }
+            }
+        };
         matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.mm);
         matmul(k_new, &w.wk, h, n, s.row, s.qa, s.mm);
         matmul(v_new, &w.wv, h, n, s.row, s.qa, s.mm);
@@ -202,23 +235,87 @@ pub fn block_forward<O: Observer>(
             rope(kk, cs, hd, c.rope_layout());
         }
     }
+    // Store the new rows in a reduced-precision cache.
+    fn rows<'b>(new: &'b [f32], hb: &'b [f32], hb2: &'b [f32], len: usize) -> (&'b [f32], &'b [f32]) {
+        if new.len() >= 2 * len {
+            new[..2 * len].split_at(len)
+        } else {
+            (&hb[..len], &hb2[..len])
+        }
+    }
+    match &mut kv {
+        KvBufs::F32 { .. } => {}
+        KvBufs::F16 { k, v, new } => {
+            let (k_new, v_new) = rows(new, s.hb, s.hb2, n * kvd);
+            let r = pos * kvd..(pos + n) * kvd;
+            k[r.clone()].iter_mut().zip(k_new).for_each(|(d, &x)| *d = half::f16::from_f32(x));
+            v[r].iter_mut().zip(v_new).for_each(|(d, &x)| *d = half::f16::from_f32(x));
+        }
+        KvBufs::Q8 { k, v, ks, vs, new } => {
+            let (k_new, v_new) = rows(new, s.hb, s.hb2, n * kvd);
+            let r = pos * kvd..(pos + n) * kvd;
+            let rs = pos * n_kv..(pos + n) * n_kv;
+            for ((src, dst), sc) in k_new
+                .chunks_exact(hd)
+                .zip(k[r.clone()].chunks_exact_mut(hd))
+                .zip(&mut ks[rs.clone()])
+            {
+                *sc = kv::quantize_q8(src, dst);
+            }
+            for ((src, dst), sc) in v_new.chunks_exact(hd).zip(v[r].chunks_exact_mut(hd)).zip(&mut vs[rs]) {
+                *sc = kv::quantize_q8(src, dst);
+            }
+        }
+    }
     // Causal grouped-query attention over the cache, into xb.
     let scale = 1.0 / libm::sqrtf(hd as f32);
     for i in 0..n {
         let p = pos + i;
         for h in 0..n_heads {
             let q = &s.q[i * qd + h * hd..i * qd + (h + 1) * hd];
-            let kvh = (h / kv_mul) * hd;
+            let g = h / kv_mul;
+            let kvh = g * hd;
             let att = &mut s.att[..=p];
-            for (t, a) in att.iter_mut().enumerate() {
-                *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            match &kv {
+                KvBufs::F32 { k: kc, .. } => {
+                    for (t, a) in att.iter_mut().enumerate() {
+                        *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+                    }
+                }
+                KvBufs::F16 { k: kc, .. } => {
+                    for (t, a) in att.iter_mut().enumerate() {
+                        *a = kv::dot_f16(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+                    }
+                }
+                KvBufs::Q8 { k: kc, ks, .. } => {
+                    for ((t, a), sk) in att.iter_mut().enumerate().zip(ks.iter().skip(g).step_by(n_kv)) {
+                        *a = sk.to_f32() * kv::dot_i8(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+                    }
+                }
             }
             softmax(att);
             let out = &mut s.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
             out.fill(0.0);
-            for (t, &a) in att.iter().enumerate() {
-                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            match &kv {
+                KvBufs::F32 { v: vc, .. } => {
+                    for (t, &a) in att.iter().enumerate() {
+                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                        out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+                    }
+                }
+                KvBufs::F16 { v: vc, .. } => {
+                    for (t, &a) in att.iter().enumerate() {
+                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                        out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v.to_f32());
+                    }
+                }
+                KvBufs::Q8 { v: vc, vs, .. } => {
+                    for ((t, &a), sv) in att.iter().enumerate().zip(vs.iter().skip(g).step_by(n_kv)) {
+                        let w = a * sv.to_f32();
+                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                        out.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v as f32);
+                    }
+                }
             }
         }
     }
@@ -252,12 +349,26 @@ pub fn block_forward<O: Observer>(
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// A session of up to `max_seq` positions fed in calls of at most
-    /// `max_batch` tokens; `arena` must hold `arena_bytes(cfg, max_seq, max_batch)`.
+    /// `max_batch` tokens, with an f32 KV cache and [`MatmulOpts::default`];
+    /// `arena` must hold `arena_bytes(cfg, max_seq, max_batch)`.
     pub fn new(model: &'m Model<'a>, arena: &'r mut [u8], max_seq: usize, max_batch: usize) -> Result<Self, RuntimeError> {
+        Self::with_options(model, arena, max_seq, max_batch, SessionOptions::default())
+    }
+
+    /// [`Session::new`] with a KV cache precision and matmul options;
+    /// `arena` must hold `arena_bytes_with(cfg, max_seq, max_batch, opts.kv)`.
+    pub fn with_options(
+        model: &'m Model<'a>,
+        arena: &'r mut [u8],
+        max_seq: usize,
+        max_batch: usize,
+        opts: SessionOptions,
+    ) -> Result<Self, RuntimeError> {
         let max_seq = max_seq.clamp(1, model.cfg.max_seq_len as usize);
         let max_batch = max_batch.clamp(1, max_seq);
-        let plan = ArenaPlan::new(&model.cfg, max_seq, max_batch);
-        let buf = Buffers::carve(&plan, arena)?;
+        let plan = ArenaPlan::with_kv(&model.cfg, max_seq, max_batch, opts.kv);
+        let mut buf = Buffers::carve(&plan, arena)?;
+        buf.s.mm = opts.matmul;
         Ok(Session {
             model,
             buf,
@@ -279,6 +390,10 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     }
     pub fn max_seq(&self) -> usize {
         self.max_seq
+    }
+    /// Storage precision of the KV cache.
+    pub fn kv_cache(&self) -> KvCache {
+        self.buf.kv.precision()
     }
     /// Forgets the context (the KV cache is overwritten as positions refill).
     pub fn reset(&mut self) {
@@ -349,13 +464,11 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
         // The blocks.
         let per_layer = self.max_seq * kvd;
+        let per_layer_scales = self.max_seq * c.n_kv_heads as usize;
         for l in 0..c.n_layers as usize {
             let w = m.block(l)?;
-            let (kc, vc) = (
-                &mut b.kcache[l * per_layer..(l + 1) * per_layer],
-                &mut b.vcache[l * per_layer..(l + 1) * per_layer],
-            );
-            if block_forward(c, &w, l, b.x, n, self.pos, kc, vc, b.rope, &mut b.s, obs).is_break() {
+            let kv = b.kv.layer(l, per_layer, per_layer_scales);
+            if block_forward_kv(c, &w, l, b.x, n, self.pos, kv, b.rope, &mut b.s, obs).is_break() {
                 return Err(RuntimeError::Interrupted);
             }
         }

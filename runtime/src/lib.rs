@@ -5,6 +5,10 @@
 //! let model = Model::from_bytes(bytes)?;                 // validates everything once
 //! let need = arena_bytes(&model.cfg, max_seq, 1);        // size the arena up front
 //! let mut s = Session::new(&model, &mut arena, max_seq, 1)?;
+//! // or a smaller KV cache (f16, or int8 with a scale per head vector):
+//! let need = arena_bytes_with(&model.cfg, max_seq, 1, KvCache::Q8);
+//! let opts = SessionOptions { kv: KvCache::Q8, ..Default::default() };
+//! let mut s = Session::with_options(&model, &mut arena, max_seq, 1, opts)?;
 //! let logits = s.step(token)?;                           // one decode step
 //! ```
 #![no_std]
@@ -19,12 +23,14 @@ extern crate std;
 pub mod arena;
 pub mod error;
 pub mod forward;
+pub mod kv;
 pub mod model;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use arena::{arena_bytes, Activations, ArenaPlan, MatmulOpts};
+pub use arena::{arena_bytes, arena_bytes_with, Activations, ArenaPlan, MatmulOpts, SessionOptions};
 pub use error::RuntimeError;
-pub use forward::{block_forward, rope_angles, NoObserver, Observer, Session};
+pub use forward::{block_forward, block_forward_kv, rope_angles, NoObserver, Observer, Session};
+pub use kv::KvCache;
 pub use model::Model;
 pub use sampler::{Sampler, SamplerConfig};

@@ -1,11 +1,12 @@
 //! Sequential, block-by-block quantization (GPTQ's `llama_sequential`):
 //! capture the inputs of block `l` by running the runtime's own
-//! [`block_forward`] on every calibration sample, quantize its linears in
-//! `true_sequential` order (q/k/v together, then o, then gate/up, then
-//! down: each stage sees the inputs produced by the already-quantized
-//! stages before it), recompute block `l`'s outputs with the quantized
-//! weights, and feed those to block `l+1`. Only one block's weights and the
-//! calibration activations are held at a time.
+//! [`block_forward`](edgeq_runtime::block_forward) on every calibration
+//! sample, quantize its linears in `true_sequential` order (q/k/v
+//! together, then o, then gate/up, then down: each stage sees the inputs
+//! produced by the already-quantized stages before it), recompute block
+//! `l`'s outputs with the quantized weights, and feed those to block `l+1`.
+//! Only one block's weights and the calibration activations are held at a
+//! time.
 use super::data::CalibSet;
 use super::stats::InputStats;
 use crate::algo::{output_rel_err, QuantizedLayer};
@@ -16,7 +17,7 @@ use edgeq_core::format::writer::TensorEntry;
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
 use edgeq_runtime::arena::{Activations, ArenaPlan, Buffers, MatmulOpts};
 use edgeq_runtime::model::Block;
-use edgeq_runtime::{block_forward, rope_angles, Model, Observer};
+use edgeq_runtime::{block_forward_kv, rope_angles, Model, Observer};
 use rayon::prelude::*;
 use std::ops::ControlFlow;
 
@@ -127,7 +128,7 @@ pub(crate) fn run_block<O: Observer>(
         vcache: len * c.kv_dim(),
         ..plan
     };
-    let mut arena = vec![0u64; (one_layer.floats() * 4).div_ceil(8)];
+    let mut arena = vec![0u64; one_layer.bytes().div_ceil(8)];
     let Ok(buf) = Buffers::carve(&one_layer, bytemuck::cast_slice_mut(&mut arena)) else {
         return ControlFlow::Break(());
     };
@@ -137,7 +138,7 @@ pub(crate) fn run_block<O: Observer>(
         acts: Activations::F32,
         threads: 1,
     };
-    block_forward(c, b, l, x, len, 0, buf.kcache, buf.vcache, rope, &mut s, obs)
+    block_forward_kv(c, b, l, x, len, 0, buf.kv, rope, &mut s, obs)
 }
 
 /// Quantizes every linear layer the policy selects, block by block.

@@ -1143,6 +1143,65 @@ mod tests {
         }
     }
 
+    /// Logits after every token and after decode steps, with a KV cache of
+    /// precision `kv`: the prompt fed in batches of 5, then 6 single steps.
+    fn logits_kv(eqf: &[u8], toks: &[u32], kv: edgeq_runtime::KvCache) -> Vec<f32> {
+        use edgeq_runtime::{arena_bytes_with, SessionOptions};
+        let bytes = AlignedBytes::from(eqf);
+        let model = Model::from_bytes(bytes.as_bytes()).unwrap();
+        let (seq, batch) = (64, 5);
+        let mut arena = vec![0u64; arena_bytes_with(&model.cfg, seq, batch, kv).div_ceil(8)];
+        let opts = SessionOptions { kv, ..Default::default() };
+        let mut s = Session::with_options(&model, bytemuck::cast_slice_mut(&mut arena), seq, batch, opts).unwrap();
+        assert_eq!(s.kv_cache(), kv);
+        let vocab = model.cfg.vocab_size as usize;
+        let mut out = Vec::new();
+        for chunk in toks.chunks(batch) {
+            let mut all = vec![0f32; chunk.len() * vocab];
+            s.forward(chunk, Some(&mut all)).unwrap();
+            out.extend(all);
+        }
+        for &t in &toks[..6] {
+            out.extend_from_slice(s.step(t).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn kv_cache_precisions_track_f32() {
+        use edgeq_runtime::KvCache;
+        let toks: Vec<u32> = (0..23u32).map(|i| (i * 37 + 5) % 300).collect();
+        // Mistral (hidden 16 ≥ kv_dim 4: new rows in the FFN buffers), Qwen2
+        // (q/k/v biases), and one with hidden 2 < kv_dim 4 (own scratch).
+        for (qwen, narrow) in [(false, false), (true, false), (false, true)] {
+            let (mut cfg, mut ts) = tiny(qwen);
+            if narrow {
+                cfg["intermediate_size"] = 2.into();
+                for t in &mut ts {
+                    if t.name.contains(".mlp.") {
+                        t.shape = if t.name.contains("down") { vec![8, 2] } else { vec![2, 8] };
+                        t.data.truncate(16);
+                    }
+                }
+            }
+            let dir = write_dir(&cfg, &ts, Dtype::F32, 1);
+            let eqf = import(&dir.0).unwrap().to_eqf().unwrap();
+            let want = logits_kv(&eqf, &toks, KvCache::F32);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (kv, tol) in [(KvCache::F32, 0.0), (KvCache::F16, 5e-4), (KvCache::Q8, 5e-3)] {
+                let got = logits_kv(&eqf, &toks, kv);
+                let d = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(
+                    d <= tol * scale,
+                    "qwen {qwen} narrow {narrow} {kv:?}: max diff {d} vs scale {scale}"
+                );
+                if kv != KvCache::F32 {
+                    assert!(d > 0.0, "{kv:?} should differ from f32 somewhere");
+                }
+            }
+        }
+    }
+
     #[test]
     fn config_parsing() {
         let base = || {
