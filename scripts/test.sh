@@ -17,3 +17,5 @@ echo "== cargo test"
 cargo test --workspace --release --no-fail-fast
 echo "== SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
 scripts/test-cross.sh
+echo "== firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"
+scripts/test-targets.sh
