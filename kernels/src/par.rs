@@ -33,19 +33,22 @@ fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
     (rs.len() > 1).then_some(rs)
 }
 
+/// A task of [`split`]: the row range and its output.
+type RangeTask<'a> = dyn Fn((usize, usize), &mut [f32]) + Sync + 'a;
+
 /// Runs `f(range, out)` for every range on the pool; `out` is the range's
 /// slice of `y` when `t == 1`, else a `[t][range]` buffer scattered into
 /// `y` afterwards.
-fn split(y: &mut [f32], rows: usize, t: usize, rs: &[(usize, usize)], f: &(dyn Fn((usize, usize), &mut [f32]) + Sync)) {
+fn split(y: &mut [f32], rows: usize, t: usize, rs: &[(usize, usize)], f: &RangeTask<'_>) {
     let pool = spin_pool::global(rs.len());
     if t == 1 {
         let mut outs: Vec<Mutex<&mut [f32]>> = Vec::with_capacity(rs.len());
         let mut rest = &mut y[..rows];
         for &(r0, r1) in rs {
             let (a, b) = core::mem::take(&mut rest).split_at_mut(r1 - r0);
+            debug_assert!(r0 <= r1);
             outs.push(Mutex::new(a));
             rest = b;
-            let _ = r0;
         }
         pool.run(&|k| {
             if let (Some(&r), Some(out)) = (rs.get(k), outs.get(k)) {
