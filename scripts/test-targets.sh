@@ -4,8 +4,9 @@
 #
 #   1. imports stories260K from ../shared/fixtures (or $EDGEQ_FIXTURES) and
 #      quantizes it to Q8 (per channel) and Q4 (g32 sym) with the host CLI;
-#   2. runs `edgeq run MODEL --temp 0 -n $TOKENS --ctx $MAX_SEQ` on the host
-#      for the reference text and token ids;
+#   2. runs `edgeq run MODEL --temp 0 -n $TOKENS --ctx $MAX_SEQ --kv KV` on
+#      the host for the reference text and token ids (once per model and KV
+#      cache precision a variant uses);
 #   3. builds each firmware (targets/, its own cargo workspace) with the model
 #      embedded, runs it under qemu-system-arm / qemu-system-riscv32, and
 #      compares its text and token ids with the host's byte for byte;
@@ -16,7 +17,12 @@
 # Variants: Cortex-M4F (mps2-an386) and RV32IMAC (virt) with Q8 and Q4 and a
 # static arena; both with the `heap` feature (embedded-alloc LlffHeap) on Q4;
 # Cortex-M3 (thumbv7m, soft float, mps2-an385) on Q4; the Cortex-M4F `defmt`
-# build (built and run to a clean exit; its output is defmt frames).
+# build (built and run to a clean exit; its output is defmt frames); Q4 with
+# the `size` profile in 256 KiB of flash; and the "-64k" builds: Q4, `size`,
+# an int8 KV cache (EDGEQ_KV=q8) and memory.x cut to 256 KiB of flash (Cortex-M4F)
+# and 64 KiB of RAM with 7 KiB of it kept for the stack (EDGEQ_STACK): the
+# link fails if the statics leave less, and the run fails if the painted
+# stack's high-water mark exceeds that reservation.
 #
 # The host runs with `--kernels scalar`: the firmware targets have no SIMD
 # kernels, and the scalar reference gives bit-identical results on every
@@ -26,7 +32,8 @@
 #
 # Environment: EDGEQ_TOKENS (64), EDGEQ_MAX_SEQ (128), EDGEQ_ACTS (q8, the
 # runtime's default: activations of integer-weight layers quantized to 8
-# bits, int8 dot products; or f32), EDGEQ_HOST_RUN_FLAGS (extra flags for
+# bits, int8 dot products; or f32), EDGEQ_KV (f32: KV cache precision of the
+# variants that do not set their own; f16 or q8), EDGEQ_HOST_RUN_FLAGS (extra flags for
 # the host's `edgeq run`), EDGEQ_QEMU_TIMEOUT (300 s per run), EDGEQ_FIXTURES.
 # Exits non-zero on any build failure, emulator failure or mismatch; skips
 # (exit 0) without the fixtures.
@@ -44,6 +51,7 @@ fi
 TOKENS="${EDGEQ_TOKENS:-64}"
 MAX_SEQ="${EDGEQ_MAX_SEQ:-128}"
 ACTS="${EDGEQ_ACTS:-q8}"
+KV="${EDGEQ_KV:-f32}"
 read -r -a HOST_FLAGS <<<"${EDGEQ_HOST_RUN_FLAGS:-}"
 QEMU_TIMEOUT="${EDGEQ_QEMU_TIMEOUT:-300}"
 W="$ROOT/target/targets"
@@ -77,27 +85,59 @@ quiet() { "$@" >"$W/runs/cmd.log" 2>&1 || { cat "$W/runs/cmd.log"; return 1; }; 
 quiet "$E" import "$SRC/stories260K.bin" --tokenizer "$SRC/tok512.bin" -o "$W/stories260K.eqf"
 quiet "$E" quantize "$W/stories260K.eqf" --method rtn --bits 8 --group -1 -o "$W/stories260K-q8.eqf"
 quiet "$E" quantize "$W/stories260K.eqf" --method rtn --bits 4 --group 32 --sym -o "$W/stories260K-q4.eqf"
+# The host's reference for model $1 with KV cache $2: runs/host-$1-$2.{txt,tokens}
+host_ref() {
+    local q="$1" kv="$2" h="$W/runs/host-$1-$2"
+    [ -f "$h.tokens" ] && return 0
+    "$E" run "$W/stories260K-$q.eqf" --temp 0 -n "$TOKENS" --ctx "$MAX_SEQ" --acts "$ACTS" --kv "$kv" --kernels scalar --show-tokens "${HOST_FLAGS[@]}" \
+        >"$h.txt" 2>"$h.err" || { cat "$h.err"; return 1; }
+    grep '^tokens: ' "$h.err" >"$h.tokens"
+    echo "host $q, KV $kv: $(head -c 100 "$h.txt")..."
+}
+rm -f "$W"/runs/host-*
 for q in q8 q4; do
-    "$E" run "$W/stories260K-$q.eqf" --temp 0 -n "$TOKENS" --ctx "$MAX_SEQ" --acts "$ACTS" --kernels scalar --show-tokens "${HOST_FLAGS[@]}" \
-        >"$W/runs/host-$q.txt" 2>"$W/runs/host-$q.err"
-    grep '^tokens: ' "$W/runs/host-$q.err" >"$W/runs/host-$q.tokens"
-    echo "host $q: $(head -c 100 "$W/runs/host-$q.txt")..."
+    host_ref "$q" "$KV"
 done
 
 FAIL=0
 ROWS=()
 
+# bytes of a memory.x size (256K, 4M, 8192)
+bytes() {
+    case "$1" in
+    *K) echo $((${1%K} * 1024)) ;;
+    *M) echo $((${1%M} * 1048576)) ;;
+    *) echo "$1" ;;
+    esac
+}
+
 # variant name, crate dir, rust target, features, model, qemu command (before
-# the image), [check: text | defmt], [cargo profile], [flash size limit]
+# the image), then any of: check=text|defmt, profile=NAME (release),
+# kv=f32|f16|q8 ($KV), flash=SIZE, ram=SIZE (memory.x; default 4M each),
+# stack=SIZE (RAM kept for the stack: EDGEQ_STACK, default 8K)
 run_variant() {
-    local name="$1" crate="$2" triple="$3" features="$4" q="$5" qemu="$6" check="${7:-text}"
-    local profile="${8:-release}" flash_limit="${9:-}"
-    local model="$W/stories260K-$q.eqf" elf="$W/elf/$name.elf" log="$W/runs/$name.log"
+    local name="$1" crate="$2" triple="$3" features="$4" q="$5" qemu="$6"
+    shift 6
+    local check=text profile=release kv="$KV" flash_limit="" ram_limit="" stack=""
+    local o
+    for o in "$@"; do
+        case "$o" in
+        check=*) check="${o#*=}" ;;
+        profile=*) profile="${o#*=}" ;;
+        kv=*) kv="${o#*=}" ;;
+        flash=*) flash_limit="${o#*=}" ;;
+        ram=*) ram_limit="${o#*=}" ;;
+        stack=*) stack="${o#*=}" ;;
+        *) echo "run_variant $name: unknown option $o"; exit 2 ;;
+        esac
+    done
+    local model="$W/stories260K-$q.eqf" elf="$W/elf/$name.elf" log="$W/runs/$name.log" host="$W/runs/host-$q-$kv"
     echo "== $name: build"
     local feat=()
     [ -n "$features" ] && feat=(--features "$features")
-    if ! (cd targets && EDGEQ_MODEL="$model" EDGEQ_TOKENS="$TOKENS" EDGEQ_MAX_SEQ="$MAX_SEQ" EDGEQ_ACTS="$ACTS" \
-        EDGEQ_FLASH="$flash_limit" cargo build -q --profile "$profile" -p "edgeq-fw-$crate" --target "$triple" "${feat[@]}"); then
+    if ! (cd targets && EDGEQ_MODEL="$model" EDGEQ_TOKENS="$TOKENS" EDGEQ_MAX_SEQ="$MAX_SEQ" EDGEQ_ACTS="$ACTS" EDGEQ_KV="$kv" \
+        EDGEQ_FLASH="$flash_limit" EDGEQ_RAM="$ram_limit" EDGEQ_STACK="$stack" \
+        cargo build -q --profile "$profile" -p "edgeq-fw-$crate" --target "$triple" "${feat[@]}"); then
         echo "FAIL $name: build"
         FAIL=1
         return
@@ -117,16 +157,21 @@ run_variant() {
         return
     fi
     local verdict="ok"
+    if [ "$check" = text ] && ! host_ref "$q" "$kv"; then
+        echo "FAIL $name: no host reference"
+        FAIL=1
+        return
+    fi
     if [ "$check" = text ]; then
         awk '/^\[edgeq:text\]$/{f=1;next} /^\[edgeq:end\]$/{f=0} f' "$log" >"$W/runs/$name.txt"
         grep '^tokens: ' "$log" >"$W/runs/$name.tokens" || true
-        if cmp -s "$W/runs/$name.txt" "$W/runs/host-$q.txt" && cmp -s "$W/runs/$name.tokens" "$W/runs/host-$q.tokens"; then
+        if cmp -s "$W/runs/$name.txt" "$host.txt" && cmp -s "$W/runs/$name.tokens" "$host.tokens"; then
             echo "$name: text and tokens equal the host's ($(grep -o 'generated=[0-9]*' "$log"))"
         else
             verdict="MISMATCH"
             FAIL=1
             echo "FAIL $name: output differs from the host's"
-            python3 - "$W/runs/$name.tokens" "$W/runs/host-$q.tokens" <<'EOF' || true
+            python3 - "$W/runs/$name.tokens" "$host.tokens" <<'EOF' || true
 import sys
 def ids(p):
     s = open(p).read().strip()
@@ -136,7 +181,7 @@ i = next((i for i, (a, b) in enumerate(zip(fw, host)) if a != b), min(len(fw), l
 print(f"  first difference at token {i}: firmware {fw[i] if i < len(fw) else 'end'}, host {host[i] if i < len(host) else 'end'}"
       f" (firmware {len(fw)} ids, host {len(host)})")
 EOF
-            diff <(fold -w 100 "$W/runs/host-$q.txt") <(fold -w 100 "$W/runs/$name.txt") | head -10 || true
+            diff <(fold -w 100 "$host.txt") <(fold -w 100 "$W/runs/$name.txt") | head -10 || true
         fi
     else
         verdict="runs (defmt frames)"
@@ -146,17 +191,37 @@ EOF
     # code, read-only data incl. the model, .data's initial values); static
     # RAM = .data + .bss + .uninit
     local flash ram
-    flash=$("$SIZE" -A -d "$elf" | awk '$1 ~ /^\.(vector_table|text|rodata|data|init)$/ {s += $2} END {print s}')
+    flash=$("$SIZE" -A -d "$elf" | awk '$1 ~ /^\.(vector_table|text|rodata|data|init|init\.rust|eh_frame)$/ {s += $2} END {print s}')
     ram=$("$SIZE" -A -d "$elf" | awk '$1 ~ /^\.(data|bss|uninit)$/ {s += $2} END {print s}')
-    local stats hwm tps arena
+    local stats hwm tps arena region
     stats=$(grep '^stats: ' "$log" || true)
     field() { echo "$stats" | grep -o "\b$1=[0-9.]*" | cut -d= -f2 || true; }
     hwm=$(field stack_hwm_bytes)
     tps=$(field emulated_tok_per_s)
     arena=$(field arena_bytes)
+    region=$(field stack_region_bytes)
+    # The stack must have stayed in its region (a high-water mark that
+    # reaches the region's bottom means it ran into the statics) and within
+    # what the build kept for it; static RAM + stack within the RAM limit.
+    if [[ "$hwm" =~ ^[0-9]+$ ]]; then
+        local why=""
+        [[ "$region" =~ ^[0-9]+$ ]] && [ "$hwm" -ge "$region" ] && why="stack high-water mark $hwm reaches the bottom of its $region-byte region (overflow)"
+        [ -n "$stack" ] && [ "$hwm" -gt "$(bytes "$stack")" ] && why="stack high-water mark $hwm > the $stack kept for it (EDGEQ_STACK)"
+        [ -n "$ram_limit" ] && [ $((ram + hwm)) -gt "$(bytes "$ram_limit")" ] && why="static RAM $ram + stack $hwm > RAM $ram_limit"
+        if [ -n "$why" ]; then
+            echo "FAIL $name: $why"
+            verdict="$verdict, but: $why"
+            FAIL=1
+        elif [ -n "$ram_limit" ]; then
+            echo "$name: static RAM $ram + stack $hwm = $((ram + hwm)) of $(bytes "$ram_limit") bytes ($((ram + hwm - $(bytes "$ram_limit"))))"
+        fi
+    fi
+    if [ -n "$flash_limit" ]; then
+        echo "$name: flash $flash of $(bytes "$flash_limit") bytes ($((flash - $(bytes "$flash_limit"))))"
+    fi
     local model_bytes
     model_bytes=$(stat -c %s "$model")
-    ROWS+=("$name|$triple|$q|${features:+$features, }$profile${flash_limit:+, FLASH $flash_limit}|$flash|$model_bytes|$ram|${arena:-?}|${hwm:-?}|${tps:-?}|$(printf %.1f "$wall")|$verdict")
+    ROWS+=("$name|$triple|$q|$kv|${features:+$features, }$profile${flash_limit:+, FLASH $flash_limit}${ram_limit:+, RAM $ram_limit}${stack:+ (stack $stack)}|$flash|$model_bytes|$ram|${arena:-?}|${hwm:-?}|${tps:-?}|$(printf %.1f "$wall")|$verdict")
 }
 
 ARM_M4="qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic -semihosting-config enable=on,target=native -kernel"
@@ -165,28 +230,32 @@ RV32="qemu-system-riscv32 -machine virt -bios none -nographic -kernel"
 
 run_variant cortex-m4f-q8 cortex-m4 thumbv7em-none-eabihf "" q8 "$ARM_M4"
 run_variant cortex-m4f-q4 cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4"
-run_variant cortex-m4f-q4-size cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" text size 256K
+run_variant cortex-m4f-q4-size cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size flash=256K
+run_variant cortex-m4f-q4-64k cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size kv=q8 flash=256K ram=64K stack=7K
 run_variant cortex-m4f-q4-heap cortex-m4 thumbv7em-none-eabihf heap q4 "$ARM_M4"
-run_variant cortex-m4f-q4-defmt cortex-m4 thumbv7em-none-eabihf defmt q4 "$ARM_M4" defmt
+run_variant cortex-m4f-q4-defmt cortex-m4 thumbv7em-none-eabihf defmt q4 "$ARM_M4" check=defmt
 run_variant cortex-m3-q4 cortex-m4 thumbv7m-none-eabi "" q4 "$ARM_M3"
 run_variant riscv32-q8 riscv32 riscv32imac-unknown-none-elf "" q8 "$RV32"
 run_variant riscv32-q4 riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32"
 run_variant riscv32-q4-heap riscv32 riscv32imac-unknown-none-elf heap q4 "$RV32"
+# (flash not cut to 256K: RV32IMAC's code does not fit it, see docs/TARGETS.md)
+run_variant riscv32-q4-64k riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32" profile=size kv=q8 ram=64K stack=7K
 
 kb() { [[ "$1" =~ ^[0-9]+$ ]] && awk -v b="$1" 'BEGIN {printf "%.1f", b / 1024}' || echo "$1"; }
 {
-    echo "stories260K, greedy, $TOKENS tokens from BOS, context $MAX_SEQ (KV cache f32), activations $ACTS. Sizes in KiB (1024 bytes)."
+    echo "stories260K, greedy, $TOKENS tokens from BOS, context $MAX_SEQ, activations $ACTS. Sizes in KiB (1024 bytes)."
     echo "Flash = vector table + code + read-only data (model included) + initial values of .data;"
     echo "static RAM = .data + .bss (the arena, or with \`heap\` the heap it is allocated from);"
-    echo "stack = high-water mark of the painted stack. Tokens/s are QEMU's (TCG, on the CI machine): **not a speed**."
+    echo "stack = high-water mark of the painted stack. FLASH/RAM: the memory.x regions the build is linked for (4 MiB each otherwise)."
+    echo "Tokens/s are QEMU's (TCG, on the CI machine): **not a speed**."
     echo
-    echo "| build | rust target | model | features, profile | flash | of which model | static RAM | of which arena | stack | RAM total | tok/s under emulation (not a speed) | text vs host |"
-    echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| build | rust target | model | KV cache | features, profile, memory | flash | of which model | static RAM | of which arena | stack | RAM total | tok/s under emulation (not a speed) | text vs host |"
+    echo "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r name triple q features flash model ram arena hwm tps wall verdict <<<"$r"
+        IFS='|' read -r name triple q kv features flash model ram arena hwm tps wall verdict <<<"$r"
         total="?"
         [[ "$ram" =~ ^[0-9]+$ && "$hwm" =~ ^[0-9]+$ ]] && total=$((ram + hwm))
-        echo "| $name | \`$triple\` | $q | $features | $(kb "$flash") | $(kb "$model") | $(kb "$ram") | $(kb "$arena") | $(kb "$hwm") | $(kb "$total") | $tps | $verdict |"
+        echo "| $name | \`$triple\` | $q | $kv | $features | $(kb "$flash") | $(kb "$model") | $(kb "$ram") | $(kb "$arena") | $(kb "$hwm") | $(kb "$total") | $tps | $verdict |"
     done
 } >"$W/table.md"
 echo

@@ -24,6 +24,10 @@
 //!   built with the environment variable `EDGEQ_RVV=1` (a compile-time
 //!   switch: the binary then requires V), or — with the `std` feature on
 //!   Linux — `getauxval(AT_HWCAP)` has the `V` bit (checked once, cached).
+//! * `armv7em-dsp`: Cortex-M4/M7/M33 targets (`thumbv7em-*`,
+//!   `thumbv8m.main-*`, chosen by `build.rs`): quantized-activation products
+//!   with `SMLAD`, bit-identical to the reference; f32-activation products
+//!   use the scalar reference.
 //! * `scalar`: everything else, and every scheme a SIMD file has no kernel
 //!   for (FP8, BF16; F16 on x86 without F16C).
 //!
@@ -82,6 +86,8 @@ mod aarch64_neon;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64_neon_int;
 
+#[cfg(edgeq_arm_dsp)]
+mod arm_dsp_int;
 #[cfg(target_arch = "riscv64")]
 mod riscv_rvv;
 #[cfg(target_arch = "riscv64")]
@@ -101,6 +107,9 @@ pub enum Implementation {
     /// NEON + `dotprod` (`sdot`) for the quantized-activation kernels.
     NeonDot,
     Rvv,
+    /// Cortex-M DSP extension (`SMLAD`) for the quantized-activation
+    /// kernels; the scalar reference for everything else.
+    ArmDsp,
 }
 
 impl Implementation {
@@ -112,6 +121,7 @@ impl Implementation {
             Implementation::Neon => "aarch64-neon",
             Implementation::NeonDot => "aarch64-neon-dotprod",
             Implementation::Rvv => "riscv64-rvv",
+            Implementation::ArmDsp => "armv7em-dsp",
         }
     }
 }
@@ -127,13 +137,14 @@ mod cache {
     use core::sync::atomic::{AtomicU8, Ordering};
 
     static IMPL: AtomicU8 = AtomicU8::new(0);
-    const ALL: [Implementation; 6] = [
+    const ALL: [Implementation; 7] = [
         Implementation::Scalar,
         Implementation::Avx2Fma,
         Implementation::Avx2FmaF16c,
         Implementation::Neon,
         Implementation::NeonDot,
         Implementation::Rvv,
+        Implementation::ArmDsp,
     ];
 
     #[inline]
@@ -205,13 +216,14 @@ const RVV_STATIC: bool =
 
 /// A forced implementation: 0 = none, else `1 + index` in [`ALL_IMPLS`].
 static FORCED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-const ALL_IMPLS: [Implementation; 6] = [
+const ALL_IMPLS: [Implementation; 7] = [
     Implementation::Scalar,
     Implementation::Avx2Fma,
     Implementation::Avx2FmaF16c,
     Implementation::Neon,
     Implementation::NeonDot,
     Implementation::Rvv,
+    Implementation::ArmDsp,
 ];
 
 /// Makes [`matmul`] and [`matmul_q8`] use `imp` from now on (process-wide),
@@ -276,10 +288,15 @@ pub fn detected() -> Implementation {
             Implementation::Scalar
         }
     }
+    #[cfg(edgeq_arm_dsp)]
+    {
+        Implementation::ArmDsp
+    }
     #[cfg(not(any(
         all(target_arch = "x86_64", not(target_os = "none")),
         all(target_arch = "aarch64", target_feature = "neon"),
-        target_arch = "riscv64"
+        target_arch = "riscv64",
+        edgeq_arm_dsp
     )))]
     {
         Implementation::Scalar
@@ -338,6 +355,8 @@ pub fn matmul_q8_with(imp: Implementation, y: &mut [f32], w: &TensorView<'_>, a:
             // SAFETY: `is_available` confirmed V; arguments passed `q8_args_ok`.
             unsafe { riscv_rvv_int::matmul(y, w, a, rows) }
         }
+        #[cfg(edgeq_arm_dsp)]
+        Implementation::ArmDsp => arm_dsp_int::matmul(y, w, a, rows),
         _ => scalar_int::matmul(y, w, a, rows),
     }
     true
@@ -405,6 +424,7 @@ pub fn available() -> impl Iterator<Item = Implementation> {
         Implementation::Neon,
         Implementation::NeonDot,
         Implementation::Rvv,
+        Implementation::ArmDsp,
     ]
     .into_iter()
     .filter(|&i| is_available(i))

@@ -10,11 +10,12 @@
 //! | `EDGEQ_TOP_P` | 0.9 | nucleus threshold when `EDGEQ_TEMP` > 0 |
 //! | `EDGEQ_SEED` | 42 | sampler seed |
 //! | `EDGEQ_ACTS` | (the runtime's default) | activations of integer-weight layers: `f32` (exact) or `q8` (8-bit, the fast path) |
+//! | `EDGEQ_KV` | `f32` | KV cache precision: `f32`, `f16` or `q8` (int8 with an f16 scale per head vector) |
 //!
 //! The model is validated here with the runtime (so a bad file fails the
 //! build, not the board) and the arena is sized with
-//! `edgeq_runtime::arena_bytes(cfg, max_seq, 1)`: the same function the
-//! firmware's `Session::new` checks against.
+//! `edgeq_runtime::arena_bytes_with(cfg, max_seq, 1, kv)`: the same function
+//! the firmware's `Session::with_options` checks against.
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
@@ -72,8 +73,15 @@ fn main() {
         "q8" => "Some(edgeq_runtime::Activations::Q8)",
         o => panic!("EDGEQ_ACTS={o:?}: expected f32 or q8"),
     };
+    let kv_name: String = var("EDGEQ_KV", "f32".to_string()).to_ascii_lowercase();
+    let (kv, kv_variant) = match kv_name.as_str() {
+        "f32" => (edgeq_runtime::KvCache::F32, "F32"),
+        "f16" => (edgeq_runtime::KvCache::F16, "F16"),
+        "q8" => (edgeq_runtime::KvCache::Q8, "Q8"),
+        o => panic!("EDGEQ_KV={o:?}: expected f32, f16 or q8"),
+    };
     let max_seq = max_seq.clamp(1, cfg.max_seq_len as usize);
-    let arena = edgeq_runtime::arena_bytes(&cfg, max_seq, 1);
+    let arena = edgeq_runtime::arena_bytes_with(&cfg, max_seq, 1, kv);
     // Sampling with a temperature rewrites the logits: the firmware copies
     // them into a buffer of the vocabulary's size after the session's arena.
     let logits = if temp > 0.0 { 4 * cfg.vocab_size as usize } else { 0 };
@@ -89,7 +97,9 @@ fn main() {
     writeln!(s, "pub const TOKENS: usize = {tokens};").unwrap();
     writeln!(s, "/// Context of the session.").unwrap();
     writeln!(s, "pub const MAX_SEQ: usize = {max_seq};").unwrap();
-    writeln!(s, "/// `edgeq_runtime::arena_bytes(cfg, MAX_SEQ, 1)`.").unwrap();
+    writeln!(s, "/// KV cache precision.").unwrap();
+    writeln!(s, "pub const KV: edgeq_runtime::KvCache = edgeq_runtime::KvCache::{kv_variant};").unwrap();
+    writeln!(s, "/// `edgeq_runtime::arena_bytes_with(cfg, MAX_SEQ, 1, KV)`.").unwrap();
     writeln!(s, "pub const SESSION_BYTES: usize = {arena};").unwrap();
     writeln!(
         s,

@@ -4,7 +4,8 @@
 //!   in flash (`.rodata`) at a 64-byte aligned address through [`Aligned`]
 //!   (the EQF reader needs 64; plain `include_bytes!` gives 1);
 //! * [`arena`]: the session's KV cache and scratch, [`config::ARENA_BYTES`]
-//!   bytes computed by the build script with `edgeq_runtime::arena_bytes`,
+//!   bytes computed by the build script with `edgeq_runtime::arena_bytes_with`
+//!   for the KV cache precision of `EDGEQ_KV`,
 //!   in a zero-initialised static ([`StaticCell`], in `.bss`, no `static mut`)
 //!   or, with the `heap` feature, allocated from an `embedded-alloc`
 //!   `LlffHeap`;
@@ -23,7 +24,7 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 use edgeq_runtime::tokenizer::{Tokenizer, TokenizerError};
-use edgeq_runtime::{MatmulOpts, Model, RuntimeError, Sampler, SamplerConfig, Session};
+use edgeq_runtime::{MatmulOpts, Model, RuntimeError, Sampler, SamplerConfig, Session, SessionOptions};
 
 /// The build-time configuration (`EDGEQ_*` variables; see `build.rs`).
 pub mod config {
@@ -200,6 +201,12 @@ pub struct Report {
 /// newline): it stops early at EOS or BOS, and when the context is full.
 /// `clock` is any monotonic tick counter (only differences are used).
 /// The token ids (BOS, then each generated one) go to `ids` while it has room.
+///
+/// Stack: the model's validation ([`load`]), the header and the figures
+/// ([`run`]) each run in a frame of their own (`inline(never)`), so that
+/// only the model, tokenizer and session handles are on the stack below
+/// `Session::step`, the deepest call.
+#[inline(never)]
 pub fn generate<C: Console + ?Sized>(
     model_bytes: &[u8],
     arena: &mut [u8],
@@ -208,19 +215,32 @@ pub fn generate<C: Console + ?Sized>(
     clock: &mut dyn FnMut() -> u64,
 ) -> Result<Report, Error> {
     let t0 = clock();
-    let model = Model::from_bytes(model_bytes)?;
-    let tok = Tokenizer::parse(model.eqf.tokenizer_bytes())?;
+    // The model, tokenizer and session are used where they were returned
+    // (borrowed out of their `Result`s, not moved out: a move would keep a
+    // second copy in this frame).
+    let loaded = load(model_bytes);
+    let (model, tok) = match &loaded {
+        Ok((model, tok)) => (model, tok),
+        Err(e) => return Err(*e),
+    };
     let t1 = clock();
-    let cfg = model.cfg;
-    let bos = tok.bos().unwrap_or(cfg.bos_id);
-    if bos >= cfg.vocab_size {
+    // (the three ids, not a 128-byte copy of the config on the stack)
+    let (bos_id, eos_id, vocab) = (model.cfg.bos_id, model.cfg.eos_id, model.cfg.vocab_size);
+    let bos = tok.bos().unwrap_or(bos_id);
+    if bos >= vocab {
         return Err(Error::NoBos);
     }
     let (arena, logits_copy) = arena.split_at_mut(config::SESSION_BYTES.min(arena.len()));
-    let mut s = Session::new(&model, arena, config::MAX_SEQ, 1)?;
+    let mut matmul = MatmulOpts::default();
     if let Some(acts) = config::ACTS {
-        s.set_matmul(MatmulOpts { acts, threads: 1 });
+        matmul = MatmulOpts { acts, threads: 1 };
     }
+    let opts = SessionOptions { kv: config::KV, matmul };
+    let mut session = Session::with_options(model, arena, config::MAX_SEQ, 1, opts);
+    let s = match &mut session {
+        Ok(s) => s,
+        Err(e) => return Err((*e).into()),
+    };
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: config::TEMPERATURE,
         top_p: config::TOP_P,
@@ -245,7 +265,7 @@ pub fn generate<C: Console + ?Sized>(
         } else {
             edgeq_runtime::sampler::argmax(logits)
         };
-        if next == cfg.eos_id || next == cfg.bos_id {
+        if next == eos_id || next == bos_id {
             break;
         }
         if let Ok(p) = tok.decode_piece(prev, next) {
@@ -267,6 +287,15 @@ pub fn generate<C: Console + ?Sized>(
         t_load: t1.wrapping_sub(t0),
         t_gen: t2.wrapping_sub(t1),
     })
+}
+
+/// Validates the model (CRCs included) and parses its tokenizer, in a frame
+/// of its own: the temporaries of validation are gone before generation.
+#[inline(never)]
+pub fn load(model_bytes: &[u8]) -> Result<(Model<'_>, Tokenizer<'_>), Error> {
+    let model = Model::from_bytes(model_bytes)?;
+    let tok = Tokenizer::parse(model.eqf.tokenizer_bytes())?;
+    Ok((model, tok))
 }
 
 /// The first `n` f32 of a 4-byte aligned byte buffer (the build sizes it).
@@ -302,17 +331,19 @@ pub mod stack {
 }
 
 /// Writes the run's header line.
+#[inline(never)]
 pub fn write_header(out: &mut (impl Console + ?Sized), target: &str) {
     use fmt::Write;
     let _ = writeln!(
         Fmt(out),
-        "edgeq firmware: {target}, model {} ({} bytes at {:p}), arena {} bytes ({}), max_seq {}, tokens {}, temperature {}, activations {}",
+        "edgeq firmware: {target}, model {} ({} bytes at {:p}), arena {} bytes ({}), max_seq {}, kv {}, tokens {}, temperature {}, activations {}",
         config::MODEL_NAME,
         config::MODEL_BYTES,
         MODEL.0.as_ptr(),
         config::ARENA_BYTES,
         if cfg!(feature = "heap") { "LlffHeap" } else { "static" },
         config::MAX_SEQ,
+        config::KV.name(),
         config::TOKENS,
         config::TEMPERATURE_TEXT,
         config::ACTS_NAME,
@@ -355,6 +386,15 @@ pub fn run(
             return false;
         }
     };
+    write_stats(out, &r, ids, ticks_per_s, stack);
+    true
+}
+
+/// Writes the `stats:` line and the token ids (after generation, in a frame
+/// of its own).
+#[inline(never)]
+fn write_stats(out: &mut (impl Console + ?Sized), r: &Report, ids: &[u32], ticks_per_s: u64, stack: Option<(usize, usize)>) {
+    use fmt::Write;
     let ms = |t: u64| t.saturating_mul(1000) / ticks_per_s.max(1);
     let gen_ms = ms(r.t_gen);
     // tokens/s ×100, in integers (no float formatting code in flash)
@@ -388,5 +428,4 @@ pub fn run(
         let _ = write!(Fmt(out), "{}{t}", if i > 0 { ", " } else { "" });
     }
     let _ = writeln!(Fmt(out), "]");
-    true
 }
