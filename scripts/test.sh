@@ -19,3 +19,5 @@ echo "== SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar refe
 scripts/test-cross.sh
 echo "== firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"
 scripts/test-targets.sh
+echo "== edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under qemu-user"
+scripts/test-board-bench.sh
