@@ -21,3 +21,5 @@ echo "== firmware under QEMU system emulation against the host (Cortex-M4F, Cort
 scripts/test-targets.sh
 echo "== edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under qemu-user"
 scripts/test-board-bench.sh
+echo "== C API: libedgeq.a (hosted and kernel-style bare metal) driven from C, checked against the host"
+scripts/test-capi.sh
