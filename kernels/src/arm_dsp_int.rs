@@ -11,7 +11,6 @@
 //! `thumbv7em-*` or `thumbv8m.main-*` target (see `build.rs`: stable Rust
 //! has no `dsp` target-feature cfg).
 use crate::act_q8::{Q8Acts, QK};
-use crate::support::f16_to_f32;
 use core::arch::asm;
 use core::ops::Range;
 use edgeq_core::{Scheme, TensorView};
@@ -113,29 +112,12 @@ fn isum(scheme: Scheme, w: &[u8], a: &[u8]) -> i32 {
 /// `support::q8_args_ok(y, w, a, &rows)` must hold (checked by the caller).
 pub(crate) fn matmul(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>) {
     let scheme = w.scheme();
-    let n_rows = w.rows();
-    let bpg = w.layout.group_len as usize / QK;
-    let wbytes = QK * scheme.code_bits() as usize / 8;
-    let asym = scheme.is_asym();
-    for r in rows {
-        let codes = w.row_codes(r);
-        let scales = w.row_scales_f16(r);
-        let mins = w.row_mins(r);
-        for i in 0..a.t {
-            let ac: &[u8] = bytemuck::cast_slice(a.codes(i));
-            let (ad, asums, ads) = (a.scales(i), a.sums(i), a.dsums(i));
-            let (mut acc, mut macc) = (0.0f32, 0.0f32);
-            for b in 0..a.blocks {
-                let g = b / bpg;
-                let raw = isum(scheme, &codes[b * wbytes..(b + 1) * wbytes], &ac[b * QK..(b + 1) * QK]);
-                let isum = if scheme == Scheme::Q4Sym { raw - 8 * asums[b] } else { raw };
-                let c = f16_to_f32(scales[g].to_bits()) * ad[b];
-                acc += c * isum as f32;
-                if asym {
-                    macc += f16_to_f32(mins[g].to_bits()) * ads[b];
-                }
-            }
-            y[i * n_rows + r] = acc + macc;
+    crate::scalar_int::combine(y, w, a, rows, |wb, ab, asum| {
+        let raw = isum(scheme, wb, bytemuck::cast_slice(ab));
+        if scheme == Scheme::Q4Sym {
+            raw - 8 * asum
+        } else {
+            raw
         }
-    }
+    });
 }

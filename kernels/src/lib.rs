@@ -137,15 +137,7 @@ mod cache {
     use core::sync::atomic::{AtomicU8, Ordering};
 
     static IMPL: AtomicU8 = AtomicU8::new(0);
-    const ALL: [Implementation; 7] = [
-        Implementation::Scalar,
-        Implementation::Avx2Fma,
-        Implementation::Avx2FmaF16c,
-        Implementation::Neon,
-        Implementation::NeonDot,
-        Implementation::Rvv,
-        Implementation::ArmDsp,
-    ];
+    use super::ALL_IMPLS as ALL;
 
     #[inline]
     pub fn get(detect: fn() -> Implementation) -> Implementation {
@@ -417,17 +409,7 @@ pub fn is_available(imp: Implementation) -> bool {
 
 /// Every implementation available on this machine, reference first.
 pub fn available() -> impl Iterator<Item = Implementation> {
-    [
-        Implementation::Scalar,
-        Implementation::Avx2Fma,
-        Implementation::Avx2FmaF16c,
-        Implementation::Neon,
-        Implementation::NeonDot,
-        Implementation::Rvv,
-        Implementation::ArmDsp,
-    ]
-    .into_iter()
-    .filter(|&i| is_available(i))
+    ALL_IMPLS.into_iter().filter(|&i| is_available(i))
 }
 
 /// Dot product of two equal-length f32 slices with 8 independent partial

@@ -6,8 +6,7 @@
 //! (`vwmul`/`vwmacc` to i16, `vwredsum` to i32: exact), then combined in
 //! scalar code exactly as [`crate::scalar_int`] does, so results are
 //! bit-identical to the reference.
-use crate::act_q8::{Q8Acts, QK};
-use crate::support::f16_to_f32;
+use crate::act_q8::Q8Acts;
 use core::arch::asm;
 use core::ops::Range;
 use edgeq_core::{Scheme, TensorView};
@@ -103,37 +102,16 @@ unsafe fn isum_q8<const FLIP: bool>(w: *const u8, a: *const i8) -> i32 {
 /// V available; `support::q8_args_ok(y, w, a, &rows)` holds.
 pub(crate) unsafe fn matmul(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>) {
     let scheme = w.scheme();
-    let n_rows = w.rows();
-    let bpg = w.layout.group_len as usize / QK;
-    let wbytes = QK * scheme.code_bits() as usize / 8;
-    let asym = scheme.is_asym();
-    for r in rows {
-        let codes = w.row_codes(r);
-        let scales = w.row_scales_f16(r);
-        let mins = w.row_mins(r);
-        for i in 0..a.t {
-            let (ac, ad, asums, ads) = (a.codes(i), a.scales(i), a.sums(i), a.dsums(i));
-            let (mut acc, mut macc) = (0.0f32, 0.0f32);
-            for b in 0..a.blocks {
-                let g = b / bpg;
-                let (wb, ab) = (&codes[b * wbytes..(b + 1) * wbytes], &ac[b * QK..(b + 1) * QK]);
-                // SAFETY: `wb` holds the block's 16 or 32 code bytes and `ab`
-                // its 32 activation codes (slices above); V (contract).
-                let isum = unsafe {
-                    match scheme {
-                        Scheme::Q4Sym => isum_q4(wb.as_ptr(), ab.as_ptr()) - 8 * asums[b],
-                        Scheme::Q4Asym => isum_q4(wb.as_ptr(), ab.as_ptr()),
-                        Scheme::Q8Sym => isum_q8::<false>(wb.as_ptr(), ab.as_ptr()),
-                        _ => isum_q8::<true>(wb.as_ptr(), ab.as_ptr()) + 128 * asums[b],
-                    }
-                };
-                let c = f16_to_f32(scales[g].to_bits()) * ad[b];
-                acc += c * isum as f32;
-                if asym {
-                    macc += f16_to_f32(mins[g].to_bits()) * ads[b];
-                }
+    crate::scalar_int::combine(y, w, a, rows, |wb, ab, asum| {
+        // SAFETY: `combine` passes the block's 16 or 32 code bytes and its 32
+        // activation codes; V is available (contract).
+        unsafe {
+            match scheme {
+                Scheme::Q4Sym => isum_q4(wb.as_ptr(), ab.as_ptr()) - 8 * asum,
+                Scheme::Q4Asym => isum_q4(wb.as_ptr(), ab.as_ptr()),
+                Scheme::Q8Sym => isum_q8::<false>(wb.as_ptr(), ab.as_ptr()),
+                _ => isum_q8::<true>(wb.as_ptr(), ab.as_ptr()) + 128 * asum,
             }
-            y[i * n_rows + r] = acc + macc;
         }
-    }
+    });
 }

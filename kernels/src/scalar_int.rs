@@ -65,6 +65,18 @@ pub fn matmul(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usi
         return;
     }
     let scheme = w.scheme();
+    combine(y, w, a, rows, |wb, ab, _| block_isum(scheme, wb, ab));
+}
+
+/// The reference combination of exact block dot products, shared by every
+/// implementation that computes `isum` in its own instructions and is then
+/// bit-identical to the reference by construction (RVV, Cortex-M DSP):
+/// `isum(weight block bytes, activation codes, Σ activation codes)` must
+/// return [`block_isum`]'s value. Arguments as checked by
+/// `support::q8_args_ok`.
+#[inline(always)]
+pub(crate) fn combine<F: Fn(&[u8], &[i8], i32) -> i32>(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>, isum: F) {
+    let scheme = w.scheme();
     let n_rows = w.rows();
     let bpg = w.layout.group_len as usize / QK;
     let wbytes = QK * scheme.code_bits() as usize / 8;
@@ -74,11 +86,11 @@ pub fn matmul(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usi
         let scales = w.row_scales_f16(r);
         let mins = w.row_mins(r);
         for i in 0..a.t {
-            let (ac, ad, ads) = (a.codes(i), a.scales(i), a.dsums(i));
+            let (ac, ad, asums, ads) = (a.codes(i), a.scales(i), a.sums(i), a.dsums(i));
             let (mut acc, mut macc) = (0.0f32, 0.0f32);
             for b in 0..a.blocks {
                 let g = b / bpg;
-                let isum = block_isum(scheme, &codes[b * wbytes..(b + 1) * wbytes], &ac[b * QK..(b + 1) * QK]);
+                let isum = isum(&codes[b * wbytes..(b + 1) * wbytes], &ac[b * QK..(b + 1) * QK], asums[b]);
                 let c = f16_to_f32(scales[g].to_bits()) * ad[b];
                 acc += c * isum as f32;
                 if asym {
