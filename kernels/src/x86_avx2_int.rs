@@ -316,6 +316,42 @@ unsafe fn widen<const F16C: bool>(src: *const half::f16, n: usize, dst: &mut [f3
     }
 }
 
+/// Weight scale (and, with `mins`, min) of each block `b0..b0+nb` of a row
+/// into `s[..nb]` (`m[..nb]`): vector-converted when groups are single
+/// blocks, one per group otherwise.
+///
+/// # Safety
+/// `sp` (and `mins`) hold the row's `⌈(b0+nb)/bpg⌉` groups; `nb ≤ s.len(),
+/// m.len()`; F16C available when `F16C`.
+#[inline(always)]
+unsafe fn chunk_scales<const F16C: bool>(
+    sp: *const half::f16,
+    mins: Option<*const half::f16>,
+    b0: usize,
+    nb: usize,
+    bpg: usize,
+    s: &mut [f32],
+    m: &mut [f32],
+) {
+    // SAFETY: reads groups (b0 + j) / bpg < ⌈(b0+nb)/bpg⌉ (contract).
+    unsafe {
+        if bpg == 1 {
+            widen::<F16C>(sp.add(b0), nb, s);
+            if let Some(mp) = mins {
+                widen::<F16C>(mp.add(b0), nb, m);
+            }
+        } else {
+            for j in 0..nb.min(s.len()).min(m.len()) {
+                let g = (b0 + j) / bpg;
+                s[j] = f16_to_f32((*sp.add(g)).to_bits());
+                if let Some(mp) = mins {
+                    m[j] = f16_to_f32((*mp.add(g)).to_bits());
+                }
+            }
+        }
+    }
+}
+
 /// Row `r` against tokens `i0..i0+T`: per chunk of blocks, the weight
 /// scales `s` (and mins `m`) are expanded per block, `c_b = s·d_b` and the
 /// `m·dsum_b` terms are vectorized per token, then every block's integer
@@ -355,20 +391,7 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         while b0 < blocks {
             let nb = (blocks - b0).min(CHUNK);
             // Per-block weight scales (and mins) of this chunk.
-            if bpg == 1 {
-                widen::<F16C>(sp.add(b0), nb, s);
-                if B::ASYM {
-                    widen::<F16C>(mp.add(b0), nb, m);
-                }
-            } else {
-                for j in 0..nb {
-                    let g = (b0 + j) / bpg;
-                    s[j] = f16_to_f32((*sp.add(g)).to_bits());
-                    if B::ASYM {
-                        m[j] = f16_to_f32((*mp.add(g)).to_bits());
-                    }
-                }
-            }
+            chunk_scales::<F16C>(sp, if B::ASYM { Some(mp) } else { None }, b0, nb, bpg, s, m);
             s[nb..nb + 8].fill(0.0);
             m[nb..nb + 8].fill(0.0);
             for k in 0..T {
@@ -470,20 +493,7 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
         while b0 < blocks {
             let nb = (blocks - b0).min(CHUNK);
             {
-                if bpg == 1 {
-                    widen::<F16C>(sp.add(b0), nb, s);
-                    if B::ASYM {
-                        widen::<F16C>(mp.add(b0), nb, kk);
-                    }
-                } else {
-                    for j in 0..nb {
-                        let g = (b0 + j) / bpg;
-                        s[j] = f16_to_f32((*sp.add(g)).to_bits());
-                        if B::ASYM {
-                            kk[j] = f16_to_f32((*mp.add(g)).to_bits());
-                        }
-                    }
-                }
+                chunk_scales::<F16C>(sp, if B::ASYM { Some(mp) } else { None }, b0, nb, bpg, s, kk);
                 if !B::ASYM {
                     for j in 0..nb {
                         kk[j] = -8.0 * s[j];
