@@ -1,4 +1,5 @@
 //! The edgeq host: import, quantize, run and evaluate models (the `edgeq` CLI).
+#![deny(unsafe_code)]
 pub mod algo;
 pub mod bench;
 pub mod calib;
@@ -10,6 +11,7 @@ pub mod model_file;
 pub mod npy;
 pub mod quantize;
 pub mod text;
+pub mod tiny;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {

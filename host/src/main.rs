@@ -1,4 +1,5 @@
 //! The `edgeq` command line.
+#![forbid(unsafe_code)]
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgeq_host::{

@@ -18,10 +18,7 @@ pub struct ModelFile {
 impl ModelFile {
     pub fn open(path: &Path) -> Result<ModelFile> {
         let f = File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
-        // SAFETY: the map is read-only; edgeq never writes model files in
-        // place (outputs are renamed over), so the bytes cannot change under us
-        // unless another program truncates the file, the usual mmap caveat.
-        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot mmap {}", path.display()))?;
+        let map = map_readonly(&f, path)?;
         Ok(ModelFile {
             path: path.to_path_buf(),
             map,
@@ -39,15 +36,39 @@ impl ModelFile {
     }
 }
 
+/// Maps `file` (opened from `path`, named in errors) read-only. The one
+/// `unsafe` of the host crate: every memory-mapped reader goes through here.
+#[allow(unsafe_code)]
+pub fn map_readonly(file: &File, path: &Path) -> Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only; edgeq never writes an input file in place
+    // (outputs are renamed over), so the bytes cannot change under us unless
+    // another program truncates or rewrites the file while it is open, the
+    // usual caveat of every mmap-based reader.
+    unsafe { memmap2::Mmap::map(file) }.with_context(|| format!("cannot memory-map {}", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes).map_err(Into::into))
+}
+
+/// Streams an output to `path` atomically: `fill` writes into a temporary
+/// file in the same directory, which is fsynced and renamed over `path` only
+/// when `fill` succeeds; on any error the temporary file is removed and
+/// `path` is untouched.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<File>) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        fill(&mut w).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         if let Ok(d) = File::open(dir) {

@@ -69,7 +69,7 @@ impl Sampler {
         if logits.is_empty() {
             return 0;
         }
-        if !(t > 0.0) {
+        if t.is_nan() || t <= 0.0 {
             return argmax(logits);
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -159,7 +159,7 @@ impl QuantizedLayer {
                 }
             }
             let row = &mut out[r * l.row_stride as usize..(r + 1) * l.row_stride as usize];
-            let pad = if self.grid.sym { (self.grid.maxq() as u32 + 1) / 2 } else { 0 };
+            let pad = if self.grid.sym { (self.grid.maxq() as u32).div_ceil(2) } else { 0 };
             for c in 0..l.padded_cols as usize {
                 let q = if c < self.cols { self.codes[r * self.cols + c] as u32 } else { pad };
                 match spec.scheme {

@@ -15,7 +15,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub fn import(path: &Path) -> Result<ImportedModel> {
-    let g = GgufFile::open(path)?;
+    import_parsed(&GgufFile::open(path)?, path)
+}
+
+/// Converts an already parsed GGUF image (`path` names it in messages and in
+/// the EQF provenance).
+pub fn import_parsed(g: &GgufFile, path: &Path) -> Result<ImportedModel> {
     let p = path.display();
     let arch = g.architecture().context("general.architecture missing")?.to_string();
     ensure!(
@@ -50,7 +55,7 @@ pub fn import(path: &Path) -> Result<ImportedModel> {
     if arch == "qwen2" {
         fl |= flags::ROPE_HALF; // llama.cpp runs qwen2 with NEOX-style rope
     }
-    let tok = tokenizer(&g, vocab).with_context(|| format!("{p}: tokenizer metadata"))?;
+    let tok = tokenizer(g, vocab).with_context(|| format!("{p}: tokenizer metadata"))?;
     let config = ModelConfig {
         arch: ARCH_LLAMA,
         flags: fl,

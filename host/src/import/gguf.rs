@@ -867,9 +867,7 @@ impl GgufFile {
             // Mapping an empty file fails on some platforms; parse reports it.
             Backing::Owned(Vec::new())
         } else {
-            // SAFETY: the mapping is read-only; as with any mmap-based reader the
-            // file must not be truncated or modified while this `GgufFile` lives.
-            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
+            let map = crate::model_file::map_readonly(&file, path)?;
             Backing::Mmap(map)
         };
         let mut g = Self::parse(backing).with_context(|| format!("invalid GGUF file {}", path.display()))?;
@@ -1795,14 +1793,10 @@ impl GgufWriter {
         Ok(v)
     }
 
-    /// Serialise to a file.
+    /// Serialise to a file, atomically (temporary file, fsync, rename).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        let mut w = std::io::BufWriter::new(f);
-        self.write_to(&mut w)
-            .and_then(|_| w.flush().map_err(Into::into))
-            .with_context(|| format!("writing GGUF file {}", path.display()))
+        crate::model_file::write_atomic_with(path, |w| self.write_to(w)).with_context(|| format!("writing GGUF file {}", path.display()))
     }
 
     /// Serialise to any writer.

@@ -315,9 +315,7 @@ impl Shards {
             let file = std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
             let len = file.metadata().with_context(|| format!("cannot stat {}", p.display()))?.len();
             ensure!(len >= 8, "{}: not a safetensors file ({len} bytes: truncated?)", p.display());
-            // SAFETY: read-only mapping; like any mmap-based reader, the file
-            // must not be truncated or modified while the import runs.
-            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", p.display()))?;
+            let map = crate::model_file::map_readonly(&file, &p)?;
             files.push((p, map));
         }
         Ok(Shards { files })
@@ -656,7 +654,8 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
 mod tests {
     use super::*;
     use crate::import::AlignedBytes;
-    use edgeq_runtime::tokenizer::{gpt2_byte_to_char, Tokenizer};
+    use crate::tiny::{byte_level_tokenizer_json, hf_tensors, llama_config_json as stories_config, HfTensor as T};
+    use edgeq_runtime::tokenizer::Tokenizer;
     use edgeq_runtime::{arena_bytes, Model, Session};
     use serde_json::json;
 
@@ -692,13 +691,6 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
-    }
-
-    /// An HF tensor: name, shape, f32 values.
-    struct T {
-        name: String,
-        shape: Vec<usize>,
-        data: Vec<f32>,
     }
 
     fn encode(data: &[f32], dt: Dtype) -> Vec<u8> {
@@ -743,32 +735,6 @@ mod tests {
             let idx = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
             std::fs::write(dir.join("model.safetensors.index.json"), idx.to_string()).unwrap();
         }
-    }
-
-    /// A small byte-level BPE tokenizer.json: 256 byte tokens, a few merges,
-    /// `<|endoftext|>` as token 256 + merges.len().
-    fn byte_level_tokenizer_json() -> String {
-        let mut vocab = serde_json::Map::new();
-        for b in 0..=255u8 {
-            vocab.insert(gpt2_byte_to_char(b).to_string(), b.into());
-        }
-        let merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "o n", "Ġ s"];
-        for m in merges {
-            let id = vocab.len();
-            vocab.insert(m.replace(' ', ""), id.into());
-        }
-        let eot = vocab.len();
-        json!({
-            "version": "1.0",
-            "added_tokens": [{"id": eot, "content": "<|endoftext|>", "special": true, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false}],
-            "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
-        })
-        .to_string()
     }
 
     /// llama2.c's tok512.bin as the Llama-2-style tokenizer.json that
@@ -819,86 +785,6 @@ mod tests {
             "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true, "vocab": vocab, "merges": merges}
         })
         .to_string()
-    }
-
-    /// HF's `permute()` from `convert_llama_weights_to_hf.py`:
-    /// `w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)`:
-    /// row `h*hd + 2i + j` (interleaved pairs) moves to `h*hd + j*hd/2 + i` (halves).
-    fn permute(w: &[f32], n_heads: usize, rows: usize, cols: usize) -> Vec<f32> {
-        let hd = rows / n_heads;
-        let mut out = vec![0f32; w.len()];
-        for h in 0..n_heads {
-            for i in 0..hd / 2 {
-                for j in 0..2 {
-                    let src = h * hd + 2 * i + j;
-                    let dst = h * hd + j * (hd / 2) + i;
-                    out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        out
-    }
-
-    /// The HF tensors of an f32 [`ImportedModel`] (llama2.c import), q/k permuted.
-    fn hf_tensors(m: &ImportedModel) -> Vec<T> {
-        let c = m.config;
-        let mut out = Vec::new();
-        for t in &m.tensors {
-            assert_eq!(t.spec, QuantSpec::F32);
-            let mut data: Vec<f32> = t
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let (rows, cols) = (t.rows as usize, t.cols as usize);
-            let l = t.layer;
-            let (name, vector) = match t.role {
-                TensorRole::TokEmbd => ("model.embed_tokens.weight".to_string(), false),
-                TensorRole::OutputNorm => ("model.norm.weight".to_string(), true),
-                TensorRole::Output => ("lm_head.weight".to_string(), false),
-                TensorRole::AttnNorm => (format!("model.layers.{l}.input_layernorm.weight"), true),
-                TensorRole::FfnNorm => (format!("model.layers.{l}.post_attention_layernorm.weight"), true),
-                TensorRole::Wq => {
-                    data = permute(&data, c.n_heads as usize, rows, cols);
-                    (format!("model.layers.{l}.self_attn.q_proj.weight"), false)
-                }
-                TensorRole::Wk => {
-                    data = permute(&data, c.n_kv_heads as usize, rows, cols);
-                    (format!("model.layers.{l}.self_attn.k_proj.weight"), false)
-                }
-                TensorRole::Wv => (format!("model.layers.{l}.self_attn.v_proj.weight"), false),
-                TensorRole::Wo => (format!("model.layers.{l}.self_attn.o_proj.weight"), false),
-                TensorRole::WGate => (format!("model.layers.{l}.mlp.gate_proj.weight"), false),
-                TensorRole::WUp => (format!("model.layers.{l}.mlp.up_proj.weight"), false),
-                TensorRole::WDown => (format!("model.layers.{l}.mlp.down_proj.weight"), false),
-                r => panic!("unexpected role {r:?}"),
-            };
-            let shape = if vector { vec![cols] } else { vec![rows, cols] };
-            out.push(T { name, shape, data });
-        }
-        out
-    }
-
-    fn stories_config(c: &ModelConfig) -> Value {
-        json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": c.dim,
-            "intermediate_size": c.hidden_dim,
-            "num_hidden_layers": c.n_layers,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "vocab_size": c.vocab_size,
-            "max_position_embeddings": 512,
-            "rope_theta": 10000.0,
-            "rms_norm_eps": 1e-5,
-            "hidden_act": "silu",
-            "tie_word_embeddings": true,
-            "attention_bias": false,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "torch_dtype": "float32",
-        })
     }
 
     /// Logits after every token of each sequence (fed in one batch).

@@ -12,6 +12,13 @@ use std::path::Path;
 
 pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tok_bytes = std::fs::read(tokenizer).with_context(|| format!("cannot read tokenizer {}", tokenizer.display()))?;
+    from_bytes(&bytes, path, &tok_bytes, tokenizer)
+}
+
+/// Parses a checkpoint and its tokenizer held in memory (`path` and
+/// `tokenizer` name them in messages).
+pub fn from_bytes(bytes: &[u8], path: &Path, tok_bytes: &[u8], tokenizer: &Path) -> Result<ImportedModel> {
     let ctx = || format!("{}: not a llama2.c v0 checkpoint", path.display());
     ensure!(bytes.len() >= 28, "{}: file too short for the 28-byte header", ctx());
     let h: Vec<i32> = (0..7)
@@ -45,23 +52,31 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
     );
     let hs = dim / nh;
     let kvd = nkv * hs;
+    // Sizes in f32s; checked, since a hostile header can ask for 2^80 floats.
+    let prod = |v: &[usize]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
     let sizes = [
-        vocab * dim,
-        nl * dim,
-        nl * dim * dim,
-        nl * dim * kvd,
-        nl * dim * kvd,
-        nl * dim * dim,
-        nl * dim,
-        nl * hidden * dim,
-        nl * dim * hidden,
-        nl * hidden * dim,
-        dim,
-        seq * hs / 2,
-        seq * hs / 2,
-        if shared { 0 } else { vocab * dim },
+        prod(&[vocab, dim]),
+        prod(&[nl, dim]),
+        prod(&[nl, dim, dim]),
+        prod(&[nl, dim, kvd]),
+        prod(&[nl, dim, kvd]),
+        prod(&[nl, dim, dim]),
+        prod(&[nl, dim]),
+        prod(&[nl, hidden, dim]),
+        prod(&[nl, dim, hidden]),
+        prod(&[nl, hidden, dim]),
+        Some(dim),
+        prod(&[seq, hs]).map(|n| n / 2),
+        prod(&[seq, hs]).map(|n| n / 2),
+        if shared { Some(0) } else { prod(&[vocab, dim]) },
     ];
-    let need = 28 + 4 * sizes.iter().sum::<usize>();
+    let need = sizes
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b?))
+        .and_then(|n| n.checked_mul(4)?.checked_add(28));
+    let (Some(need), Some(sizes)) = (need, sizes.into_iter().collect::<Option<Vec<usize>>>()) else {
+        bail!("{}: implausible header {h:?}: the weights it implies do not fit in memory", ctx());
+    };
     ensure!(
         bytes.len() >= need,
         "{}: truncated: {} bytes, the header implies {need}",
@@ -77,7 +92,7 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
         .collect();
     let mut off = 0;
     let mut parts = Vec::new();
-    for s in sizes {
+    for &s in &sizes {
         parts.push(&floats[off..off + s]);
         off += s;
     }
@@ -99,9 +114,8 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
         eos_id: 2,
         ..bytemuck::Zeroable::zeroed()
     };
-    let tok_bytes = std::fs::read(tokenizer).with_context(|| format!("cannot read tokenizer {}", tokenizer.display()))?;
     let tokenizer_blob =
-        edgeq_runtime::tokenizer::from_llama2c_bin(&tok_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
+        edgeq_runtime::tokenizer::from_llama2c_bin(tok_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
     let n_tok = edgeq_runtime::tokenizer::Tokenizer::parse(&tokenizer_blob)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?
         .vocab_size();
@@ -132,4 +146,40 @@ pub fn import(path: &Path, tokenizer: &Path) -> Result<ImportedModel> {
         m.push(TensorRole::Output, GLOBAL_LAYER, vocab, dim, parts[13]);
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(h: [i32; 7]) -> Vec<u8> {
+        h.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Fuzz finding (llama2c target): a header whose implied size overflows
+    /// usize panicked with "attempt to multiply with overflow" (and in
+    /// release builds wrapped to a small size, then sliced out of bounds).
+    #[test]
+    fn header_implying_more_than_usize_is_an_error() {
+        let tok = crate::tiny::llama2c_tokenizer();
+        let b = header([1 << 20, 1 << 20, 1 << 20, 1, 1, 1, 1 << 20]);
+        let e = from_bytes(&b, Path::new("x.bin"), &tok, Path::new("t.bin")).err().unwrap();
+        assert!(format!("{e:#}").contains("do not fit in memory"), "{e:#}");
+    }
+
+    #[test]
+    fn tiny_checkpoint_imports_and_truncations_are_errors() {
+        let tok = crate::tiny::llama2c_tokenizer();
+        let ckpt = crate::tiny::llama2c_checkpoint(3);
+        assert!(from_bytes(&ckpt, Path::new("x.bin"), &tok, Path::new("t.bin")).is_ok());
+        for n in [0, 27, 28, 29, ckpt.len() / 2, ckpt.len() - 1] {
+            let e = from_bytes(&ckpt[..n], Path::new("x.bin"), &tok, Path::new("t.bin")).err().unwrap();
+            assert!(format!("{e:#}").contains("x.bin"), "{e:#}");
+        }
+        // A tokenizer of the wrong size is named.
+        let e = from_bytes(&ckpt, Path::new("x.bin"), &tok[..tok.len() - 20], Path::new("t.bin"))
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("t.bin"), "{e:#}");
+    }
 }

@@ -1,0 +1,79 @@
+//! Writes the seed corpora of the fuzz targets (`tests/fuzz`) into
+//! `DIR/<target>/`: small valid inputs built from the tiny synthetic model
+//! (`edgeq_host::tiny`), so each target starts from files that parse and
+//! mutates from there. Generated, never committed; `scripts/fuzz.sh` runs it.
+//!
+//! `cargo run --release -p edgeq-host --example fuzz_seeds -- DIR [FIXTURES]`
+//! (FIXTURES: `../shared/fixtures`, adds the real tok512.bin tokenizer).
+use anyhow::{Context, Result};
+use edgeq_host::import::gguf::GgmlType;
+use edgeq_host::tiny;
+use std::path::{Path, PathBuf};
+
+fn put(dir: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    let d = dir.join(target);
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    std::fs::write(d.join(name), bytes).with_context(|| format!("cannot write {}/{name}", d.display()))
+}
+
+/// `len as u32 LE` + `a` + `b`: how two-file targets split their input.
+fn pair(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut v = (a.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(a);
+    v.extend_from_slice(b);
+    v
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = PathBuf::from(args.first().context("usage: fuzz_seeds DIR [FIXTURES]")?);
+    let fixtures = args.get(1).map(PathBuf::from);
+
+    // EQF reader and runtime session: the tiny model in every scheme (byte 0
+    // of a session input picks options, so seeds carry a 0 prefix).
+    for scheme in std::iter::once("f32").chain(tiny::SCHEMES) {
+        let e = tiny::eqf(1, scheme)?;
+        put(&dir, "eqf_reader", &format!("tiny-{scheme}.eqf"), &e)?;
+        put(&dir, "session", &format!("tiny-{scheme}.eqf"), &[&[0u8][..], &e].concat())?;
+    }
+    // GGUF: the tiny model with every directly mapped matrix type.
+    let m = tiny::model(1)?;
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        put(&dir, "gguf_reader", &format!("tiny-{}.gguf", ty.name()), &tiny::gguf(&m, ty)?)?;
+    }
+    // Hugging Face directory: config.json, tokenizer.json, model.safetensors
+    // (input = pair(config, pair(tokenizer, safetensors))).
+    for dt in [safetensors::Dtype::F32, safetensors::Dtype::BF16] {
+        let files = tiny::hf_files(&m, dt)?;
+        let get = |n: &str| files.iter().find(|f| f.0 == n).map(|f| f.1.clone()).unwrap_or_default();
+        let input = pair(&get("config.json"), &pair(&get("tokenizer.json"), &get("model.safetensors")));
+        put(&dir, "safetensors_import", &format!("tiny-{dt:?}"), &input)?;
+        put(&dir, "hf_tokenizer", "byte-level.json", &get("tokenizer.json"))?;
+    }
+    // llama2.c checkpoint + tokenizer.bin.
+    let tok = tiny::llama2c_tokenizer();
+    put(&dir, "llama2c", "tiny", &pair(&tiny::llama2c_checkpoint(1), &tok))?;
+    // Tokenizer: byte 0 picks the mode (see the target).
+    put(&dir, "tokenizer", "parse-llama2c", &[&[0u8][..], &tok].concat())?;
+    put(
+        &dir,
+        "tokenizer",
+        "encode",
+        b"\x01Once upon a time, there was a little girl.\n\xe2\x96\x81 \xf0\x9f\x98\x80",
+    )?;
+    put(
+        &dir,
+        "tokenizer",
+        "decode",
+        &[&[2u8][..], &[1u8, 0, 0, 0, 40, 1, 0, 0, 3, 0, 0, 0]].concat(),
+    )?;
+    if let Some(f) = &fixtures {
+        if let Ok(real) = std::fs::read(f.join("stories260K/tok512.bin")) {
+            put(&dir, "tokenizer", "parse-tok512", &[&[0u8][..], &real].concat())?;
+        }
+    }
+    // Calibration JSONL.
+    put(&dir, "calib_prepare", "tiny.jsonl", tiny::calib_jsonl().as_bytes())?;
+    println!("seed corpora written to {}", dir.display());
+    Ok(())
+}
