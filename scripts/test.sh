@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
 for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf aarch64-unknown-none x86_64-unknown-none; do
     echo "== no_std build: $t"
     cargo build --release -p edgeq-core -p edgeq-kernels -p edgeq-runtime --target "$t"
@@ -15,6 +17,10 @@ echo "== no_std build with defmt: thumbv7em-none-eabihf"
 cargo build --release -p edgeq-runtime --features defmt --target thumbv7em-none-eabihf
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast
+echo "== Miri (nightly): the EQF parser and the scalar kernels"
+scripts/miri.sh
+echo "== fuzz: every cargo-fuzz target for ${EDGEQ_FUZZ_SECONDS:-20} s (docs/RELIABILITY.md has the long runs)"
+scripts/fuzz.sh "${EDGEQ_FUZZ_SECONDS:-20}"
 echo "== SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
 scripts/test-cross.sh
 echo "== firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"

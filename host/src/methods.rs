@@ -34,6 +34,7 @@ impl MethodArgs {
 
 /// Quantizes one layer; `x` = calibration inputs (`n × cols`) when the method uses them.
 pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Option<&[f32]>) -> Result<(QuantizedLayer, String)> {
+    algo::ensure_finite(w, cols)?;
     match a.method.as_str() {
         "rtn" => Ok((algo::rtn::quantize(w, rows, cols, a.grid), String::new())),
         "gptq" => {
@@ -57,6 +58,7 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
 }
 
 fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Result<(QuantizedLayer, String)> {
+    algo::ensure_finite(w, cols)?;
     let mut cfg = GptqConfig::new(a.grid);
     cfg.act_order = a.act_order;
     // EQF groups are contiguous column ranges: act-order with groups needs static groups to be stored.
@@ -160,6 +162,7 @@ pub fn quantize_layer_effective(
     cols: usize,
     x: Option<&[f32]>,
 ) -> Result<(QuantizedLayer, String, Vec<f32>)> {
+    algo::ensure_finite(w, cols)?;
     if a.method == "awq" {
         let Some(x) = x else {
             bail!("awq needs calibration activations (--acts)")

@@ -155,6 +155,10 @@ mod cache {
 
 #[cfg(all(target_arch = "x86_64", not(target_os = "none")))]
 fn detect_x86() -> Implementation {
+    // Miri interprets no CPUID (and none of the SIMD paths): scalar.
+    if cfg!(miri) {
+        return Implementation::Scalar;
+    }
     #[cfg(feature = "std")]
     let (avx2, fma, f16c) = (
         std::is_x86_feature_detected!("avx2"),

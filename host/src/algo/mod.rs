@@ -56,6 +56,21 @@ impl Grid {
     }
 }
 
+/// Fails on the first NaN or infinite weight, naming its row and column:
+/// no method can quantize it, and silently producing garbage codes would
+/// lose the problem. Callers add the tensor name.
+pub fn ensure_finite(w: &[f32], cols: usize) -> anyhow::Result<()> {
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "weight [row {}, column {}] is {}: fix the checkpoint (or keep this tensor unquantized with --skip)",
+            i / cols.max(1),
+            i % cols.max(1),
+            w[i]
+        );
+    }
+    Ok(())
+}
+
 /// The reference quantizer's parameters for one set of values
 /// (IST-DASLab `quant.py` `find_params`, `maxshrink`/grid search not used):
 /// range widened to include 0; sym: `scale = 2·amax/maxq`, `zero = (maxq+1)/2`;

@@ -175,6 +175,7 @@ pub fn run(
             (TensorRole::WUp, &orig.w_up),
         ] {
             let (r, cc, w) = deq(v);
+            crate::algo::ensure_finite(&w, cc).with_context(|| format!("tensor blk.{l}.{}", role.name()))?;
             fb.lin.push((role, r, cc, w));
         }
         let fp = fb.clone();

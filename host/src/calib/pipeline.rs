@@ -236,6 +236,7 @@ pub fn run(
                     for (r, row) in w.chunks_exact_mut(cols).enumerate() {
                         view.dequantize_row(r, row);
                     }
+                    crate::algo::ensure_finite(&w, cols).with_context(|| format!("tensor {}", t.name_str()))?;
                     let job = LayerJob {
                         name: t.name_str(),
                         role: *role,
