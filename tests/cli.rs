@@ -281,6 +281,64 @@ fn quantize_is_deterministic_and_skip_works() {
     assert!(leftovers.is_empty());
 }
 
+/// A quantize job killed at any moment (SIGKILL: no cleanup runs) never
+/// leaves a partial file at the output path: an earlier result survives
+/// intact until the new one is complete (temp file + fsync + rename).
+#[test]
+fn killed_quantize_never_leaves_a_partial_output() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("killed");
+    let m = import_stories(&fx, &dir);
+    let out = dir.join("out.eqf");
+    let text = fx.join("text/tinystories_val.txt");
+    std::fs::write(&out, b"an earlier result").unwrap();
+    let mut finished = 0;
+    for delay_ms in [30, 150, 400, 1000, 2500] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgeq"))
+            .args(["quantize", &m, "--method", "gptq", "--bits", "4", "--group", "32", "--sym"])
+            .args([
+                "--calib",
+                text.to_str().unwrap(),
+                "--calib-samples",
+                "32",
+                "-o",
+                out.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        if bytes != b"an earlier result" {
+            // The job won the race: then the file is complete and valid.
+            assert!(status.success(), "killed after {delay_ms} ms but the output changed");
+            ok(&["inspect", out.to_str().unwrap()]);
+            finished += 1;
+            std::fs::write(&out, b"an earlier result").unwrap();
+        }
+    }
+    assert!(finished < 5, "every job finished before the kill: the test checked nothing");
+    // Completed runs are deterministic (seeded sampling, ordered reductions
+    // whatever the thread count).
+    let (a, b) = (dir.join("a.eqf"), dir.join("b.eqf"));
+    for (p, threads) in [(&a, "1"), (&b, "2")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeq"))
+            .env("RAYON_NUM_THREADS", threads)
+            .args(["quantize", &m, "--method", "gptq", "--bits", "4", "--group", "32", "--sym"])
+            .args(["--calib", text.to_str().unwrap(), "--calib-samples", "8", "-o", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "GPTQ with 1 and 2 threads gave different files"
+    );
+}
+
 #[test]
 fn corrupt_files_give_clear_errors() {
     let Some(fx) = fixtures() else { return };

@@ -1,6 +1,11 @@
 //! The C API called from Rust on a small model built in memory: argument
 //! checks (every error code the API documents) and results equal to the
 //! runtime's own `Session` and `Sampler`.
+//!
+//! SAFETY (every `unsafe` call below): the tests call the C ABI with pointers
+//! to live Rust values of the documented sizes and alignments (handles,
+//! arenas, buffers) that outlive the call, or with deliberately null/short
+//! arguments that the API must reject before dereferencing them.
 extern crate alloc;
 
 use super::*;
@@ -138,8 +143,10 @@ impl Aligned {
         &bytemuck::cast_slice::<Line, [u8; 64]>(&self.0).as_flattened()[..self.1]
     }
 }
-// (bytemuck::Pod for the 64-byte line)
+// SAFETY: `Line` is `repr(C, align(64))` over `[u8; 64]`: no padding, and
+// every bit pattern (all zeros included) is a valid value.
 unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above; `Copy` and `'static`.
 unsafe impl bytemuck::Pod for Line {}
 
 /// The kernel choice is process-wide: tests that compute logits or change

@@ -40,13 +40,47 @@ fn scratch() -> &'static Path {
     })
 }
 
-/// EQF reader: parse with and without tensor checksums, then read every
-/// tensor through its view (a few rows dequantized, row slices).
+/// Recomputes the header and section CRC-32s of an EQF image in place
+/// (docs/FORMAT.md §2-3), so that a mutated file reaches the structural
+/// validation behind the checksums instead of stopping at the first CRC.
+fn reseal(b: &mut [u8]) {
+    let rd32 = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let rd64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    if b.len() < 64 {
+        return;
+    }
+    let n = rd32(b, 24) as usize;
+    if n > 64 || 64 + 32 * n > b.len() {
+        return;
+    }
+    for i in 0..n {
+        let rec = 64 + 32 * i;
+        let (kind, off, size) = (rd32(b, rec), rd64(b, rec + 8) as usize, rd64(b, rec + 16) as usize);
+        if kind != edgeq_core::format::section::TENSOR_DATA && off.checked_add(size).is_some_and(|e| e <= b.len()) {
+            let c = crc32fast::hash(&b[off..off + size]);
+            b[rec + 24..rec + 28].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    let mut h = crc32fast::Hasher::new();
+    let mut head = [0u8; 64];
+    head.copy_from_slice(&b[..64]);
+    head[36..40].fill(0);
+    h.update(&head);
+    h.update(&b[64..64 + 32 * n]);
+    b[36..40].copy_from_slice(&h.finalize().to_le_bytes());
+}
+
+/// EQF reader: the bytes as given (with and without tensor checksums), then
+/// a copy with resealed header/section checksums (structural checks); every
+/// tensor of a file that parses is read through its view (a few rows
+/// dequantized, row slices).
 pub fn eqf_reader(data: &[u8]) {
+    let mut resealed = AlignedBytes::from(data);
+    reseal(resealed.as_mut_bytes());
     let bytes = AlignedBytes::from(data);
-    for verify in [false, true] {
+    for (b, verify) in [(&bytes, true), (&bytes, false), (&resealed, false)] {
         let Ok(eqf) = Eqf::parse_with(
-            bytes.as_bytes(),
+            b.as_bytes(),
             ParseOptions {
                 verify_tensor_checksums: verify,
             },
@@ -74,10 +108,14 @@ pub fn eqf_reader(data: &[u8]) {
 /// Runtime session on arbitrary bytes: byte 0 picks the options (bit 0
 /// verify checksums, bits 1-2 KV precision, bit 3 f32 activations, bit 4
 /// batch of 2), the rest is the EQF image. A model that loads is run for a
-/// few tokens (single steps and a batch) with its own tokenizer.
+/// few tokens (single steps and a batch) with its own tokenizer. Header and
+/// section checksums are resealed (bit 5 clear) so mutations reach the model.
 pub fn session(data: &[u8]) {
     let Some((&opt, image)) = data.split_first() else { return };
-    let bytes = AlignedBytes::from(image);
+    let mut bytes = AlignedBytes::from(image);
+    if opt & 32 == 0 {
+        reseal(bytes.as_mut_bytes());
+    }
     let Ok(model) = Model::from_bytes_with(
         bytes.as_bytes(),
         ParseOptions {
