@@ -29,3 +29,5 @@ echo "== edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under q
 scripts/test-board-bench.sh
 echo "== C API: libedgeq.a (hosted and kernel-style bare metal) driven from C, checked against the host"
 scripts/test-capi.sh
+echo "== GGUF export read back by llama.cpp's Python reader (gguf from PyPI)"
+scripts/test-interop.sh

@@ -339,6 +339,36 @@ fn killed_quantize_never_leaves_a_partial_output() {
     );
 }
 
+/// `edgeq export` end to end: the GGUF imports back to the same tensors
+/// where the mapping is exact, the report names what was requantized, and
+/// a corrupt input is an error naming the file.
+#[test]
+fn export_gguf_round_trips_through_import() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("export");
+    let m = import_stories(&fx, &dir);
+    let q = dir.join("q.eqf");
+    ok(&["quantize", &m, "--bits", "4", "--group", "32", "--sym", "-o", q.to_str().unwrap()]);
+    let g = dir.join("q.gguf");
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["export", q.to_str().unwrap(), "-o", g.to_str().unwrap(), "--json"])).unwrap();
+    let rows = report.as_array().unwrap();
+    let find = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(find("blk.0.attn_q.weight")["to"], "Q4_0");
+    assert_eq!(find("blk.0.attn_q.weight")["exact"], true);
+    assert_eq!(find("blk.0.ffn_down.weight")["to"], "F16"); // 172 columns
+    let back = dir.join("back.eqf");
+    ok(&["import", g.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    let a = ok(&["run", q.to_str().unwrap(), "-n", "24", "--temp", "0", "--kernels", "scalar"]);
+    let b = ok(&["run", back.to_str().unwrap(), "-n", "24", "--temp", "0", "--kernels", "scalar"]);
+    assert_eq!(a, b, "greedy text after export + import");
+    let cut = dir.join("cut.eqf");
+    std::fs::write(&cut, &std::fs::read(&q).unwrap()[..1000]).unwrap();
+    let (success, _, err) = edgeq(&["export", cut.to_str().unwrap(), "-o", dir.join("x.gguf").to_str().unwrap()]);
+    assert!(!success && err.contains("cut.eqf"), "{err}");
+    assert!(!dir.join("x.gguf").exists());
+}
+
 #[test]
 fn corrupt_files_give_clear_errors() {
     let Some(fx) = fixtures() else { return };

@@ -6,7 +6,6 @@
 //! `cargo run --release -p edgeq-host --example fuzz_seeds -- DIR [FIXTURES]`
 //! (FIXTURES: `../shared/fixtures`, adds the real tok512.bin tokenizer).
 use anyhow::{Context, Result};
-use edgeq_host::import::gguf::GgmlType;
 use edgeq_host::tiny;
 use std::path::{Path, PathBuf};
 
@@ -37,10 +36,10 @@ fn main() -> Result<()> {
         put(&dir, "session", &format!("tiny-{scheme}.eqf"), &[&[0u8][..], &e].concat())?;
     }
     // GGUF: the tiny model with every directly mapped matrix type.
-    let m = tiny::model(1)?;
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-        put(&dir, "gguf_reader", &format!("tiny-{}.gguf", ty.name()), &tiny::gguf(&m, ty)?)?;
+    for scheme in ["f32", "f16", "q8-g32", "q4-g32", "q4a-g32"] {
+        put(&dir, "gguf_reader", &format!("tiny-{scheme}.gguf"), &tiny::gguf(1, scheme)?)?;
     }
+    let m = tiny::model(1)?;
     // Hugging Face directory: config.json, tokenizer.json, model.safetensors
     // (input = pair(config, pair(tokenizer, safetensors))).
     for dt in [safetensors::Dtype::F32, safetensors::Dtype::BF16] {

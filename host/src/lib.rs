@@ -4,6 +4,7 @@ pub mod algo;
 pub mod bench;
 pub mod calib;
 pub mod eval;
+pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod methods;

@@ -43,6 +43,28 @@ enum Cmd {
     Layer(LayerArgs),
     /// Measure memory bandwidth, kernel throughput (every implementation side by side) and model decode speed.
     Bench(BenchArgs),
+    /// Write an EQF model in another tool's format: GGUF for llama.cpp (Q4_0/Q4_1/Q8_0 carried bit-exactly).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// EQF model.
+    model: PathBuf,
+    /// Output file (written atomically).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Output format (only gguf so far).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf"])]
+    format: String,
+    /// GGUF type for tensors whose EQF scheme has no exact GGUF equivalent (anything but Q4 sym/asym and Q8 sym in
+    /// groups of 32, and floats): auto = Q8_0 for 8-bit and FP8, Q4_0 / Q4_1 for 4-bit sym / asym. The added error
+    /// of each such tensor is printed.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32"])]
+    requant: String,
+    /// Print the per-tensor report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -387,6 +409,10 @@ struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also write every tensor, dequantized to f32, as DIR/<name>.npy (rows x cols): input for `edgeq layer`, or a
+    /// reference to check other tools' readers against.
+    #[arg(long, value_name = "DIR")]
+    dequant_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -410,6 +436,7 @@ fn main() {
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Layer(a) => cmd_layer(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Export(a) => cmd_export(a),
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
     };
     if let Err(e) = r {
@@ -793,10 +820,60 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
     let r = inspect::report(&model, f.bytes().len() as u64);
+    if let Some(dir) = &a.dequant_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for t in model.eqf.tensors() {
+            let data = edgeq_host::quantize::to_f32(&model.eqf, t).with_context(|| format!("tensor {}", t.name_str()))?;
+            let m = edgeq_host::npy::Matrix {
+                rows: t.rows as usize,
+                cols: t.cols as usize,
+                data,
+            };
+            edgeq_host::npy::write(&dir.join(format!("{}.npy", t.name_str())), &m)?;
+        }
+        eprintln!("wrote {} tensors to {}", model.eqf.tensors().len(), dir.display());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         inspect::print_human(&r)?;
+    }
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    use edgeq_host::export::gguf::{export, Requant};
+    use edgeq_host::import::gguf::GgmlType;
+    let f = ModelFile::open(&a.model)?;
+    let model = f.model()?;
+    let requant = match a.requant.as_str() {
+        "q8_0" => Requant::To(GgmlType::Q8_0),
+        "q4_0" => Requant::To(GgmlType::Q4_0),
+        "q4_1" => Requant::To(GgmlType::Q4_1),
+        "f16" => Requant::To(GgmlType::F16),
+        "bf16" => Requant::To(GgmlType::BF16),
+        "f32" => Requant::To(GgmlType::F32),
+        _ => Requant::Auto,
+    };
+    let (bytes, report) = export(&model.eqf, requant).with_context(|| format!("exporting {}", a.model.display()))?;
+    write_atomic(&a.out, &bytes)?;
+    let requantized: Vec<_> = report.iter().filter(|r| !r.exact).collect();
+    for r in &requantized {
+        eprintln!(
+            "warning: {}: {} requantized to {} ({}): relative squared error {:.3e}",
+            r.name, r.from, r.to, r.why, r.rel_err
+        );
+    }
+    eprintln!(
+        "wrote {} ({} bytes): {} tensors, {} carried exactly, {} requantized",
+        a.out.display(),
+        bytes.len(),
+        report.len(),
+        report.len() - requantized.len(),
+        requantized.len()
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! big to mutate byte by byte. Deterministic: the same seed gives the same
 //! bytes.
 use crate::calib::data::SplitMix;
-use crate::import::gguf::{GgmlType, GgufArray, GgufWriter};
 use crate::import::ImportedModel;
 use anyhow::Result;
 use edgeq_core::{ModelConfig, QuantSpec, TensorRole};
@@ -87,87 +86,14 @@ pub fn model(seed: u64) -> Result<ImportedModel> {
     )
 }
 
-/// The tiny model as a llama GGUF the way llama.cpp's converter lays it out
-/// (`llama.*` metadata, a `llama` SentencePiece vocabulary, q/k rows in the
-/// interleaved order), with `matrix` as the type of every weight matrix
-/// (F32, F16, Q8_0, Q4_0 or Q4_1) and F32 norms.
-pub fn gguf(m: &ImportedModel, matrix: GgmlType) -> Result<Vec<u8>> {
-    let c = &m.config;
-    let mut w = GgufWriter::new();
-    w.add_metadata("general.architecture", "llama");
-    w.add_metadata("general.name", "edgeq-tiny");
-    for (k, v) in [
-        ("embedding_length", c.dim),
-        ("feed_forward_length", c.hidden_dim),
-        ("block_count", c.n_layers),
-        ("attention.head_count", c.n_heads),
-        ("attention.head_count_kv", c.n_kv_heads),
-        ("context_length", c.max_seq_len),
-        ("rope.dimension_count", c.rope_dim),
-    ] {
-        w.add_metadata(format!("llama.{k}"), v);
-    }
-    w.add_metadata("llama.attention.layer_norm_rms_epsilon", c.rms_eps);
-    w.add_metadata("llama.rope.freq_base", c.rope_theta);
-    let tok = edgeq_runtime::tokenizer::Tokenizer::parse(&m.tokenizer).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut tokens = Vec::new();
-    let mut scores = Vec::new();
-    let mut types = Vec::new();
-    for id in 0..tok.vocab_size() as u32 {
-        let b = tok.token_bytes(id).unwrap_or_default();
-        tokens.push(String::from_utf8_lossy(b).replace(' ', "\u{2581}"));
-        scores.push(tok.score(id).unwrap_or(0.0));
-        types.push(match id {
-            0 => 2i32,
-            1 | 2 => 3,
-            3..=258 => 6,
-            _ => 1,
-        });
-    }
-    w.add_metadata("tokenizer.ggml.model", "llama");
-    w.add_metadata("tokenizer.ggml.tokens", GgufArray::String(tokens));
-    w.add_metadata("tokenizer.ggml.scores", GgufArray::F32(scores));
-    w.add_metadata("tokenizer.ggml.token_type", GgufArray::I32(types));
-    w.add_metadata("tokenizer.ggml.bos_token_id", 1u32);
-    w.add_metadata("tokenizer.ggml.eos_token_id", 2u32);
-    for t in &m.tensors {
-        let x: Vec<f32> = t
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let l = t.layer;
-        let name = match t.role {
-            TensorRole::TokEmbd => "token_embd.weight".to_string(),
-            TensorRole::OutputNorm => "output_norm.weight".to_string(),
-            TensorRole::Output => "output.weight".to_string(),
-            TensorRole::AttnNorm => format!("blk.{l}.attn_norm.weight"),
-            TensorRole::FfnNorm => format!("blk.{l}.ffn_norm.weight"),
-            TensorRole::Wq => format!("blk.{l}.attn_q.weight"),
-            TensorRole::Wk => format!("blk.{l}.attn_k.weight"),
-            TensorRole::Wv => format!("blk.{l}.attn_v.weight"),
-            TensorRole::Wo => format!("blk.{l}.attn_output.weight"),
-            TensorRole::WGate => format!("blk.{l}.ffn_gate.weight"),
-            TensorRole::WUp => format!("blk.{l}.ffn_up.weight"),
-            TensorRole::WDown => format!("blk.{l}.ffn_down.weight"),
-            r => anyhow::bail!("tiny GGUF: unexpected role {r:?}"),
-        };
-        let dims = [t.cols as u64, t.rows as u64];
-        if t.role.is_vector() {
-            w.add_f32_tensor(name, &dims[..1], &x)?;
-            continue;
-        }
-        let data = match matrix {
-            GgmlType::F32 => crate::import::gguf::encode_f32(&x),
-            GgmlType::F16 => crate::import::gguf::encode_f16(&x),
-            GgmlType::Q8_0 => crate::import::gguf::quantize_q8_0(&x)?,
-            GgmlType::Q4_0 => crate::import::gguf::quantize_q4_0(&x)?,
-            GgmlType::Q4_1 => crate::import::gguf::quantize_q4_1(&x)?,
-            other => anyhow::bail!("tiny GGUF: {} matrices are not produced here", other.name()),
-        };
-        w.add_tensor(name, matrix, &dims, data)?;
-    }
-    w.to_bytes()
+/// The tiny model quantized to `scheme` (RTN) and exported to GGUF
+/// (`edgeq export`): `f32`, `f16`, `q8-g32`, `q4-g32` and `q4a-g32` give
+/// F32, F16, Q8_0, Q4_0 and Q4_1 matrices.
+pub fn gguf(seed: u64, scheme: &str) -> Result<Vec<u8>> {
+    let e = eqf(seed, scheme)?;
+    let b = crate::import::AlignedBytes::from(&e);
+    let parsed = edgeq_core::Eqf::parse(b.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(crate::export::gguf::export(&parsed, crate::export::gguf::Requant::Auto)?.0)
 }
 
 /// The tiny model as a Hugging Face directory's files: `config.json`, a
@@ -401,11 +327,11 @@ mod tests {
             assert_eq!(greedy(&e, 4).len(), 4, "{s}");
         }
         // GGUF with f32 matrices imports back to the same model.
-        let g = crate::import::gguf::GgufFile::from_bytes(gguf(&m, GgmlType::F32).unwrap()).unwrap();
+        let g = crate::import::gguf::GgufFile::from_bytes(gguf(7, "f32").unwrap()).unwrap();
         let back = crate::import::from_gguf::import_parsed(&g, Path::new("tiny.gguf")).unwrap();
         assert_eq!(reference, greedy(&back.to_eqf().unwrap(), 8));
-        for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-            let g = crate::import::gguf::GgufFile::from_bytes(gguf(&m, ty).unwrap()).unwrap();
+        for s in ["f16", "q8-g32", "q4-g32", "q4a-g32"] {
+            let g = crate::import::gguf::GgufFile::from_bytes(gguf(7, s).unwrap()).unwrap();
             crate::import::from_gguf::import_parsed(&g, Path::new("tiny.gguf")).unwrap();
         }
         // The HF directory imports.

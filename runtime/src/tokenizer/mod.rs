@@ -402,7 +402,8 @@ impl<'a> Tokenizer<'a> {
         v
     }
 
-    pub(crate) fn n_merges(&self) -> usize {
+    /// Number of BPE merges (0 for SentencePiece).
+    pub fn n_merges(&self) -> usize {
         self.merges.len() / 16
     }
 
@@ -414,8 +415,9 @@ impl<'a> Tokenizer<'a> {
         le_u32(self.specials, i)
     }
 
-    /// Merge entry `i`: (left, right, rank, result).
-    pub(crate) fn merge_entry(&self, i: usize) -> (u32, u32, u32, u32) {
+    /// Merge entry `i` (table order, sorted by pair; `i < n_merges()`, else
+    /// zeros): (left, right, rank, result). Exporters sort by rank.
+    pub fn merge_entry(&self, i: usize) -> (u32, u32, u32, u32) {
         let b = i.saturating_mul(4);
         (
             le_u32(self.merges, b),

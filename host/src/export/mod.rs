@@ -1,0 +1,3 @@
+//! Writing EQF models in other tools' formats: GGUF for llama.cpp
+//! (`gguf.rs`).
+pub mod gguf;
