@@ -32,10 +32,10 @@ printf '%-20s %12s %10s %s\n' target executions exec/s result
 for t in "${targets[@]}"; do
     mkdir -p "tests/fuzz/corpus/$t" "tests/fuzz/artifacts/$t"
     log="tests/fuzz/artifacts/$t/last-run.log"
-    # Inputs up to 256 KiB (the seeds are 4-120 KiB); 10 s per input at
+    # Inputs up to 320 KiB (the seeds are 4-280 KiB); 10 s per input at
     # most (a hang is a finding); 2 GiB of memory.
     if cargo +nightly fuzz run --fuzz-dir tests/fuzz "$t" "tests/fuzz/corpus/$t" "$seeds/$t" -- \
-        -max_total_time="$secs" -max_len=262144 -timeout=10 -rss_limit_mb=2048 \
+        -max_total_time="$secs" -max_len=327680 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else

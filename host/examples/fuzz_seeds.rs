@@ -66,9 +66,16 @@ fn main() -> Result<()> {
         "decode",
         &[&[2u8][..], &[1u8, 0, 0, 0, 40, 1, 0, 0, 3, 0, 0, 0]].concat(),
     )?;
+    // The real stories260K from the fixtures: its tokenizer, and the model
+    // as Q4 EQF (279 kB: f32 embeddings; under fuzz.sh's 320 KiB input limit).
     if let Some(f) = &fixtures {
-        if let Ok(real) = std::fs::read(f.join("stories260K/tok512.bin")) {
+        let s = f.join("stories260K");
+        if let Ok(real) = std::fs::read(s.join("tok512.bin")) {
             put(&dir, "tokenizer", "parse-tok512", &[&[0u8][..], &real].concat())?;
+            let m = edgeq_host::import::llama2c::import(&s.join("stories260K.bin"), &s.join("tok512.bin"))?;
+            let e = tiny::requantize(&m.to_eqf()?, "q4-g32")?;
+            put(&dir, "eqf_reader", "stories260K-q4-g32.eqf", &e)?;
+            put(&dir, "session", "stories260K-q4-g32.eqf", &[&[0u8][..], &e].concat())?;
         }
     }
     // Calibration JSONL.

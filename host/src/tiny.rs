@@ -169,12 +169,16 @@ pub const SCHEMES: [&str; 9] = [
 
 /// The tiny model quantized to `scheme` (f32 when `scheme` is "f32").
 pub fn eqf(seed: u64, scheme: &str) -> Result<Vec<u8>> {
-    let f32_eqf = model(seed)?.to_eqf()?;
+    requantize(&model(seed)?.to_eqf()?, scheme)
+}
+
+/// Any f32 EQF image RTN-quantized to `scheme` (returned as is for "f32").
+pub fn requantize(f32_eqf: &[u8], scheme: &str) -> Result<Vec<u8>> {
     if scheme == "f32" {
-        return Ok(f32_eqf);
+        return Ok(f32_eqf.to_vec());
     }
     let spec: QuantSpec = crate::quantize::parse_spec_name(scheme)?;
-    let bytes = crate::import::AlignedBytes::from(&f32_eqf);
+    let bytes = crate::import::AlignedBytes::from(f32_eqf);
     let eqf = edgeq_core::Eqf::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let policy = crate::quantize::Policy::new(spec, None, &[])?;
     Ok(crate::quantize::quantize_rtn(&eqf, &policy, &indicatif::ProgressBar::hidden())?.0)
