@@ -99,14 +99,6 @@ pub fn exact_blocks(v: &TensorView<'_>) -> Option<(GgmlType, Vec<u8>)> {
     Some((ty, out))
 }
 
-fn dequantize(v: &TensorView<'_>) -> Vec<f32> {
-    let mut w = vec![0f32; v.rows() * v.cols()];
-    for (r, row) in w.chunks_exact_mut(v.cols().max(1)).enumerate() {
-        v.dequantize_row(r, row);
-    }
-    w
-}
-
 fn encode(ty: GgmlType, w: &[f32]) -> Result<Vec<u8>> {
     Ok(match ty {
         GgmlType::F32 => g::encode_f32(w),
@@ -141,7 +133,7 @@ fn convert(eqf: &Eqf<'_>, t: &TensorRecord, name: &str, requant: Requant) -> Res
         _ => None,
     };
     if let Some(ty) = float_ty {
-        let w = dequantize(&v);
+        let w = crate::quantize::to_f32(eqf, t)?;
         let exact = spec.scheme.is_float(); // a quantized norm is widened: exact too
         return Ok((ty, encode(ty, &w)?, report(ty, exact || ty == GgmlType::F32, 0.0, String::new())));
     }
@@ -162,7 +154,7 @@ fn convert(eqf: &Eqf<'_>, t: &TensorRecord, name: &str, requant: Requant) -> Res
     } else if spec.scheme.is_int() && spec.granularity == Granularity::PerGroup && spec.group == 32 {
         why = format!("{} columns are not a multiple of 32", v.cols());
     }
-    let w = dequantize(&v);
+    let w = crate::quantize::to_f32(eqf, t)?;
     let bytes = encode(ty, &w)?;
     let back = g::dequantize(ty, &bytes, w.len())?;
     let (num, den) = w.iter().zip(&back).fold((0f64, 0f64), |(n, d), (a, b)| {

@@ -654,7 +654,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
 mod tests {
     use super::*;
     use crate::import::AlignedBytes;
-    use crate::tiny::{byte_level_tokenizer_json, hf_tensors, llama_config_json as stories_config, HfTensor as T};
+    use crate::tiny::{byte_level_tokenizer_json, encode, hf_tensors, llama_config_json as stories_config, HfTensor as T};
     use edgeq_runtime::tokenizer::Tokenizer;
     use edgeq_runtime::{arena_bytes, Model, Session};
     use serde_json::json;
@@ -690,15 +690,6 @@ mod tests {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn encode(data: &[f32], dt: Dtype) -> Vec<u8> {
-        match dt {
-            Dtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-            Dtype::BF16 => data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-            _ => unreachable!(),
         }
     }
 
