@@ -5,25 +5,23 @@
 //! in seconds; the parser-level corruption tests are in core/tests/format.rs.
 use edgeq_core::{ParseOptions, TensorRole};
 use edgeq_host::algo::Grid;
+use edgeq_host::calib::data::SplitMix;
 use edgeq_host::import::AlignedBytes;
 use edgeq_host::methods::{quantize_layer_effective, MethodArgs};
 use edgeq_host::tiny;
 use edgeq_runtime::{Model, Session};
 
-struct Rng(u64);
+/// The project's seeded generator, with a uniform float in [-1, 1).
+struct Rng(SplitMix);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix(seed))
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n)
     }
     fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        (self.0.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 
@@ -66,7 +64,7 @@ fn corrupt_eqf_never_panics_the_runtime() {
                 );
             }
         }
-        let mut rng = Rng(0xC0 + scheme.len() as u64);
+        let mut rng = Rng::new(0xC0 + scheme.len() as u64);
         let (mut rejected, mut lax_loaded) = (0, 0);
         let flips = 1500;
         for _ in 0..flips {
@@ -111,7 +109,7 @@ fn calib(cols: usize, rng: &mut Rng) -> Vec<f32> {
 #[test]
 fn non_finite_weights_are_named_errors() {
     let (rows, cols) = (8, 64);
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     let x = calib(cols, &mut rng);
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
@@ -140,7 +138,7 @@ fn non_finite_weights_are_named_errors() {
 #[test]
 fn zero_rows_constant_groups_and_denormals_quantize_correctly() {
     let (rows, cols) = (6, 64);
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let x = calib(cols, &mut rng);
     let mut w = vec![0f32; rows * cols];
     // row 0: all zero; row 1: constant groups (0.5 | -0.25); row 2:
