@@ -17,6 +17,8 @@ pub struct PplResult {
     pub windows: usize,
     pub window: usize,
     pub stride: usize,
+    /// `sliding` (every token scored once) or `llama-cpp` (llama-perplexity's chunks).
+    pub protocol: &'static str,
     pub seconds: f64,
     pub tokens_per_second: f64,
     /// KV cache precision of the sessions (`f32`, `f16`, `q8`).
@@ -46,21 +48,68 @@ pub fn plan_windows(n_tokens: usize, window: usize, stride: usize, max_tokens: O
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// llama.cpp's `llama-perplexity` protocol: the token stream is cut into
+/// `floor(n / ctx)` disjoint chunks of `ctx` tokens; each chunk is evaluated
+/// from an empty cache and scores only its second half (the predictions at
+/// positions `ctx/2 .. ctx-1`, i.e. `ctx - 1 - ctx/2` tokens per chunk). When
+/// the model adds BOS, the first token of every chunk is replaced by BOS
+/// (see [`Protocol::LlamaCpp`]).
+pub fn plan_llama_cpp_chunks(n_tokens: usize, ctx: usize) -> Vec<(usize, usize, usize)> {
+    if ctx < 2 {
+        return Vec::new();
+    }
+    (0..n_tokens / ctx).map(|i| (i * ctx, ctx, ctx / 2)).collect()
+}
+
+/// Which tokens are scored, with what context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Windows of `window` tokens every `stride` tokens, every token after
+    /// the first predicted exactly once ([`plan_windows`]).
+    Sliding { window: usize, stride: usize },
+    /// Exactly the tokens `llama-perplexity -c ctx` scores, with the first
+    /// token of each chunk replaced by `bos` when given
+    /// ([`plan_llama_cpp_chunks`]): numbers comparable one to one.
+    LlamaCpp { ctx: usize, bos: Option<u32> },
+}
+
 pub fn perplexity(
     model: &Model<'_>,
     tokens: &[u32],
-    window: usize,
-    stride: usize,
+    protocol: Protocol,
     max_tokens: Option<usize>,
     acts: Activations,
     kv: KvCache,
     progress: &indicatif::ProgressBar,
 ) -> Result<PplResult> {
     let t0 = std::time::Instant::now();
-    let window = window.min(model.cfg.max_seq_len as usize - 1).max(1);
-    let stride = stride.clamp(1, window);
-    let plan = plan_windows(tokens.len(), window, stride, max_tokens);
+    let max_seq = model.cfg.max_seq_len as usize;
+    let (plan, window, stride, chunk_bos, name) = match protocol {
+        Protocol::Sliding { window, stride } => {
+            let window = window.min(max_seq - 1).max(1);
+            let stride = stride.clamp(1, window);
+            (
+                plan_windows(tokens.len(), window, stride, max_tokens),
+                window,
+                stride,
+                None,
+                "sliding",
+            )
+        }
+        Protocol::LlamaCpp { ctx, bos } => {
+            anyhow::ensure!(
+                (2..=max_seq).contains(&ctx),
+                "--protocol llama-cpp: a context of {ctx} tokens needs 2..={max_seq} (the model's context length)"
+            );
+            anyhow::ensure!(
+                tokens.len() >= 2 * ctx,
+                "--protocol llama-cpp: the text has {} tokens; llama-perplexity needs at least 2 x {ctx} = {}",
+                tokens.len(),
+                2 * ctx
+            );
+            (plan_llama_cpp_chunks(tokens.len(), ctx), ctx, ctx, bos, "llama-cpp")
+        }
+    };
     anyhow::ensure!(!plan.is_empty(), "text too short: {} tokens, need at least 2", tokens.len());
     progress.set_length(plan.len() as u64);
     let vocab = model.cfg.vocab_size as usize;
@@ -76,8 +125,11 @@ pub fn perplexity(
             let mut s =
                 Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), seq, seq, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut logits = vec![0.0f32; (len - 1) * vocab];
-            s.forward(&tokens[start..start + len - 1], Some(&mut logits))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut input = tokens[start..start + len - 1].to_vec();
+            if let Some(b) = chunk_bos {
+                input[0] = b;
+            }
+            s.forward(&input, Some(&mut logits)).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut nll = 0.0f64;
             let mut count = 0;
             for i in first..len - 1 {
@@ -110,6 +162,7 @@ pub fn perplexity(
         windows: plan.len(),
         window,
         stride,
+        protocol: name,
         seconds: secs,
         tokens_per_second: plan.iter().map(|p| p.1 - 1).sum::<usize>() as f64 / secs,
         kv: kv.name(),
@@ -125,7 +178,18 @@ pub fn nll_of(logits: &[f32], target: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::plan_windows;
+    use super::{plan_llama_cpp_chunks, plan_windows};
+
+    #[test]
+    fn llama_cpp_chunks_score_the_second_half_of_each_full_chunk() {
+        // 1100 tokens, ctx 512: 2 chunks (the 76-token tail is dropped), 255 scored each.
+        let plan = plan_llama_cpp_chunks(1100, 512);
+        assert_eq!(plan, vec![(0, 512, 256), (512, 512, 256)]);
+        let scored: usize = plan.iter().map(|&(_, len, first)| len - 1 - first).sum();
+        assert_eq!(scored, 2 * 255);
+        assert_eq!(plan_llama_cpp_chunks(1100, 1), vec![]);
+        assert_eq!(plan_llama_cpp_chunks(511, 512), vec![]);
+    }
 
     #[test]
     fn windows_score_every_token_once() {

@@ -43,7 +43,7 @@ enum Cmd {
     Layer(LayerArgs),
     /// Measure memory bandwidth, kernel throughput (every implementation side by side) and model decode speed.
     Bench(BenchArgs),
-    /// Write an EQF model in another tool's format: GGUF for llama.cpp (Q4_0/Q4_1/Q8_0 carried bit-exactly).
+    /// Write an EQF model in another tool's format: GGUF for llama.cpp (Q4_0/Q4_1/Q8_0 carried bit-exactly) or a Hugging Face safetensors directory (GPTQ packing, compressed-tensors FP8, or float).
     Export(ExportArgs),
 }
 
@@ -51,13 +51,26 @@ enum Cmd {
 struct ExportArgs {
     /// EQF model.
     model: PathBuf,
-    /// Output file (written atomically).
+    /// Output: a .gguf file, or a directory for --format safetensors (written atomically: a
+    /// temporary file or directory renamed into place).
     #[arg(short, long)]
     out: PathBuf,
-    /// Output format (only gguf so far).
-    #[arg(long, default_value = "gguf", value_parser = ["gguf"])]
+    /// Output format: gguf (one file for llama.cpp) or safetensors (a Hugging Face model directory:
+    /// config.json, model.safetensors, tokenizer.json, ... for transformers / vLLM), see --layout.
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "safetensors"])]
     format: String,
-    /// GGUF type for tensors whose EQF scheme has no exact GGUF equivalent (anything but Q4 sym/asym and Q8 sym in
+    /// safetensors: how linear layers are stored. auto = gptq for integer models, fp8 for FP8 models,
+    /// float otherwise; gptq = AutoGPTQ packing (qweight/qzeros/scales/g_idx + quantize_config.json),
+    /// exact for Q4/Q8 sym; fp8 = compressed-tensors float8_e4m3 with f32 weight_scale (llm-compressor's
+    /// layout), exact for FP8 E4M3; float = plain weights (quantized ones dequantized to f16). Layers in
+    /// another scheme are requantized to the layout's grid, with the added error printed.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gptq", "fp8", "float"])]
+    layout: String,
+    /// safetensors: largest shard in MB; bigger models are split into model-0000i-of-0000n.safetensors
+    /// files with model.safetensors.index.json, as Hugging Face does.
+    #[arg(long, default_value_t = 5000)]
+    max_shard_mb: u64,
+    /// gguf: GGUF type for tensors whose EQF scheme has no exact GGUF equivalent (anything but Q4 sym/asym and Q8 sym in
     /// groups of 32, and floats): auto = Q8_0 for 8-bit and FP8, Q4_0 / Q4_1 for 4-bit sym / asym. The added error
     /// of each such tensor is printed.
     #[arg(long, default_value = "auto", value_parser = ["auto", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32"])]
@@ -361,6 +374,12 @@ impl From<Acts> for edgeq_runtime::Activations {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EvalProtocol {
+    Sliding,
+    LlamaCpp,
+}
+
 #[derive(clap::Args)]
 struct EvalArgs {
     /// EQF model(s). With several, they are scored on the same tokens and printed side by side,
@@ -379,6 +398,12 @@ struct EvalArgs {
     /// Tokens between window starts; default = window (non-overlapping). Smaller strides give sliding windows.
     #[arg(long)]
     stride: Option<usize>,
+    /// Which tokens are scored: sliding (windows of --window every --stride tokens, every token
+    /// after the first scored once) or llama-cpp (exactly what `llama-perplexity -c WINDOW` scores:
+    /// disjoint chunks of --window tokens, BOS in place of each chunk's first token when the model
+    /// adds BOS, only the second half of each chunk scored), to compare with llama.cpp one to one.
+    #[arg(long, value_enum, default_value_t = EvalProtocol::Sliding)]
+    protocol: EvalProtocol,
     /// Score at most this many tokens (from the start of the text).
     #[arg(long)]
     max_tokens: Option<usize>,
@@ -413,6 +438,10 @@ struct InspectArgs {
     /// reference to check other tools' readers against.
     #[arg(long, value_name = "DIR")]
     dequant_dir: Option<PathBuf>,
+    /// Instead of the report, print the token ids of the UTF-8 text in FILE as a JSON array (BOS
+    /// added as the tokenizer says): to check the tokenizer against another tool's.
+    #[arg(long, value_name = "FILE")]
+    tokenize: Option<PathBuf>,
 }
 
 fn main() {
@@ -736,16 +765,17 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         };
         let tokens = text::encode(&tok, &body, bos)?;
         let pb = progress(0, "eval");
-        let r = eval::perplexity(
-            &model,
-            &tokens,
-            a.window,
-            a.stride.unwrap_or(a.window),
-            a.max_tokens,
-            a.acts.into(),
-            a.kv.into(),
-            &pb,
-        )?;
+        let protocol = match a.protocol {
+            EvalProtocol::Sliding => eval::Protocol::Sliding {
+                window: a.window,
+                stride: a.stride.unwrap_or(a.window),
+            },
+            EvalProtocol::LlamaCpp => eval::Protocol::LlamaCpp {
+                ctx: a.window,
+                bos: bos.then_some(model.cfg.bos_id),
+            },
+        };
+        let r = eval::perplexity(&model, &tokens, protocol, a.max_tokens, a.acts.into(), a.kv.into(), &pb)?;
         pb.finish_and_clear();
         let info = inspect::report(&model, f.bytes().len() as u64);
         results.push((
@@ -776,12 +806,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         let (p, r, _, _) = &results[0];
         writeln!(
             out,
-            "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} windows of {}, stride {}, KV cache {}) in {:.2}s ({:.0} tok/s)",
+            "{}: mean NLL {:.4} nats/token, perplexity {:.4} over {} tokens ({} {} of {}, stride {}, KV cache {}) in {:.2}s ({:.0} tok/s)",
             p.display(),
             r.mean_nll,
             r.ppl,
             r.tokens,
             r.windows,
+            if r.protocol == "sliding" { "windows" } else { "llama.cpp chunks" },
             r.window,
             r.stride,
             r.kv,
@@ -819,6 +850,13 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
+    if let Some(p) = &a.tokenize {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read text file {}", p.display()))?;
+        let tok = text::tokenizer(&model)?;
+        let ids = text::encode(&tok, &text, tok.add_bos_default())?;
+        println!("{}", serde_json::to_string(&ids)?);
+        return Ok(());
+    }
     let r = inspect::report(&model, f.bytes().len() as u64);
     if let Some(dir) = &a.dequant_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -846,6 +884,9 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     use edgeq_host::import::gguf::GgmlType;
     let f = ModelFile::open(&a.model)?;
     let model = f.model()?;
+    if a.format == "safetensors" {
+        return export_safetensors(&a, &model.eqf);
+    }
     let requant = match a.requant.as_str() {
         "q8_0" => Requant::To(GgmlType::Q8_0),
         "q4_0" => Requant::To(GgmlType::Q4_0),
@@ -874,6 +915,48 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn export_safetensors(a: &ExportArgs, eqf: &edgeq_core::Eqf<'_>) -> Result<()> {
+    use edgeq_host::export::hf::{export, Layout, Options};
+    let layout = match a.layout.as_str() {
+        "gptq" => Layout::Gptq,
+        "fp8" => Layout::Fp8,
+        "float" => Layout::Float,
+        _ => Layout::Auto,
+    };
+    let opts = Options {
+        layout,
+        max_shard_bytes: a.max_shard_mb.max(1) * 1_000_000,
+    };
+    let out = export(eqf, opts).with_context(|| format!("exporting {}", a.model.display()))?;
+    edgeq_host::model_file::write_dir_atomic(&a.out, &out.files)?;
+    let changed: Vec<_> = out.reports.iter().filter(|r| !r.exact).collect();
+    for r in &changed {
+        eprintln!(
+            "warning: {}: {} -> {} ({}): relative squared error {:.3e}",
+            r.name,
+            r.from,
+            r.to,
+            if r.why.is_empty() { "rounded" } else { &r.why },
+            r.rel_err
+        );
+    }
+    let bytes: usize = out.files.iter().map(|f| f.1.len()).sum();
+    eprintln!(
+        "wrote {} ({} layout, {} files, {} bytes): {} tensors, {} carried exactly, {} changed",
+        a.out.display(),
+        out.layout.name(),
+        out.files.len(),
+        bytes,
+        out.reports.len(),
+        out.reports.len() - changed.len(),
+        changed.len()
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out.reports)?);
     }
     Ok(())
 }

@@ -52,6 +52,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes).map_err(Into::into))
 }
 
+/// Writes a directory of files atomically: they are written and fsynced in a
+/// temporary sibling directory, which then replaces `path` by renames (an
+/// existing `path` is moved aside first and removed only after the new one
+/// is in place). On any error `path` is untouched and the temporary
+/// directory removed.
+pub fn write_dir_atomic(path: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
+    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    if path.exists() {
+        anyhow::ensure!(path.is_dir(), "{} exists and is not a directory", path.display());
+    }
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (file, bytes) in files {
+            anyhow::ensure!(!file.contains(['/', '\\']), "bad output file name {file:?}");
+            let p = tmp.join(file);
+            let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+            f.write_all(bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            f.sync_all().with_context(|| format!("cannot fsync {}", p.display()))?;
+        }
+        if let Ok(d) = File::open(&tmp) {
+            let _ = d.sync_all();
+        }
+        let had_old = path.exists();
+        if had_old {
+            std::fs::rename(path, &old).with_context(|| format!("cannot move {} aside", path.display()))?;
+        }
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            if had_old {
+                let _ = std::fs::rename(&old, path);
+            }
+            return Err(e).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()));
+        }
+        if had_old {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Streams an output to `path` atomically: `fill` writes into a temporary
 /// file in the same directory, which is fsynced and renamed over `path` only
 /// when `fill` succeeds; on any error the temporary file is removed and

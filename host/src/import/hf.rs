@@ -15,6 +15,7 @@
 //! right (`convert_llama_weights_to_hf.py` permutes Meta's interleaved rows).
 //! edgeq's runtime implements both pairings, so the weights are kept exactly
 //! as stored and the model is flagged [`flags::ROPE_HALF`]; no un-permuting.
+use super::hf_quant::{self, Converted, QuantConfig};
 use super::hf_tokenizer::{self, Fallback};
 use super::ImportedModel;
 use anyhow::{bail, ensure, Context, Result};
@@ -354,6 +355,25 @@ impl<'a> Weights<'a> {
         self.by_name.contains_key(name)
     }
 
+    /// The tensor `name` in any dtype: (dtype, shape, raw LE bytes, file).
+    fn take_raw(&mut self, name: &str) -> Result<(Dtype, Vec<usize>, &'a [u8], &'a Path)> {
+        let Some(&i) = self.by_name.get(name) else {
+            bail!("tensor {name} is missing");
+        };
+        self.used.insert(name.to_string());
+        let (path, st) = &self.files[i];
+        let t = st
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
+        Ok((t.dtype(), t.shape().to_vec(), t.data(), path))
+    }
+
+    /// The dtype of tensor `name`, if present.
+    fn dtype(&self, name: &str) -> Option<Dtype> {
+        let &i = self.by_name.get(name)?;
+        self.files[i].1.tensor(name).ok().map(|t| t.dtype())
+    }
+
     /// The tensor `name` with exactly `shape`, as (dtype, raw LE bytes, file).
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<(Dtype, &'a [u8], &'a Path)> {
         let Some(&i) = self.by_name.get(name) else {
@@ -424,6 +444,16 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
     let cfg_text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
     let hc = parse_config(&cfg_text).with_context(|| format!("{d}"))?;
     let mut notes = hc.notes.clone();
+    let qcfg_path = dir.join("quantize_config.json");
+    let qcfg: Option<Value> = if qcfg_path.is_file() {
+        let t = std::fs::read_to_string(&qcfg_path).with_context(|| format!("cannot read {}", qcfg_path.display()))?;
+        Some(serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", qcfg_path.display()))?)
+    } else {
+        None
+    };
+    let cfg_v: Value = serde_json::from_str(&cfg_text).unwrap_or_default();
+    let quant = hf_quant::parse(&cfg_v, qcfg.as_ref()).with_context(|| format!("{d}: quantization_config"))?;
+    let quant_notes = std::cell::RefCell::new(Vec::<String>::new());
 
     let tok = hf_tokenizer::from_dir(
         dir,
@@ -472,6 +502,70 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
     // Matrices: stored dtype kept; every element checked for NaN / Inf.
     let matrix =
         |w: &mut Weights, m: &mut ImportedModel, name: &str, role: TensorRole, layer: u16, rows: usize, cols: usize| -> Result<()> {
+            let base = name.strip_suffix(".weight").unwrap_or(name);
+            let quantized = match quant {
+                QuantConfig::Gptq { bits, group, v2, .. } if w.has(&format!("{base}.qweight")) => {
+                    let (_, _, qweight, path) = w.take_raw(&format!("{base}.qweight"))?;
+                    let (_, _, qzeros, _) = w.take_raw(&format!("{base}.qzeros"))?;
+                    let (sdt, _, scales, _) = w.take_raw(&format!("{base}.scales"))?;
+                    ensure!(sdt == Dtype::F16, "{}: {base}.scales is {sdt:?}, expected F16", path.display());
+                    let g_idx = if w.has(&format!("{base}.g_idx")) {
+                        Some(w.take_raw(&format!("{base}.g_idx"))?.2)
+                    } else {
+                        None
+                    };
+                    Some(
+                        hf_quant::gptq(base, rows, cols, bits, group, v2, qweight, qzeros, scales, g_idx)
+                            .with_context(|| format!("{}", path.display()))?,
+                    )
+                }
+                _ if w.dtype(name) == Some(Dtype::F8_E4M3) => {
+                    let block = match quant {
+                        QuantConfig::Fp8 { block } => block,
+                        _ => None,
+                    };
+                    let (_, shape, codes, path) = w.take_raw(name)?;
+                    ensure!(
+                        shape == [rows, cols],
+                        "{}: tensor {name} has shape {shape:?}, config.json implies [{rows}, {cols}]",
+                        path.display()
+                    );
+                    let scale_name = [format!("{base}.weight_scale"), format!("{base}.weight_scale_inv")]
+                        .into_iter()
+                        .find(|n| w.has(n))
+                        .with_context(|| format!("{}: FP8 tensor {name} has no {base}.weight_scale", path.display()))?;
+                    let (sdt, sshape, sbytes, _) = w.take_raw(&scale_name)?;
+                    let scales: Vec<f32> = match sdt {
+                        Dtype::F32 | Dtype::F16 | Dtype::BF16 => to_f32(sdt, sbytes),
+                        o => bail!("{}: {scale_name} is {o:?}; expected a float", path.display()),
+                    };
+                    if w.has(&format!("{base}.input_scale")) {
+                        w.take_raw(&format!("{base}.input_scale"))?;
+                        quant_notes.borrow_mut().push(format!(
+                            "note: {base}.input_scale (static FP8 activation scale) is ignored: edgeq quantizes activations dynamically"
+                        ));
+                    }
+                    Some(hf_quant::fp8(base, rows, cols, codes, &scales, &sshape, block).with_context(|| format!("{}", path.display()))?)
+                }
+                _ => None,
+            };
+            match quantized {
+                Some(Converted::Exact(spec, bytes)) => {
+                    m.push_encoded(role, layer, spec, rows, cols, bytes);
+                    return Ok(());
+                }
+                Some(Converted::Approx(spec, bytes, why)) => {
+                    quant_notes.borrow_mut().push(format!("note: {base}: {why}"));
+                    m.push_encoded(role, layer, spec, rows, cols, bytes);
+                    return Ok(());
+                }
+                Some(Converted::F32(v, why)) => {
+                    quant_notes.borrow_mut().push(format!("warning: {base}: {why}"));
+                    m.push(role, layer, rows, cols, &v);
+                    return Ok(());
+                }
+                None => {}
+            }
             let (dt, data, path) = w.take(name, &[rows, cols])?;
             if let Some(i) = first_non_finite(dt, data) {
                 bail!(
@@ -612,6 +706,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
             zero_only(&mut w, &format!("{p}.mlp.{x}_proj.bias"), n, &mut notes)?;
         }
     }
+    notes.extend(quant_notes.into_inner());
     let mut unused: Vec<&String> = w.by_name.keys().filter(|n| !w.used.contains(*n)).collect();
     if !unused.is_empty() {
         unused.sort();

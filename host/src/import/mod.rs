@@ -4,6 +4,7 @@
 pub mod from_gguf;
 pub mod gguf;
 pub mod hf;
+pub mod hf_quant;
 pub mod hf_tokenizer;
 pub mod llama2c;
 
