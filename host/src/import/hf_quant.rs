@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn act_order_is_dequantized_with_its_g_idx() {
         let (qw, qz, sc) = layer(|g, _| 8 + g as u32, false);
-        let g_idx: Vec<i32> = (0..64).map(|k| (k % 2) as i32).collect();
+        let g_idx: Vec<i32> = (0..64).map(|k| k % 2).collect();
         let c = gptq("m", 8, 64, 4, 32, false, &qw, &qz, &sc, Some(bytemuck::cast_slice(&g_idx))).unwrap();
         let Converted::F32(v, why) = &c else { panic!("expected f32") };
         assert!(why.contains("act-order"));
