@@ -5,6 +5,11 @@
 # reads it back: structure, metadata, and every tensor dequantized equal to
 # edgeq's dequantization of the EQF. (SmolLM2's GGUF -> EQF -> GGUF byte
 # identity is a Rust test: export::gguf::tests::smollm2_gguf_round_trips.)
+# The same GPTQ model, and FP8 ones, exported as Hugging Face directories
+# (`--format safetensors`) are read by Hugging Face's `safetensors` and
+# `tokenizers` packages (scripts/check_hf.py): GPTQ / compressed-tensors
+# tensors dequantized from the documented formulas equal edgeq's values,
+# tokenizer.json encodes text to edgeq's ids, and the directory imports back.
 # Skips with a reason when ../shared or python3 is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +23,9 @@ if ! command -v python3 >/dev/null; then
     exit 0
 fi
 py=target/pyenv/bin/python
-if ! "$py" -c "import gguf, numpy" 2>/dev/null; then
+if ! "$py" -c "import gguf, numpy, safetensors, tokenizers, ml_dtypes" 2>/dev/null; then
     python3 -m venv target/pyenv
-    target/pyenv/bin/pip install -q "gguf>=0.10" numpy
+    target/pyenv/bin/pip install -q "gguf>=0.10" numpy safetensors tokenizers ml_dtypes
 fi
 cargo build --release -q -p edgeq-host
 e=target/release/edgeq
@@ -33,3 +38,27 @@ $e quantize "$d/s.eqf" --method gptq --bits 4 --group 32 --sym --calib "$fx/text
 $e export "$d/s-gptq.eqf" -o "$d/s-gptq.gguf" --json >"$d/s-gptq.export.json"
 $e inspect "$d/s-gptq.eqf" --dequant-dir "$d/deq" >/dev/null 2>&1
 "$py" scripts/check_gguf.py "$d/s-gptq.gguf" "$d/deq" "$d/s-gptq.export.json"
+
+# Hugging Face directories: GPTQ (4-bit g32 sym) and compressed-tensors FP8
+# (per channel and 32x32 blocks), each checked by check_hf.py and imported back.
+head -c 20000 "$fx/text/tinystories_val.txt" >"$d/text.txt"
+$e inspect "$d/s-gptq.eqf" --tokenize "$d/text.txt" >"$d/text.ids"
+check_hf() { # EQF NAME
+    $e export "$1" --format safetensors -o "$d/$2" --json >"$d/$2.json" 2>/dev/null
+    rm -rf "$d/deq-$2" && $e inspect "$1" --dequant-dir "$d/deq-$2" >/dev/null 2>&1
+    "$py" scripts/check_hf.py "$d/$2" "$d/deq-$2" "$d/$2.json" --interleaved --tokens "$d/text.txt" "$d/text.ids"
+    $e import "$d/$2" -o "$d/$2-back.eqf" >/dev/null 2>&1
+}
+check_hf "$d/s-gptq.eqf" hf-gptq
+$e quantize "$d/s.eqf" --fp8 e4m3 --group -1 -o "$d/s-fp8ch.eqf" >/dev/null 2>&1
+check_hf "$d/s-fp8ch.eqf" hf-fp8ch
+$e quantize "$d/s.eqf" --fp8 e4m3 --group 32 -o "$d/s-fp8b32.eqf" >/dev/null 2>&1
+check_hf "$d/s-fp8b32.eqf" hf-fp8b32
+# The re-imported GPTQ model scores the same as the original.
+$e eval "$d/s-gptq.eqf" "$d/hf-gptq-back.eqf" --text "$d/text.txt" --json >"$d/hf-eval.json"
+"$py" - "$d/hf-eval.json" <<'PY'
+import json, sys
+a, b = json.load(open(sys.argv[1]))
+assert abs(a["mean_nll"] - b["mean_nll"]) < 1e-4 * a["mean_nll"], (a["mean_nll"], b["mean_nll"])
+print(f"HF GPTQ round trip: mean NLL {a['mean_nll']:.5f} (EQF) vs {b['mean_nll']:.5f} (re-imported)")
+PY
