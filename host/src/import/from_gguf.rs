@@ -1,7 +1,12 @@
 //! GGUF (llama.cpp) → EQF: config from `{arch}.*` metadata, tokenizer from
 //! `tokenizer.ggml.*`, and tensors carried exactly where EQF has the scheme
 //! (Q8_0 → Q8 sym g32, Q4_0 → Q4 sym g32, Q4_1 → Q4 asym g32, F32/F16/BF16
-//! as stored); other block types are dequantized to f32, with a warning.
+//! as stored). Other block types go to the nearest EQF scheme, with the
+//! error printed: Q4_K → Q4 asym g32 with the same codes (each 32-element
+//! sub-block's `d·scale` and `dmin·min` rounded to f16: [`q4k_to_eqf`]);
+//! 2–3-bit K-quants and IQ types → Q4 asym g32, 5–8-bit ones (Q5_*, Q6_K,
+//! Q8_1, Q8_K) → Q8 sym g32, both by round-to-nearest of the dequantized
+//! values. Norms and biases become f32.
 use super::gguf::{GgmlType, GgufFile};
 use super::ImportedModel;
 use anyhow::{bail, ensure, Context, Result};
@@ -111,6 +116,30 @@ pub fn import_parsed(g: &GgufFile, path: &Path) -> Result<ImportedModel> {
                 let (spec, bytes) = blocks_to_eqf(t.ggml_type, rows, cols, data)?;
                 m.push_encoded(role, layer, spec, rows, cols, bytes);
             }
+            GgmlType::Q4_K if !vector && cols % 256 == 0 => {
+                let (spec, bytes) = q4k_to_eqf(rows, cols, data).with_context(|| format!("{p}: tensor {name}"))?;
+                let err = rel_err(spec, rows, cols, &bytes, &g.tensor_f32(t)?)?;
+                eprintln!(
+                    "note: {name}: Q4_K -> q4a-g32, same codes, per-32 scales and mins rounded to f16: relative squared error {err:.2e}"
+                );
+                m.push_encoded(role, layer, spec, rows, cols, bytes);
+            }
+            ty if !vector && cols % 32 == 0 && ty.block_size() > 1 => {
+                let low = matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K) || ty.name().starts_with("IQ");
+                let spec = QuantSpec::per_group(if low { Scheme::Q4Asym } else { Scheme::Q8Sym }, 32);
+                let v = g.tensor_f32(t)?;
+                let l = spec.layout(rows as u32, cols as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut bytes = vec![0u8; l.total_bytes as usize];
+                edgeq_core::quant::quantize(spec, rows as u32, cols as u32, &v, &mut bytes)
+                    .map_err(|e| anyhow::anyhow!("{p}: tensor {name}: {e}"))?;
+                let err = rel_err(spec, rows, cols, &bytes, &v)?;
+                eprintln!(
+                    "warning: {name}: {} has no exact EQF scheme; requantized to {}: relative squared error {err:.2e}",
+                    ty.name(),
+                    crate::quantize::spec_name(&spec)
+                );
+                m.push_encoded(role, layer, spec, rows, cols, bytes);
+            }
             ty => {
                 if !vector {
                     eprintln!("warning: {name}: {} has no exact EQF scheme; stored dequantized as f32", ty.name());
@@ -181,6 +210,61 @@ pub fn blocks_to_eqf(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Res
         out[b * code_bytes..(b + 1) * code_bytes].copy_from_slice(q);
     }
     Ok((spec, out))
+}
+
+/// GGUF Q4_K super-blocks (256 elements: f16 `d`, `dmin`, eight 6-bit scales
+/// and mins, 128 bytes of 4-bit codes) as EQF Q4 asym in groups of 32: each
+/// sub-block keeps its codes; its scale `d·sc` and min `−dmin·m` are rounded
+/// to f16 (the only difference from llama.cpp's values).
+pub fn q4k_to_eqf(rows: usize, cols: usize, data: &[u8]) -> Result<(QuantSpec, Vec<u8>)> {
+    ensure!(cols % 256 == 0, "row length {cols} is not a multiple of 256");
+    let nb = rows * cols / 256;
+    ensure!(
+        data.len() == nb * 144,
+        "expected {} bytes of Q4_K blocks, got {}",
+        nb * 144,
+        data.len()
+    );
+    let spec = QuantSpec::per_group(Scheme::Q4Asym, 32);
+    let l = spec.layout(rows as u32, cols as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = vec![0u8; l.total_bytes as usize];
+    let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    for (b, blk) in data.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        ensure!(d.is_finite() && dmin.is_finite(), "Q4_K block {b} has a NaN or infinite scale");
+        let (scales, qs) = (&blk[4..16], &blk[16..144]);
+        for s in 0..8 {
+            let (sc, mn) = super::gguf::get_scale_min_k4(s, scales);
+            let g = b * 8 + s; // EQF group index (rows hold whole super-blocks)
+            let scale = half::f16::from_f32(d * sc as f32);
+            let min = half::f16::from_f32(-(dmin * mn as f32));
+            out[l.scales_offset as usize + 2 * g..][..2].copy_from_slice(&scale.to_le_bytes());
+            out[l.mins_offset as usize + 2 * g..][..2].copy_from_slice(&min.to_le_bytes());
+            let q = &qs[(s / 2) * 32..(s / 2) * 32 + 32];
+            let code = |i: usize| if s % 2 == 0 { q[i] & 0xF } else { q[i] >> 4 };
+            let dst = &mut out[g * 16..g * 16 + 16];
+            for j in 0..16 {
+                dst[j] = code(j) | (code(j + 16) << 4);
+            }
+        }
+    }
+    Ok((spec, out))
+}
+
+/// `‖W' − W‖² / ‖W‖²` of EQF bytes against the values they replace.
+fn rel_err(spec: QuantSpec, rows: usize, cols: usize, bytes: &[u8], reference: &[f32]) -> Result<f64> {
+    let a = super::AlignedBytes::from(bytes);
+    let v = edgeq_core::TensorView::new(spec, rows as u32, cols as u32, a.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut row = vec![0f32; cols];
+    let (mut num, mut den) = (0f64, 0f64);
+    for r in 0..rows {
+        v.dequantize_row(r, &mut row);
+        for (x, y) in row.iter().zip(&reference[r * cols..(r + 1) * cols]) {
+            num += ((x - y) as f64).powi(2);
+            den += (*y as f64).powi(2);
+        }
+    }
+    Ok(if den > 0.0 { num / den } else { num })
 }
 
 /// Builds the tokenizer blob; returns (blob, bos, eos).
@@ -278,4 +362,40 @@ fn tokenizer(g: &GgufFile, vocab: u32) -> Result<(Vec<u8>, u32, u32)> {
         other => bail!("tokenizer model '{other}' is not supported (gpt2, llama)"),
     };
     Ok((blob, bos.unwrap_or(0).min(vocab - 1), eos.unwrap_or(0).min(vocab - 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random Q4_K blocks land in Q4 asym g32 with the same codes: every
+    /// value within f16 rounding of the scale and min of llama.cpp's.
+    #[test]
+    fn q4_k_blocks_keep_their_codes() {
+        let mut rng = crate::calib::data::SplitMix(7);
+        let (rows, cols) = (3, 512);
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            let mut blk: Vec<u8> = (0..144).map(|_| rng.next_u64() as u8).collect();
+            blk[0..2].copy_from_slice(&half::f16::from_f32(0.01 + (rng.next_u64() % 100) as f32 * 1e-3).to_le_bytes());
+            blk[2..4].copy_from_slice(&half::f16::from_f32((rng.next_u64() % 100) as f32 * 1e-3).to_le_bytes());
+            data.extend(blk);
+        }
+        let want = super::super::gguf::dequantize(GgmlType::Q4_K, &data, rows * cols).unwrap();
+        let (spec, bytes) = q4k_to_eqf(rows, cols, &data).unwrap();
+        let a = super::super::AlignedBytes::from(&bytes);
+        let v = edgeq_core::TensorView::new(spec, rows as u32, cols as u32, a.as_bytes()).unwrap();
+        let mut got = vec![0f32; rows * cols];
+        for r in 0..rows {
+            v.dequantize_row(r, &mut got[r * cols..(r + 1) * cols]);
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // |Δ| ≤ f16 rounding of d·sc (× code ≤ 15) and of dmin·m
+            let tol = 2f32.powi(-10) * (w.abs() + 64.0 * 0.11 * 63.0 * 2f32.powi(-1)) + 1e-6;
+            assert!((g - w).abs() <= tol, "element {i}: {g} vs {w}");
+        }
+        assert!(rel_err(spec, rows, cols, &bytes, &want).unwrap() < 1e-6);
+        assert!(q4k_to_eqf(rows, cols, &data[1..]).is_err());
+        assert!(q4k_to_eqf(rows, 100, &data).is_err());
+    }
 }
