@@ -370,6 +370,88 @@ fn export_gguf_round_trips_through_import() {
 }
 
 #[test]
+fn export_safetensors_round_trips_through_import() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("export-hf");
+    let m = import_stories(&fx, &dir);
+    let q = dir.join("q.eqf");
+    ok(&["quantize", &m, "--bits", "8", "--group", "32", "--sym", "-o", q.to_str().unwrap()]);
+    let hf = dir.join("hf");
+    let report: serde_json::Value = serde_json::from_str(&ok(&[
+        "export",
+        q.to_str().unwrap(),
+        "--format",
+        "safetensors",
+        "-o",
+        hf.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let rows = report.as_array().unwrap();
+    let find = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(find("model.layers.0.self_attn.q_proj.weight")["to"], "gptq-8bit-g32");
+    assert_eq!(find("model.layers.0.self_attn.q_proj.weight")["exact"], true);
+    assert_eq!(find("model.layers.0.mlp.up_proj.weight")["to"], "gptq-8bit-g32"); // 172 rows pack in 8-bit words
+    assert_eq!(find("model.layers.0.mlp.down_proj.weight")["to"], "F16"); // 172 columns are not whole groups of 32
+    for f in [
+        "config.json",
+        "quantize_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(f).is_file(), "{f} missing");
+    }
+    let back = dir.join("back.eqf");
+    ok(&["import", hf.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    let a = ok(&[
+        "run",
+        q.to_str().unwrap(),
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "--kernels",
+        "scalar",
+        "--acts",
+        "f32",
+    ]);
+    let b = ok(&[
+        "run",
+        back.to_str().unwrap(),
+        "-n",
+        "24",
+        "--temp",
+        "0",
+        "--kernels",
+        "scalar",
+        "--acts",
+        "f32",
+    ]);
+    assert_eq!(a, b, "greedy text after safetensors export + import");
+    // A second export replaces the directory atomically; a failed one leaves it intact.
+    ok(&["export", q.to_str().unwrap(), "--format", "safetensors", "-o", hf.to_str().unwrap()]);
+    let cut = dir.join("cut.eqf");
+    std::fs::write(&cut, &std::fs::read(&q).unwrap()[..1000]).unwrap();
+    let (success, _, err) = edgeq(&[
+        "export",
+        cut.to_str().unwrap(),
+        "--format",
+        "safetensors",
+        "-o",
+        hf.to_str().unwrap(),
+    ]);
+    assert!(!success && err.contains("cut.eqf"), "{err}");
+    assert!(hf.join("model.safetensors").is_file());
+    // A corrupt checkpoint is a named error.
+    let st = hf.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let (success, _, err) = edgeq(&["import", hf.to_str().unwrap(), "-o", dir.join("y.eqf").to_str().unwrap()]);
+    assert!(!success && err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
 fn corrupt_files_give_clear_errors() {
     let Some(fx) = fixtures() else { return };
     let dir = tmpdir("corrupt");

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Import a checkpoint into an EQF file, tensors kept as stored (f32/f16/bf16, or GGUF's quantized blocks).
+    /// Import a checkpoint into an EQF file: a llama2.c .bin, a GGUF file (Q8_0/Q4_0/Q4_1 kept exactly, K-quants to the nearest scheme), or a Hugging Face directory (float, GPTQ or FP8 weights kept exactly where EQF has the scheme).
     Import(ImportArgs),
     /// Quantize the linear layers of an EQF model.
     Quantize(QuantizeArgs),
@@ -231,7 +231,8 @@ struct LayerArgs {
 
 #[derive(clap::Args)]
 struct ImportArgs {
-    /// Source: a llama2.c checkpoint (.bin), a GGUF file (.gguf), or a Hugging Face model directory.
+    /// Source: a llama2.c checkpoint (.bin), a GGUF file (.gguf), or a Hugging Face model directory (config.json,
+    /// safetensors: float, GPTQ qweight/qzeros/scales/g_idx, or FP8 with weight_scale).
     src: PathBuf,
     /// Tokenizer for llama2.c checkpoints (llama2.c tokenizer.bin layout); default: tokenizer.bin beside SRC.
     #[arg(long)]
