@@ -768,3 +768,94 @@ fn calib_prepare_cleans_dedups_and_stratifies() {
         q.to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn compare_writes_the_summary_and_agrees_with_eval() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("compare");
+    let m = import_stories(&fx, &dir);
+    let text = fx.join("text/tinystories_val.txt");
+    let out = dir.join("cmp");
+    let args = [
+        "compare",
+        &m,
+        "--text",
+        text.to_str().unwrap(),
+        "--eval-chars",
+        "8000",
+        "--window",
+        "128",
+        "--methods",
+        "rtn,gptq,awq,hqq,int8,fp8",
+        "--calib-samples",
+        "4",
+        "--speed-tokens",
+        "16",
+        "--sanity-tokens",
+        "8",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let s: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    for f in [
+        "quantization_summary.json",
+        "summary.md",
+        "ppl_vs_size.svg",
+        "ppl_vs_size.png",
+        "layer_error.svg",
+        "layer_error.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let rows = s["results"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["rtn-w4-g32", "gptq-w4-g32", "awq-w4-g32", "hqq-w4-g32", "int8-ch", "fp8-e4m3-ch"]
+    );
+    for r in rows {
+        for k in [
+            "size_mb",
+            "bits_per_weight",
+            "compression_vs_16bit",
+            "mean_nll",
+            "ppl",
+            "ppl_increase_pct",
+            "kl",
+            "top1_agreement",
+            "decode_tokens_per_second",
+            "prefill_tokens_per_second",
+            "speedup_vs_16bit",
+            "quant_seconds",
+        ] {
+            assert!(r[k].as_f64().is_some_and(f64::is_finite), "{}: {k} = {}", r["name"], r[k]);
+        }
+        assert!(r["pass"].is_boolean() && r["failed"].is_array() && r["generations"].as_array().unwrap().len() == 3);
+        let dir = std::path::Path::new(r["file"].as_str().unwrap()).parent().unwrap().to_path_buf();
+        assert!(dir.join("validation_report.json").is_file());
+        // The numbers are what `edgeq eval` prints for the same file and text.
+        let e: serde_json::Value = serde_json::from_str(&ok(&[
+            "eval",
+            r["file"].as_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--chars",
+            "8000",
+            "--window",
+            "128",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(e["mean_nll"].as_f64(), r["mean_nll"].as_f64(), "{}", r["name"]);
+        assert_eq!(e["tokens"], r["tokens_scored"]);
+        assert_eq!(e["file_bytes"], r["file_bytes"]);
+    }
+    let int8 = &rows[4];
+    assert!(int8["ppl_increase_pct"].as_f64().unwrap().abs() < 1.0, "{int8}");
+    assert!(int8["top1_agreement"].as_f64().unwrap() > rows[0]["top1_agreement"].as_f64().unwrap());
+    // A second run reuses every candidate.
+    let again: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert!(again["results"].as_array().unwrap().iter().all(|r| r["cached"] == true));
+    assert_eq!(again["results"][1]["mean_nll"], s["results"][1]["mean_nll"]);
+}

@@ -19,6 +19,13 @@ pub struct PplResult {
     pub stride: usize,
     /// `sliding` (every token scored once) or `llama-cpp` (llama-perplexity's chunks).
     pub protocol: &'static str,
+    /// Mean `KL(P_ref ‖ P_model)` per scored token, nats (with a reference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// Fraction of scored positions where the most likely next token equals
+    /// the reference's (with a reference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
     pub seconds: f64,
     pub tokens_per_second: f64,
     /// KV cache precision of the sessions (`f32`, `f16`, `q8`).
@@ -82,8 +89,35 @@ pub fn perplexity(
     kv: KvCache,
     progress: &indicatif::ProgressBar,
 ) -> Result<PplResult> {
+    let mut r = evaluate(&[model], false, tokens, protocol, max_tokens, acts, kv, progress)?;
+    Ok(r.remove(0))
+}
+
+/// Scores several models on the same windows of the same tokens. With
+/// `reference`, `models[0]` is the reference: every other model also gets
+/// the mean KL divergence `KL(P_ref ‖ P_model)` per scored token and the
+/// fraction of positions whose most likely next token agrees with the
+/// reference's (the reference's own row has KL 0 and agreement 1). Windows
+/// run in parallel; each holds one window of logits per model at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    models: &[&Model<'_>],
+    reference: bool,
+    tokens: &[u32],
+    protocol: Protocol,
+    max_tokens: Option<usize>,
+    acts: Activations,
+    kv: KvCache,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<PplResult>> {
     let t0 = std::time::Instant::now();
-    let max_seq = model.cfg.max_seq_len as usize;
+    anyhow::ensure!(!models.is_empty(), "no model to evaluate");
+    let max_seq = models.iter().map(|m| m.cfg.max_seq_len as usize).min().unwrap_or(0);
+    let vocab = models[0].cfg.vocab_size as usize;
+    anyhow::ensure!(
+        models.iter().all(|m| m.cfg.vocab_size as usize == vocab),
+        "the models have different vocabularies; they cannot be scored on the same tokens"
+    );
     let (plan, window, stride, chunk_bos, name) = match protocol {
         Protocol::Sliding { window, stride } => {
             let window = window.min(max_seq - 1).max(1);
@@ -111,62 +145,111 @@ pub fn perplexity(
         }
     };
     anyhow::ensure!(!plan.is_empty(), "text too short: {} tokens, need at least 2", tokens.len());
-    progress.set_length(plan.len() as u64);
-    let vocab = model.cfg.vocab_size as usize;
-    let per_window: Vec<Result<(f64, usize)>> = plan
+    progress.set_length((plan.len() * models.len()) as u64);
+    // Per window, per model: (Σ nll, Σ kl, top-1 agreements, count).
+    type Sums = Vec<(f64, f64, usize, usize)>;
+    let per_window: Vec<Result<Sums>> = plan
         .par_iter()
         .map(|&(start, len, first)| {
-            let seq = len; // positions fed
-            let mut arena = vec![0u64; arena_bytes_with(&model.cfg, seq, seq, kv).div_ceil(8)];
-            let opts = SessionOptions {
-                kv,
-                matmul: MatmulOpts { acts, threads: 1 },
-            };
-            let mut s =
-                Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), seq, seq, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut logits = vec![0.0f32; (len - 1) * vocab];
             let mut input = tokens[start..start + len - 1].to_vec();
             if let Some(b) = chunk_bos {
                 input[0] = b;
             }
-            s.forward(&input, Some(&mut logits)).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut nll = 0.0f64;
-            let mut count = 0;
-            for i in first..len - 1 {
-                if let Some(limit) = max_tokens {
-                    if start + i >= limit {
-                        break;
+            let end = match max_tokens {
+                Some(limit) => (len - 1).min(limit.saturating_sub(start)).max(first),
+                None => len - 1,
+            };
+            let mut ref_logits: Vec<f32> = Vec::new();
+            let mut sums = Vec::with_capacity(models.len());
+            for (mi, model) in models.iter().enumerate() {
+                let mut arena = vec![0u64; arena_bytes_with(&model.cfg, len, len, kv).div_ceil(8)];
+                let opts = SessionOptions {
+                    kv,
+                    matmul: MatmulOpts { acts, threads: 1 },
+                };
+                let mut s = Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), len, len, opts)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut logits = vec![0.0f32; (len - 1) * vocab];
+                s.forward(&input, Some(&mut logits)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let (mut nll, mut kl, mut agree) = (0.0f64, 0.0f64, 0usize);
+                for i in first..end {
+                    let row = &logits[i * vocab..(i + 1) * vocab];
+                    nll += nll_of(row, tokens[start + i + 1] as usize);
+                    if reference && mi > 0 {
+                        let r = &ref_logits[i * vocab..(i + 1) * vocab];
+                        kl += kl_of(r, row);
+                        agree += (argmax(r) == argmax(row)) as usize;
+                    } else if reference {
+                        agree += 1;
                     }
                 }
-                let row = &logits[i * vocab..(i + 1) * vocab];
-                nll += nll_of(row, tokens[start + i + 1] as usize);
-                count += 1;
+                sums.push((nll, kl, agree, end.saturating_sub(first)));
+                if reference && mi == 0 {
+                    ref_logits = logits;
+                }
+                progress.inc(1);
             }
-            progress.inc(1);
-            Ok((nll, count))
+            Ok(sums)
         })
         .collect();
-    let (mut total, mut count) = (0.0, 0);
+    let mut totals = vec![(0.0f64, 0.0f64, 0usize, 0usize); models.len()];
     for r in per_window {
-        let (n, c) = r?;
-        total += n;
-        count += c;
+        for (t, w) in totals.iter_mut().zip(r?) {
+            *t = (t.0 + w.0, t.1 + w.1, t.2 + w.2, t.3 + w.3);
+        }
     }
-    let mean = total / count as f64;
     let secs = t0.elapsed().as_secs_f64();
-    Ok(PplResult {
-        mean_nll: mean,
-        ppl: mean.exp(),
-        tokens: count,
-        text_tokens: tokens.len(),
-        windows: plan.len(),
-        window,
-        stride,
-        protocol: name,
-        seconds: secs,
-        tokens_per_second: plan.iter().map(|p| p.1 - 1).sum::<usize>() as f64 / secs,
-        kv: kv.name(),
-    })
+    let fed: usize = plan.iter().map(|p| p.1 - 1).sum();
+    Ok(totals
+        .into_iter()
+        .map(|(nll, kl, agree, count)| {
+            let mean = nll / count.max(1) as f64;
+            PplResult {
+                mean_nll: mean,
+                ppl: mean.exp(),
+                tokens: count,
+                text_tokens: tokens.len(),
+                windows: plan.len(),
+                window,
+                stride,
+                protocol: name,
+                kl: reference.then(|| kl / count.max(1) as f64),
+                top1_agreement: reference.then(|| agree as f64 / count.max(1) as f64),
+                seconds: secs,
+                tokens_per_second: (fed * models.len()) as f64 / secs,
+                kv: kv.name(),
+            }
+        })
+        .collect())
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `KL(softmax(p) ‖ softmax(q))` in nats, in f64.
+pub fn kl_of(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let lse = |l: &[f32]| {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max
+    };
+    let (lp, lq) = (lse(p_logits), lse(q_logits));
+    p_logits
+        .iter()
+        .zip(q_logits)
+        .map(|(&a, &b)| {
+            let la = a as f64 - lp;
+            la.exp() * (la - (b as f64 - lq))
+        })
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// −log softmax(logits)[target], in f64.
@@ -179,6 +262,18 @@ pub fn nll_of(logits: &[f32], target: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::{plan_llama_cpp_chunks, plan_windows};
+
+    #[test]
+    fn kl_and_argmax() {
+        let p = [1.0f32, 2.0, 3.0];
+        assert!(super::kl_of(&p, &p).abs() < 1e-12);
+        assert!((super::kl_of(&p, &[1.0, 2.0, 3.0].map(|x: f32| x + 5.0))).abs() < 1e-12); // shift-invariant
+        let q = [3.0f32, 2.0, 1.0];
+        let (ps, qs) = ([0.0900306f64, 0.2447285, 0.6652410], [0.6652410f64, 0.2447285, 0.0900306]);
+        let want: f64 = ps.iter().zip(&qs).map(|(a, b)| a * (a / b).ln()).sum();
+        assert!((super::kl_of(&p, &q) - want).abs() < 1e-6, "{} vs {want}", super::kl_of(&p, &q));
+        assert_eq!((super::argmax(&p), super::argmax(&q), super::argmax(&[2.0, 2.0])), (2, 0, 0));
+    }
 
     #[test]
     fn llama_cpp_chunks_score_the_second_half_of_each_full_chunk() {

@@ -3,6 +3,7 @@
 pub mod algo;
 pub mod bench;
 pub mod calib;
+pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod import;
@@ -10,7 +11,9 @@ pub mod inspect;
 pub mod methods;
 pub mod model_file;
 pub mod npy;
+pub mod plots;
 pub mod quantize;
+pub mod sanity;
 pub mod text;
 pub mod tiny;
 

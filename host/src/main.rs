@@ -45,6 +45,11 @@ enum Cmd {
     Bench(BenchArgs),
     /// Write an EQF model in another tool's format: GGUF for llama.cpp (Q4_0/Q4_1/Q8_0 carried bit-exactly) or a Hugging Face safetensors directory (GPTQ packing, compressed-tensors FP8, or float).
     Export(ExportArgs),
+    /// Quantize one model with several methods and compare them on the same text: size, compression,
+    /// quantization time and memory, perplexity, KL and top-1 vs the original, tokens/s and speedup vs
+    /// 16-bit, generation sanity, pass/fail against acceptance criteria (with an optional fallback ladder).
+    /// Writes OUT/quantization_summary.json, OUT/summary.md, plots, and OUT/<candidate>/validation_report.json.
+    Compare(CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +81,73 @@ struct ExportArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "q8_0", "q4_0", "q4_1", "f16", "bf16", "f32"])]
     requant: String,
     /// Print the per-tensor report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// The model to quantize (EQF, usually the unquantized import): the quality reference.
+    model: PathBuf,
+    /// Evaluation text (UTF-8); its first --eval-chars characters are scored.
+    #[arg(long)]
+    text: PathBuf,
+    /// Characters of --text scored (from the start).
+    #[arg(long, default_value_t = 100_000)]
+    eval_chars: usize,
+    /// Calibration text or JSONL for GPTQ / AWQ; default: --text after the --eval-chars scored
+    /// characters (disjoint from the evaluation slice).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration samples for GPTQ / AWQ.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    /// Methods, comma-separated: rtn, gptq, awq, hqq (at each of --bits), int8 (per channel), fp8 (E4M3 per
+    /// channel), fp8-block (E4M3, 128x128 blocks). A 16-bit copy is always made as the speed and size baseline.
+    #[arg(long, value_delimiter = ',', default_value = "rtn,gptq,awq,hqq,int8,fp8")]
+    methods: Vec<String>,
+    /// Weight bits of rtn / gptq / awq / hqq (comma-separated: 4,8).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    bits: Vec<u32>,
+    /// Group size of rtn / gptq / awq / hqq (a multiple of 32; -1 = per channel).
+    #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
+    group: i64,
+    /// Output directory (one subdirectory per candidate, reused by later runs with the same arguments).
+    #[arg(short, long, default_value = "compare-out")]
+    out: PathBuf,
+    /// Tokens per evaluation window (non-overlapping windows; capped at the model's context).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Score at most this many tokens.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Pass only if perplexity rises by at most this many percent over the reference.
+    #[arg(long, default_value_t = 2.0)]
+    max_ppl_increase: f64,
+    /// Pass only if decoding is at least this many times faster than the 16-bit model.
+    #[arg(long, default_value_t = 1.5)]
+    min_speedup: f64,
+    /// Pass only if the file is at least this fraction of the ideal 16/bits times smaller than 16-bit
+    /// (0.75: a 4-bit model at least 3x, an 8-bit one 1.5x).
+    #[arg(long, default_value_t = 0.75)]
+    min_compression: f64,
+    /// When a candidate fails on quality, try in turn: twice the calibration data, half the group size,
+    /// the first and last blocks unquantized, INT8; every attempt is recorded, the first passing kept.
+    #[arg(long)]
+    fallback: bool,
+    /// Threads for the speed measurement (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tokens of the decode (tg) and prefill (pp) speed tests.
+    #[arg(long, default_value_t = 64)]
+    speed_tokens: usize,
+    /// Tokens generated per fixed prompt for the sanity check.
+    #[arg(long, default_value_t = 32)]
+    sanity_tokens: usize,
+    /// Re-quantize candidates even when OUT holds a result made with the same arguments.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -390,6 +462,11 @@ struct EvalArgs {
     /// UTF-8 text file to score.
     #[arg(long)]
     text: PathBuf,
+    /// Reference model (e.g. the unquantized original): scored in lockstep with the models on the same
+    /// windows, and every model also gets the mean KL divergence KL(reference || model) per token and
+    /// the top-1 agreement (how often both predict the same next token). The reference is the first row.
+    #[arg(long = "ref", value_name = "MODEL")]
+    reference: Option<PathBuf>,
     /// Use only the first N characters of the text.
     #[arg(long)]
     chars: Option<usize>,
@@ -423,6 +500,13 @@ struct EvalArgs {
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also generate greedily from a few fixed prompts (--sanity-tokens each) and flag broken output:
+    /// empty, non-text bytes, or a repetition loop (a unit of 1-16 tokens repeating to the end).
+    #[arg(long)]
+    sanity: bool,
+    /// Tokens generated per prompt by --sanity.
+    #[arg(long, default_value_t = 48)]
+    sanity_tokens: usize,
     /// Print one JSON object (mean_nll, ppl, tokens, ...) instead of text.
     #[arg(long)]
     json: bool,
@@ -467,6 +551,7 @@ fn main() {
         Cmd::Layer(a) => cmd_layer(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Export(a) => cmd_export(a),
+        Cmd::Compare(a) => cmd_compare(a),
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
     };
     if let Err(e) = r {
@@ -523,14 +608,24 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
             eprintln!("{:<24} {:>10} -> {:<12} rel.err {:.3e}", r.name, r.from, r.to, r.rel_err);
         }
     }
+    // The same report as the calibrated methods write (errors are weight errors here).
+    let secs = t0.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "method": "rtn", "bits": a.bits, "group": a.group, "sym": !a.asym, "fp8": a.fp8, "input": a.input, "output": a.out,
+        "seconds": secs, "peak_rss_mb": edgeq_host::calib::pipeline::peak_rss_mb(),
+        "layers": reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "metric": "weight", "rel_err": r.rel_err})).collect::<Vec<_>>(),
+    });
+    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
+    write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
     eprintln!(
-        "quantized {} tensors ({}) -> {} ({:.3} MB, was {:.3} MB) in {:.2}s",
+        "quantized {} tensors ({}) -> {} ({:.3} MB, was {:.3} MB) in {:.2}s; report {}",
         reports.len(),
         quantize::spec_name(&linear),
         a.out.display(),
         bytes.len() as f64 / 1e6,
         f.bytes().len() as f64 / 1e6,
-        t0.elapsed().as_secs_f64()
+        secs,
+        rpath.display()
     );
     Ok(())
 }
@@ -753,29 +848,65 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         Some(n) => raw.chars().take(n).collect(),
         None => raw,
     };
-    let mut results = Vec::new();
-    for path in &a.models {
-        let f = ModelFile::open(path)?;
-        let model = f.model()?;
-        let tok = text::tokenizer(&model)?;
-        let bos = match a.bos.as_str() {
+    let bos_of = |tok: &edgeq_runtime::tokenizer::Tokenizer<'_>| -> Result<bool> {
+        Ok(match a.bos.as_str() {
             "auto" => tok.add_bos_default(),
             "yes" => true,
             "no" => false,
             o => anyhow::bail!("--bos {o}: expected auto, yes or no"),
-        };
+        })
+    };
+    let protocol_of = |bos: bool, bos_id: u32| match a.protocol {
+        EvalProtocol::Sliding => eval::Protocol::Sliding {
+            window: a.window,
+            stride: a.stride.unwrap_or(a.window),
+        },
+        EvalProtocol::LlamaCpp => eval::Protocol::LlamaCpp {
+            ctx: a.window,
+            bos: bos.then_some(bos_id),
+        },
+    };
+    let mut results = Vec::new();
+    if let Some(rp) = &a.reference {
+        // Lockstep: the reference and every model on the same windows; KL and top-1 vs the reference.
+        let paths: Vec<&PathBuf> = std::iter::once(rp).chain(&a.models).collect();
+        let files = paths.iter().map(|p| ModelFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let models = files.iter().map(|f| f.model()).collect::<Result<Vec<_>>>()?;
+        let tok = text::tokenizer(&models[0])?;
+        let bos = bos_of(&tok)?;
         let tokens = text::encode(&tok, &body, bos)?;
         let pb = progress(0, "eval");
-        let protocol = match a.protocol {
-            EvalProtocol::Sliding => eval::Protocol::Sliding {
-                window: a.window,
-                stride: a.stride.unwrap_or(a.window),
-            },
-            EvalProtocol::LlamaCpp => eval::Protocol::LlamaCpp {
-                ctx: a.window,
-                bos: bos.then_some(model.cfg.bos_id),
-            },
-        };
+        let refs: Vec<&edgeq_runtime::Model<'_>> = models.iter().collect();
+        let rs = eval::evaluate(
+            &refs,
+            true,
+            &tokens,
+            protocol_of(bos, models[0].cfg.bos_id),
+            a.max_tokens,
+            a.acts.into(),
+            a.kv.into(),
+            &pb,
+        )
+        .with_context(|| format!("scoring against the reference {}", rp.display()))?;
+        pb.finish_and_clear();
+        for ((p, f), (m, r)) in paths.iter().zip(&files).zip(models.iter().zip(rs)) {
+            let info = inspect::report(m, f.bytes().len() as u64);
+            results.push((
+                (*p).clone(),
+                r,
+                f.bytes().len(),
+                info["bits_per_weight"].as_f64().unwrap_or(f64::NAN),
+            ));
+        }
+    }
+    for path in a.models.iter().filter(|_| a.reference.is_none()) {
+        let f = ModelFile::open(path)?;
+        let model = f.model()?;
+        let tok = text::tokenizer(&model)?;
+        let bos = bos_of(&tok)?;
+        let tokens = text::encode(&tok, &body, bos)?;
+        let pb = progress(0, "eval");
+        let protocol = protocol_of(bos, model.cfg.bos_id);
         let r = eval::perplexity(&model, &tokens, protocol, a.max_tokens, a.acts.into(), a.kv.into(), &pb)?;
         pb.finish_and_clear();
         let info = inspect::report(&model, f.bytes().len() as u64);
@@ -786,15 +917,31 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             info["bits_per_weight"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    let mut generations = Vec::new();
+    if a.sanity {
+        for (p, _, _, _) in &results {
+            let f = ModelFile::open(p)?;
+            let m = f.model()?;
+            let gens = edgeq_host::sanity::PROMPTS
+                .iter()
+                .map(|pr| edgeq_host::sanity::generate(&m, pr, a.sanity_tokens, a.acts.into()))
+                .collect::<Result<Vec<_>>>()?;
+            generations.push(gens);
+        }
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         let objs: Vec<serde_json::Value> = results
             .iter()
-            .map(|(p, r, size, bpw)| {
+            .enumerate()
+            .map(|(i, (p, r, size, bpw))| {
                 let mut v = serde_json::to_value(r).unwrap_or_default();
                 v["model"] = serde_json::json!(p);
                 v["file_bytes"] = serde_json::json!(size);
                 v["bits_per_weight"] = serde_json::json!(bpw);
+                if let Some(g) = generations.get(i) {
+                    v["generations"] = serde_json::json!(g);
+                }
                 v
             })
             .collect();
@@ -822,15 +969,30 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         )?;
     } else {
         let base = results[0].1.mean_nll;
+        let with_ref = results[0].1.kl.is_some();
         writeln!(
             out,
-            "{:<40} {:>10} {:>7} {:>10} {:>10} {:>9}",
-            "model", "size MB", "bpw", "mean NLL", "ppl", "ΔNLL"
+            "{:<40} {:>10} {:>7} {:>10} {:>10} {:>9}{}",
+            "model",
+            "size MB",
+            "bpw",
+            "mean NLL",
+            "ppl",
+            "ΔNLL",
+            if with_ref {
+                format!(" {:>10} {:>7}", "KL", "top-1")
+            } else {
+                String::new()
+            }
         )?;
         for (p, r, size, bpw) in &results {
+            let extra = match (r.kl, r.top1_agreement) {
+                (Some(kl), Some(t)) => format!(" {kl:>10.2e} {:>6.2}%", t * 100.0),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "{:<40} {:>10.3} {:>7.3} {:>10.4} {:>10.4} {:>+8.2}%",
+                "{:<40} {:>10.3} {:>7.3} {:>10.4} {:>10.4} {:>+8.2}%{extra}",
                 p.display().to_string(),
                 *size as f64 / 1e6,
                 bpw,
@@ -839,11 +1001,25 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 (r.mean_nll / base - 1.0) * 100.0
             )?;
         }
+        if with_ref {
+            writeln!(
+                out,
+                "(KL: mean KL(reference || model) per token, nats; top-1: next-token argmax agreement; the first row is the reference)"
+            )?;
+        }
         writeln!(
             out,
             "({} tokens scored per model, windows of {}, stride {}, KV cache {})",
             results[0].1.tokens, results[0].1.window, results[0].1.stride, results[0].1.kv
         )?;
+    }
+    if !a.json {
+        for ((p, _, _, _), gens) in results.iter().zip(&generations) {
+            for g in gens {
+                let flags = if g.flags.is_empty() { "ok".to_string() } else { g.flags.join(", ") };
+                writeln!(out, "{} [{flags}] {:?} -> {:?}", p.display(), g.prompt, g.text)?;
+            }
+        }
     }
     Ok(())
 }
@@ -917,6 +1093,49 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<()> {
+    use edgeq_host::compare;
+    let cands = compare::candidates(&a.methods, &a.bits, a.group, a.calib_samples)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let opts = compare::Options {
+        model: a.model.clone(),
+        text: a.text.clone(),
+        eval_chars: a.eval_chars,
+        calib: a.calib.clone(),
+        calib_skip_chars: a.eval_chars,
+        out: a.out.clone(),
+        window: a.window,
+        max_tokens: a.max_tokens,
+        criteria: compare::Criteria {
+            max_ppl_increase_pct: a.max_ppl_increase,
+            min_speedup: a.min_speedup,
+            min_compression_fraction: a.min_compression,
+        },
+        fallback: a.fallback,
+        threads,
+        speed_tokens: a.speed_tokens,
+        sanity_tokens: a.sanity_tokens,
+        force: a.force,
+    };
+    let pb = progress(0, "compare");
+    let summary = compare::run(&opts, &cands, &pb)?;
+    pb.finish_and_clear();
+    let md = std::fs::read_to_string(a.out.join("summary.md")).unwrap_or_default();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{md}");
+    }
+    eprintln!(
+        "wrote {}/quantization_summary.json, summary.md and the plots (ppl_vs_size, layer_error: .svg and .png) in {:.1}s",
+        a.out.display(),
+        summary["seconds"].as_f64().unwrap_or(0.0)
+    );
     Ok(())
 }
 
