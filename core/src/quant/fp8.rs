@@ -94,11 +94,60 @@ pub fn decode(f: &Fp8Format, c: u8) -> f32 {
     }
 }
 
+/// 2^k for |k| < 126, from its f32 bit pattern (exact).
+const fn pow2(k: i32) -> f32 {
+    f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// Builds the 256-entry decode table of a format at compile time: the same
+/// values as [`decode`] (a test checks all 256 codes of both formats), built
+/// from exact power-of-two multiplications.
+const fn table(f: Fp8Format) -> [f32; 256] {
+    let mut t = [0f32; 256];
+    let m = f.mbits;
+    let emax_field = (1i32 << (7 - m)) - 1;
+    let mut c = 0usize;
+    while c < 256 {
+        let sign = if c & 0x80 != 0 { -1.0f32 } else { 1.0 };
+        let e = ((c & 0x7F) >> m) as i32;
+        let mant = (c & ((1 << m) - 1)) as f32;
+        t[c] = if f.has_inf && e == emax_field {
+            if mant == 0.0 {
+                sign * f32::INFINITY
+            } else {
+                f32::NAN
+            }
+        } else if !f.has_inf && (c & 0x7F) as u8 == f.nan_code {
+            f32::NAN
+        } else if e == 0 {
+            sign * (mant * pow2(1 - f.bias - m as i32))
+        } else {
+            sign * ((1.0 + mant / (1 << m) as f32) * pow2(e - f.bias))
+        };
+        c += 1;
+    }
+    t
+}
+
+/// Every E4M3 code's value (index = code).
+pub static E4M3_TABLE: [f32; 256] = table(E4M3);
+/// Every E5M2 code's value (index = code).
+pub static E5M2_TABLE: [f32; 256] = table(E5M2);
+
+/// The decode table of an FP8 scheme.
+pub fn table_of(s: Scheme) -> &'static [f32; 256] {
+    if s == Scheme::Fp8E5M2 {
+        &E5M2_TABLE
+    } else {
+        &E4M3_TABLE
+    }
+}
+
 pub fn decode_e4m3(c: u8) -> f32 {
-    decode(&E4M3, c)
+    E4M3_TABLE[c as usize]
 }
 pub fn decode_e5m2(c: u8) -> f32 {
-    decode(&E5M2, c)
+    E5M2_TABLE[c as usize]
 }
 pub fn decoder(s: Scheme) -> fn(u8) -> f32 {
     if s == Scheme::Fp8E5M2 {
@@ -173,6 +222,25 @@ pub(super) fn quantize(spec: QuantSpec, l: &TensorLayout, src: &[f32], out: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The compile-time tables hold exactly what `decode` computes, for all
+    /// 256 codes of both formats.
+    #[test]
+    fn tables_equal_decode() {
+        for (f, t) in [(E4M3, &E4M3_TABLE), (E5M2, &E5M2_TABLE)] {
+            for c in 0..=255u8 {
+                let (a, b) = (decode(&f, c), t[c as usize]);
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "code {c:#04x}: {a} vs {b}"
+                );
+            }
+        }
+        assert_eq!(
+            (E4M3_TABLE[0x7E], E4M3_TABLE[0x01], E5M2_TABLE[0x7B]),
+            (448.0, 2f32.powi(-9), 57344.0)
+        );
+    }
 
     /// Every one of the 256 codes decodes and re-encodes to itself (NaNs to NaN).
     #[test]

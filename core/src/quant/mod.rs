@@ -81,10 +81,19 @@ pub fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
         }
         s if s.is_int() => int::dequantize_row(t, r, out),
         s => {
-            let codes = t.row_codes(r);
-            let decode = fp8::decoder(s);
-            for (c, o) in out.iter_mut().enumerate() {
-                *o = decode(codes[c]) * t.fp8_scale(r, c);
+            // value = table[code] · scale, the scale constant over runs of
+            // the row (the whole row unless block-scaled).
+            let codes = &t.row_codes(r)[..cols];
+            let table = fp8::table_of(s);
+            let run = match t.spec.granularity {
+                crate::scheme::Granularity::Block => (t.spec.group as usize).max(1),
+                _ => cols,
+            };
+            for (c0, (o, q)) in out.chunks_mut(run).zip(codes.chunks(run)).enumerate() {
+                let scale = t.fp8_scale(r, c0 * run);
+                for (o, &q) in o.iter_mut().zip(q) {
+                    *o = table[q as usize] * scale;
+                }
             }
         }
     }
