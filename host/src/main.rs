@@ -507,6 +507,10 @@ struct EvalArgs {
     /// Tokens generated per prompt by --sanity.
     #[arg(long, default_value_t = 48)]
     sanity_tokens: usize,
+    /// Also measure decode (tg) and prefill (pp) tokens/s of each model on this many tokens (llama-bench's
+    /// tests, q8 activations, best of three, all --threads).
+    #[arg(long, value_name = "TOKENS")]
+    speed: Option<usize>,
     /// Print one JSON object (mean_nll, ppl, tokens, ...) instead of text.
     #[arg(long)]
     json: bool,
@@ -917,6 +921,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             info["bits_per_weight"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    let mut speeds = Vec::new();
+    if let Some(n) = a.speed {
+        let threads = a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        for (p, _, _, _) in &results {
+            let f = ModelFile::open(p)?;
+            let m = f.model()?;
+            let n = n.clamp(1, m.cfg.max_seq_len as usize - 1);
+            let tg = edgeq_host::bench::model(&m, ("tg", n), edgeq_runtime::Activations::Q8, a.kv.into(), threads, 3)?;
+            let pp = edgeq_host::bench::model(&m, ("pp", n), edgeq_runtime::Activations::Q8, a.kv.into(), threads, 3)?;
+            speeds.push((tg.tokens_per_second, pp.tokens_per_second));
+        }
+    }
+    let peak = edgeq_host::calib::pipeline::peak_rss_mb();
     let mut generations = Vec::new();
     if a.sanity {
         for (p, _, _, _) in &results {
@@ -939,6 +958,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 v["model"] = serde_json::json!(p);
                 v["file_bytes"] = serde_json::json!(size);
                 v["bits_per_weight"] = serde_json::json!(bpw);
+                v["peak_rss_mb"] = serde_json::json!(peak);
+                if let Some((tg, pp)) = speeds.get(i) {
+                    v["decode_tokens_per_second"] = serde_json::json!(tg);
+                    v["prefill_tokens_per_second"] = serde_json::json!(pp);
+                }
                 if let Some(g) = generations.get(i) {
                     v["generations"] = serde_json::json!(g);
                 }
@@ -1014,6 +1038,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         )?;
     }
     if !a.json {
+        for ((p, _, _, _), (tg, pp)) in results.iter().zip(&speeds) {
+            writeln!(out, "{}: decode {tg:.1} tok/s, prefill {pp:.1} tok/s", p.display())?;
+        }
+        if let Some(mb) = peak {
+            writeln!(out, "peak memory of this process: {mb:.0} MB")?;
+        }
         for ((p, _, _, _), gens) in results.iter().zip(&generations) {
             for g in gens {
                 let flags = if g.flags.is_empty() { "ok".to_string() } else { g.flags.join(", ") };
