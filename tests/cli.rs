@@ -859,3 +859,51 @@ fn compare_writes_the_summary_and_agrees_with_eval() {
     assert!(again["results"].as_array().unwrap().iter().all(|r| r["cached"] == true));
     assert_eq!(again["results"][1]["mean_nll"], s["results"][1]["mean_nll"]);
 }
+
+#[test]
+fn mixed_precision_policies() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("policy");
+    let m = import_stories(&fx, &dir);
+    let schemes = |extra: &[&str]| -> std::collections::BTreeMap<String, String> {
+        let q = dir.join("p.eqf");
+        let mut args = vec!["quantize", &m, "--bits", "4", "--group", "32", "-o", q.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        ok(&args);
+        let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", q.to_str().unwrap(), "--json"])).unwrap();
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["name"].as_str().unwrap().to_string(), t["scheme"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let s = schemes(&["--policy", "mlp-only"]);
+    assert_eq!((s["blk.2.attn_q"].as_str(), s["blk.2.ffn_up"].as_str()), ("f32", "q4-g32"));
+    let s = schemes(&["--policy", "attn-only"]);
+    assert_eq!((s["blk.2.attn_q"].as_str(), s["blk.2.ffn_up"].as_str()), ("q4-g32", "f32"));
+    let s = schemes(&["--sandwich", "1"]);
+    assert_eq!(
+        (s["blk.0.attn_q"].as_str(), s["blk.4.ffn_down"].as_str(), s["blk.2.attn_q"].as_str()),
+        ("f32", "f32", "q4-g32")
+    );
+    let s = schemes(&[
+        "--override",
+        "blk.1.*=q8-ch",
+        "--override",
+        "blk.*.ffn_down=keep",
+        "--sandwich",
+        "1",
+    ]);
+    assert_eq!(
+        (
+            s["blk.1.attn_q"].as_str(),
+            s["blk.2.ffn_down"].as_str(),
+            s["blk.2.ffn_up"].as_str(),
+            s["blk.0.attn_k"].as_str()
+        ),
+        ("q8-ch", "f32", "q4-g32", "f32")
+    );
+    let (success, _, err) = edgeq(&["quantize", &m, "--override", "blk.1.*", "-o", dir.join("x.eqf").to_str().unwrap()]);
+    assert!(!success && err.contains("GLOB=SCHEME"), "{err}");
+}

@@ -33,8 +33,36 @@ pub struct Candidate {
     pub fallback: String,
 }
 
-/// The candidates for `--methods` at each of `--bits`.
+/// The candidates for `--methods` at each of `--bits`. A method may carry a
+/// mixed-precision policy after a colon: `int8:mlp-only`, `gptq:attn-only`,
+/// `rtn:sandwich2` (first and last 2 blocks kept).
 pub fn candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: usize) -> Result<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for spec in methods {
+        let (m, policy) = match spec.split_once(':') {
+            Some((m, p)) => (m, Some(p)),
+            None => (spec.as_str(), None),
+        };
+        let extra: Vec<String> = match policy {
+            None => vec![],
+            Some(p @ ("mlp-only" | "attn-only")) => vec!["--policy".into(), p.into()],
+            Some(p) if p.strip_prefix("sandwich").is_some_and(|n| n.parse::<u32>().is_ok()) => {
+                vec!["--sandwich".into(), p["sandwich".len()..].into()]
+            }
+            Some(p) => bail!("--methods {spec}: unknown policy '{p}' (mlp-only, attn-only, sandwichN)"),
+        };
+        for mut c in base_candidates(&[m.to_string()], bits, group, calib_samples)? {
+            if let Some(p) = policy {
+                c.name = format!("{}-{p}", c.name);
+                c.args.extend(extra.iter().cloned());
+            }
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: usize) -> Result<Vec<Candidate>> {
     let mut out = Vec::new();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     for m in methods {
@@ -617,5 +645,16 @@ mod tests {
         assert!(fallback(&candidates(&["int8".into()], &[8], 0, 0).unwrap()[0], 6).is_none());
         assert!(candidates(&["nope".into()], &[4], 32, 0).is_err());
         assert!(candidates(&["rtn".into()], &[3], 32, 0).is_err());
+        let mixed = candidates(
+            &["int8:mlp-only".into(), "int8:attn-only".into(), "int8:sandwich5".into()],
+            &[4],
+            32,
+            0,
+        )
+        .unwrap();
+        let names: Vec<&str> = mixed.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["int8-ch-mlp-only", "int8-ch-attn-only", "int8-ch-sandwich5"]);
+        assert!(mixed[2].args.ends_with(&["--sandwich".into(), "5".into()]));
+        assert!(candidates(&["int8:half".into()], &[4], 32, 0).is_err());
     }
 }

@@ -103,7 +103,9 @@ struct CompareArgs {
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
     /// Methods, comma-separated: rtn, gptq, awq, hqq (at each of --bits), int8 (per channel), fp8 (E4M3 per
-    /// channel), fp8-block (E4M3, 128x128 blocks). A 16-bit copy is always made as the speed and size baseline.
+    /// channel), fp8-block (E4M3, 128x128 blocks); each may take a mixed-precision policy after a colon:
+    /// int8:mlp-only, int8:attn-only, gptq:sandwich5 (first and last 5 blocks kept). A 16-bit copy is always
+    /// made as the speed and size baseline.
     #[arg(long, value_delimiter = ',', default_value = "rtn,gptq,awq,hqq,int8,fp8")]
     methods: Vec<String>,
     /// Weight bits of rtn / gptq / awq / hqq (comma-separated: 4,8).
@@ -364,6 +366,19 @@ struct QuantizeArgs {
     /// Leave tensors matching this glob as they are, by canonical name (e.g. 'blk.*.ffn_down', 'blk.0.*'). Repeatable.
     #[arg(long)]
     skip: Vec<String>,
+    /// Mixed precision preset: all (every linear layer), mlp-only (attention kept as stored), attn-only
+    /// (the MLP kept as stored).
+    #[arg(long, value_enum, default_value_t = PolicyPreset::All)]
+    policy: PolicyPreset,
+    /// Keep the first N and the last N blocks as stored ("sandwich": the most sensitive blocks at full precision).
+    #[arg(long, default_value_t = 0)]
+    sandwich: u32,
+    /// Per-module scheme, GLOB=SCHEME by canonical name, first match wins, before --sandwich and --policy:
+    /// e.g. 'blk.0.*=q8-ch', 'blk.*.ffn_down=q8-g32', 'blk.5.attn_*=keep'. SCHEME: q4-g32, q4a-g64, q8-ch, q8,
+    /// fp8-e4m3-ch, f16, f32, keep. Overridden layers are quantized by RTN in their scheme (a calibrated
+    /// method quantizes the others). Repeatable.
+    #[arg(long = "override", value_name = "GLOB=SCHEME")]
+    overrides: Vec<String>,
     /// Print the per-tensor report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -443,6 +458,23 @@ impl From<Acts> for edgeq_runtime::Activations {
         match a {
             Acts::F32 => edgeq_runtime::Activations::F32,
             Acts::Q8 => edgeq_runtime::Activations::Q8,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyPreset {
+    All,
+    MlpOnly,
+    AttnOnly,
+}
+
+impl From<PolicyPreset> for quantize::Preset {
+    fn from(p: PolicyPreset) -> Self {
+        match p {
+            PolicyPreset::All => quantize::Preset::All,
+            PolicyPreset::MlpOnly => quantize::Preset::MlpOnly,
+            PolicyPreset::AttnOnly => quantize::Preset::AttnOnly,
         }
     }
 }
@@ -596,7 +628,8 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let model = f.model()?;
     let linear = quantize::spec_from_args(a.bits, a.group, !a.asym, a.fp8.as_deref())?;
     let embed = quantize::spec_from_name(&a.embed, a.group)?;
-    let policy = quantize::Policy::new(linear, embed, &a.skip)?;
+    let policy =
+        quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
     let pb = progress(model.eqf.tensors().len() as u64, "quantize");
     let (bytes, reports) = quantize::quantize_rtn(&model.eqf, &policy, &pb)?;
     pb.finish_and_clear();
@@ -1240,7 +1273,8 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     anyhow::ensure!(a.fp8.is_none(), "--fp8 is only available with --method rtn");
     let linear = ma.grid.spec()?;
     let embed = quantize::spec_from_name(&a.embed, a.group)?;
-    let policy = quantize::Policy::new(linear, embed, &a.skip)?;
+    let policy =
+        quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
     let tok = text::tokenizer(&model)?;
     let calib = match (&a.calib, ma.needs_calibration()) {
         (Some(p), _) => {
@@ -1273,7 +1307,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     pb.finish_and_clear();
     // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
     let quantized: std::collections::HashSet<(u16, u16)> = entries.iter().map(|e| (e.layer, e.role as u16)).collect();
-    let rest = quantize::Policy::new(linear, embed, &a.skip)?;
+    let rest = quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
     let pb2 = progress(0, "finish");
     let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, &pb2)?;
     pb2.finish_and_clear();

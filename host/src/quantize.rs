@@ -15,6 +15,21 @@ pub struct Policy {
     pub embeddings: Option<QuantSpec>,
     /// Tensors (canonical names, e.g. `blk.*.ffn_down`) left as they are.
     pub skip: GlobSet,
+    /// Per-module precision, first match wins: (pattern, scheme or `None`
+    /// = keep as stored). Overridden tensors are not given to a calibrated
+    /// method; they are quantized by RTN in their own scheme.
+    pub overrides: Vec<(String, globset::GlobMatcher, Option<QuantSpec>)>,
+}
+
+/// Mixed-precision presets (`--policy`), composable with every method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// Every linear layer.
+    All,
+    /// Only the MLP (gate, up, down); attention kept as stored.
+    MlpOnly,
+    /// Only attention (q, k, v, o); the MLP kept as stored.
+    AttnOnly,
 }
 
 impl Policy {
@@ -27,7 +42,49 @@ impl Policy {
             linear,
             embeddings,
             skip: b.build()?,
+            overrides: Vec::new(),
         })
+    }
+
+    /// Adds mixed precision: `overrides` (`GLOB=SCHEME`, SCHEME a name like
+    /// `q8-ch`, `q4-g64`, `f16`, or `keep`), then the first and last
+    /// `sandwich` blocks kept as stored, then the preset; earlier rules win.
+    pub fn with_mixed(mut self, overrides: &[String], sandwich: u32, n_layers: u32, preset: Preset) -> Result<Policy> {
+        let mut rules: Vec<(String, Option<QuantSpec>)> = Vec::new();
+        for o in overrides {
+            let (pat, scheme) = o
+                .rsplit_once('=')
+                .with_context(|| format!("--override '{o}': expected GLOB=SCHEME, e.g. 'blk.0.*=q8-ch'"))?;
+            let spec = match scheme {
+                "keep" => None,
+                s => Some(
+                    spec_from_name(s, 32)
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| parse_spec_name(s), Ok)
+                        .with_context(|| format!("--override '{o}'"))?,
+                ),
+            };
+            rules.push((pat.to_string(), spec));
+        }
+        for l in 0..sandwich.min(n_layers) {
+            rules.push((format!("blk.{l}.*"), None));
+            rules.push((format!("blk.{}.*", n_layers - 1 - l), None));
+        }
+        match preset {
+            Preset::All => {}
+            Preset::MlpOnly => rules.push(("blk.*.attn_*".into(), None)),
+            Preset::AttnOnly => rules.push(("blk.*.ffn_*".into(), None)),
+        }
+        for (pat, spec) in rules {
+            let m = Glob::new(&pat).with_context(|| format!("bad pattern '{pat}'"))?.compile_matcher();
+            self.overrides.push((pat, m, spec));
+        }
+        Ok(self)
+    }
+
+    fn override_of(&self, t: &TensorRecord) -> Option<Option<QuantSpec>> {
+        self.overrides.iter().find(|o| o.1.is_match(t.name_str())).map(|o| o.2)
     }
 
     /// The target spec of a tensor, or None to keep it as stored.
@@ -36,11 +93,20 @@ impl Policy {
         if self.skip.is_match(t.name_str()) || role.is_vector() {
             return None;
         }
+        if let Some(o) = self.override_of(t) {
+            return o;
+        }
         match role {
             TensorRole::TokEmbd | TensorRole::Output => self.embeddings,
             r if r.is_linear() => Some(self.linear),
             _ => None,
         }
+    }
+
+    /// Whether a calibrated method (GPTQ, AWQ, HQQ) quantizes this tensor:
+    /// a linear layer in the method's grid, not overridden.
+    pub fn calibrated(&self, t: &TensorRecord) -> bool {
+        self.override_of(t).is_none() && self.target(t).is_some()
     }
 }
 
@@ -179,7 +245,31 @@ pub fn quantize_rtn_except(
     let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
     w.metadata = eqf.metadata().to_vec();
     let mut reports = Vec::new();
-    for e in done_entries {
+    for mut e in done_entries {
+        // Layers a calibrated pipeline passed through in f32 (AWQ keeps the
+        // smoothing scales folded into them) get their override's scheme,
+        // or their stored float type back when they are kept.
+        if e.spec == QuantSpec::F32 {
+            if let Some(rec) = eqf.find(e.role, e.layer) {
+                let stored = edgeq_core::format::record_spec(rec).map_err(|x| anyhow::anyhow!("{x}"))?;
+                let to = policy.target(rec).or(Some(stored).filter(|s| s.scheme.is_float()));
+                if let Some(to) = to.filter(|s| *s != QuantSpec::F32) {
+                    let vals: Vec<f32> = e
+                        .data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    let layout = to
+                        .layout(e.rows, e.cols)
+                        .map_err(|x| anyhow::anyhow!("tensor '{}': {x}", rec.name_str()))?;
+                    let mut data = vec![0u8; layout.total_bytes as usize];
+                    edgeq_core::quant::quantize(to, e.rows, e.cols, &vals, &mut data)
+                        .map_err(|x| anyhow::anyhow!("tensor '{}': {x}", rec.name_str()))?;
+                    e.spec = to;
+                    e.data = data;
+                }
+            }
+        }
         w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     for r in results {

@@ -383,7 +383,7 @@ pub fn run(
                 let t0 = std::time::Instant::now();
                 let rec = model.eqf.find(*role, l as u16).context("tensor")?;
                 let name = rec.name_str().to_string();
-                if policy.target(rec).is_none() {
+                if !policy.calibrated(rec) {
                     return Ok((
                         TensorEntry {
                             role: *role,

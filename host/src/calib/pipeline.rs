@@ -182,7 +182,7 @@ pub fn run(
             let targets: Vec<_> = roles
                 .iter()
                 .copied()
-                .filter_map(|r| model.eqf.find(r, l as u16).filter(|t| policy.target(t).is_some()).map(|t| (r, t)))
+                .filter_map(|r| model.eqf.find(r, l as u16).filter(|t| policy.calibrated(t)).map(|t| (r, t)))
                 .collect();
             if targets.is_empty() {
                 progress.inc(1);
