@@ -571,8 +571,14 @@ pub fn markdown(summary: &Value, base: &Row, f16: &Row, rows: &[Row]) -> String 
         s.push_str(&format!(
             "| {} | {} | {} | {:.3} | {:.2} | {:.2}× | {} | {} | {:.4} | {:.3} | {:+.2}% | {:.2e} | {:.1}% | {:.1} | {:.1} | {:.2}× | {} |\n",
             r.name,
-            r.bits,
-            if r.group > 0 { r.group.to_string() } else { "ch".into() },
+            if r.name == "reference" { "–".to_string() } else { r.bits.to_string() },
+            if r.name == "reference" || r.bits >= 16 {
+                "–".to_string()
+            } else if r.group > 0 {
+                r.group.to_string()
+            } else {
+                "ch".into()
+            },
             r.size_mb,
             r.bits_per_weight,
             r.compression_vs_16bit,
