@@ -87,7 +87,8 @@ struct ExportArgs {
 
 #[derive(clap::Args)]
 struct CompareArgs {
-    /// The model to quantize (EQF, usually the unquantized import): the quality reference.
+    /// The model to quantize, the quality reference: an EQF file, or a Hugging Face directory / GGUF file /
+    /// llama.2c checkpoint, imported first into OUT/reference.eqf (reused while newer than the source).
     model: PathBuf,
     /// Evaluation text (UTF-8); its first --eval-chars characters are scored.
     #[arg(long)]
@@ -1165,8 +1166,25 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let is_eqf = a.model.is_file() && {
+        use std::io::Read;
+        let mut magic = [0u8; 8];
+        std::fs::File::open(&a.model).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic.starts_with(b"EQF1")
+    };
+    let model = if is_eqf {
+        a.model.clone()
+    } else {
+        let r = a.out.join("reference.eqf");
+        let newer = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if !(r.is_file() && newer(&r) >= newer(&a.model)) {
+            eprintln!("importing {} -> {}", a.model.display(), r.display());
+            let m = import::import(&a.model, None)?;
+            write_atomic(&r, &m.to_eqf()?)?;
+        }
+        r
+    };
     let opts = compare::Options {
-        model: a.model.clone(),
+        model,
         text: a.text.clone(),
         eval_chars: a.eval_chars,
         calib: a.calib.clone(),
