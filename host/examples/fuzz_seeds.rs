@@ -49,6 +49,16 @@ fn main() -> Result<()> {
         put(&dir, "safetensors_import", &format!("tiny-{dt:?}"), &input)?;
         put(&dir, "hf_tokenizer", "byte-level.json", &get("tokenizer.json"))?;
     }
+    // Quantized Hugging Face directories (GPTQ packing, compressed-tensors
+    // FP8) written by the exporter: the same three-file input.
+    for scheme in ["q4-g32", "q8-ch", "fp8-e4m3-ch", "fp8-e4m3-b32"] {
+        let e = edgeq_host::import::AlignedBytes::from(&tiny::eqf(1, scheme)?);
+        let eqf = edgeq_core::Eqf::parse(e.as_bytes()).map_err(|x| anyhow::anyhow!("{x}"))?;
+        let out = edgeq_host::export::hf::export(&eqf, Default::default())?;
+        let get = |n: &str| out.files.iter().find(|f| f.0 == n).map(|f| f.1.clone()).unwrap_or_default();
+        let input = pair(&get("config.json"), &pair(&get("tokenizer.json"), &get("model.safetensors")));
+        put(&dir, "safetensors_import", &format!("tiny-{scheme}-{}", out.layout.name()), &input)?;
+    }
     // llama2.c checkpoint + tokenizer.bin.
     let tok = tiny::llama2c_tokenizer();
     put(&dir, "llama2c", "tiny", &pair(&tiny::llama2c_checkpoint(1), &tok))?;
