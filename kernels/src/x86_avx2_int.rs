@@ -341,12 +341,18 @@ unsafe fn chunk_scales<const F16C: bool>(
                 widen::<F16C>(mp.add(b0), nb, m);
             }
         } else {
-            for j in 0..nb.min(s.len()).min(m.len()) {
+            // One conversion per group, filled over its blocks (a per-channel
+            // row is one group: converting per block cost 1.6x the product).
+            let n = nb.min(s.len()).min(m.len());
+            let mut j = 0;
+            while j < n {
                 let g = (b0 + j) / bpg;
-                s[j] = f16_to_f32((*sp.add(g)).to_bits());
+                let end = ((g + 1) * bpg - b0).min(n);
+                s[j..end].fill(f16_to_f32((*sp.add(g)).to_bits()));
                 if let Some(mp) = mins {
-                    m[j] = f16_to_f32((*mp.add(g)).to_bits());
+                    m[j..end].fill(f16_to_f32((*mp.add(g)).to_bits()));
                 }
+                j = end;
             }
         }
     }
