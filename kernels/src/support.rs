@@ -52,6 +52,14 @@ pub fn simd_view_ok(w: &TensorView<'_>) -> bool {
                 && scales_ok
                 && (!s.is_asym() || w.mins.len() as u64 >= need_scales)
         }
+        _ if s.is_fp8() => {
+            // Unpadded rows of one code per element, f32 scales.
+            let scales_ok = match w.scales {
+                Scales::F32(sc) => sc.len() as u64 >= l.n_scales,
+                _ => false,
+            };
+            scales_ok && l.row_stride == cols && w.codes.len() as u64 >= rows * cols
+        }
         _ => false,
     }
 }

@@ -65,6 +65,10 @@ pub(crate) unsafe fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usi
         Scheme::Q8Asym => unsafe { q8_asym(y, w, x, t, rows) },
         Scheme::F32 => unsafe { dense_f32(y, w, x, t, rows) },
         Scheme::F16 if f16c => unsafe { dense_f16(y, w, x, t, rows) },
+        // FP8 whose scale is constant over every 32-element block.
+        s if s.is_fp8() && (w.spec.granularity != edgeq_core::Granularity::Block || w.spec.group % BLOCK as u32 == 0) => unsafe {
+            fp8_matmul(y, w, x, t, rows)
+        },
         _ => crate::scalar::matmul(y, w, x, t, rows, scratch),
     }
 }
@@ -412,6 +416,109 @@ unsafe fn dense_matmul<D: DenseRows>(y: &mut [f32], w: &TensorView<'_>, x: &[f32
         // SAFETY: `wr` is one row of `cols` elements, `xs` at least T·cols
         // floats (`args_ok`); features per this function's contract.
         token_passes!(y, x, t, n_rows, cols, r, |xs, T| unsafe { dense_row::<D, T>(wr, xs, cols) });
+    }
+}
+
+/// FP8 (E4M3 / E5M2) rows: each weight is `table[code] · scale` (one
+/// multiply, the reference's value exactly: the table holds `decode`'s
+/// values), 8 codes at a time through a gather from the 256-entry table.
+///
+/// # Safety
+/// `w` is FP8 with regions complete, its scale constant over each 32-column
+/// block; `x`/`y` as in [`matmul`]; AVX2 + FMA available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fp8_matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: Range<usize>) {
+    let (n_rows, cols) = (w.rows(), w.cols());
+    let table = edgeq_core::quant::fp8::table_of(w.scheme());
+    for r in rows {
+        let codes = &w.row_codes(r)[..cols];
+        // SAFETY: `codes` is one row of `cols` codes, `xs` at least T·cols
+        // floats (`args_ok`); AVX2 + FMA per this function's contract.
+        token_passes!(y, x, t, n_rows, cols, r, |xs, T| unsafe {
+            fp8_row::<T>(codes, table, w, r, xs, cols)
+        });
+    }
+}
+
+/// # Safety
+/// `codes.len() ≥ cols`, `x.len() ≥ T·cols`; AVX2 + FMA available.
+#[inline(always)]
+unsafe fn fp8_row<const T: usize>(codes: &[u8], table: &[f32; 256], w: &TensorView<'_>, r: usize, x: &[f32], cols: usize) -> [f32; T] {
+    let full = cols / BLOCK;
+    // SAFETY: gathers index the 256-entry table with byte codes (< 256);
+    // full blocks read codes[b·32..+32] and x[i·cols + b·32..+32] in bounds
+    // (contract); the tail reads zero-padded copies (code 0 decodes to 0).
+    unsafe {
+        // E4M3 without the table: the code's 7 magnitude bits shifted to
+        // f32's exponent/mantissa position are the value times 2⁻¹²⁰ (f32
+        // subnormals included), so one exact multiply by 2¹²⁰ decodes it;
+        // the sign bit moves to bit 31 and the NaN code is blended in.
+        let e4m3 = core::ptr::eq(table, &edgeq_core::quant::fp8::E4M3_TABLE);
+        let (m7f, sbit, pow120, nan) = (
+            _mm256_set1_epi32(0x7F),
+            _mm256_set1_epi32(0x80),
+            _mm256_set1_ps(f32::from_bits((120 + 127) << 23)),
+            _mm256_set1_ps(f32::NAN),
+        );
+        // A macro, not a closure (closures do not inherit target features).
+        macro_rules! load {
+            ($cp:expr, $scale:expr) => {{
+                let (cp, scale): (*const u8, __m256) = ($cp, $scale);
+                let mut v = [_mm256_setzero_ps(); 4];
+                for (k, vk) in v.iter_mut().enumerate() {
+                    let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(8 * k) as *const __m128i));
+                    let d = if e4m3 {
+                        let mag = _mm256_and_si256(c, m7f);
+                        let bits = _mm256_or_si256(
+                            _mm256_slli_epi32::<20>(mag),
+                            _mm256_slli_epi32::<24>(_mm256_and_si256(c, sbit)),
+                        );
+                        let d = _mm256_mul_ps(_mm256_castsi256_ps(bits), pow120);
+                        _mm256_blendv_ps(d, nan, _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, m7f)))
+                    } else {
+                        _mm256_i32gather_ps::<4>(table.as_ptr(), c)
+                    };
+                    *vk = _mm256_mul_ps(d, scale);
+                }
+                v
+            }};
+        }
+        let (cp, xp) = (codes.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); T];
+        // The scale changes only at block-scaling tile edges (never for per
+        // tensor / per channel): look it up once per tile.
+        let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
+            w.spec.group as usize
+        } else {
+            usize::MAX
+        };
+        let (mut tile_of, mut sv) = (usize::MAX, _mm256_setzero_ps());
+        for b in 0..full {
+            if (b * BLOCK) / tile != tile_of {
+                tile_of = (b * BLOCK) / tile;
+                sv = _mm256_set1_ps(w.fp8_scale(r, b * BLOCK));
+            }
+            let wv = load!(cp.add(b * BLOCK), sv);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, block_dot(&wv, xp.add(i * cols + b * BLOCK)));
+            }
+        }
+        let e0 = full * BLOCK;
+        if e0 < cols {
+            let mut cb = [0u8; BLOCK];
+            cb[..cols - e0].copy_from_slice(&codes[e0..cols]);
+            let wv = load!(cb.as_ptr(), _mm256_set1_ps(w.fp8_scale(r, e0)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let mut xb = [0.0f32; BLOCK];
+                xb[..cols - e0].copy_from_slice(&x[i * cols + e0..i * cols + cols]);
+                *a = _mm256_add_ps(*a, block_dot(&wv, xb.as_ptr()));
+            }
+        }
+        let mut out = [0.0f32; T];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = hsum(a);
+        }
+        out
     }
 }
 

@@ -110,17 +110,24 @@ fn spec_of(scheme: Scheme, group: u32) -> QuantSpec {
             QuantSpec::per_group(scheme, group)
         }
     } else if scheme.is_fp8() {
+        // group 0: per channel; 1: per tensor; otherwise group×group blocks
+        // (a block edge that is not a multiple of 32 takes the scalar path).
+        let granularity = match group {
+            0 => edgeq_core::Granularity::PerChannel,
+            1 => edgeq_core::Granularity::PerTensor,
+            _ => edgeq_core::Granularity::Block,
+        };
         QuantSpec {
             scheme,
-            granularity: edgeq_core::Granularity::PerChannel,
-            group: 0,
+            granularity,
+            group: if group > 1 { group } else { 0 },
         }
     } else {
         QuantSpec::float(scheme)
     }
 }
 
-const SCHEMES: [Scheme; 8] = [
+const SCHEMES: [Scheme; 9] = [
     Scheme::Q4Sym,
     Scheme::Q4Asym,
     Scheme::Q8Sym,
@@ -129,6 +136,7 @@ const SCHEMES: [Scheme; 8] = [
     Scheme::F16,
     Scheme::BF16,
     Scheme::Fp8E4M3,
+    Scheme::Fp8E5M2,
 ];
 
 /// Deterministic pseudo-random floats in [-a, a].
@@ -191,8 +199,8 @@ fn f16_scale_conversion_exact() {
 #[test]
 fn dequantization_bit_exact() {
     for &scheme in &SCHEMES {
-        for &group in &[32u32, 64, 0] {
-            if !scheme.is_int() && group != 0 {
+        for &group in &[32u32, 64, 0, 1, 48] {
+            if !scheme.is_int() && !scheme.is_fp8() && group != 0 || scheme.is_int() && group < 32 || scheme.is_int() && group == 48 {
                 continue;
             }
             for &cols in &[1u32, 31, 33, 70, 172] {
@@ -229,8 +237,8 @@ fn dequantization_bit_exact() {
 fn edge_cases_fixed_shapes() {
     let cols_list = [1u32, 31, 32, 33, 172, 576, 1536];
     for &scheme in &SCHEMES {
-        for &group in &[32u32, 64, 128, 0] {
-            if !scheme.is_int() && group != 0 {
+        for &group in &[32u32, 64, 128, 0, 1, 48] {
+            if !scheme.is_int() && !scheme.is_fp8() && group != 0 || scheme.is_int() && group < 32 || scheme.is_int() && group == 48 {
                 continue;
             }
             for &cols in &cols_list {
@@ -298,7 +306,7 @@ proptest! {
     #[test]
     fn random_tensors_within_bound(
         scheme in scheme_strategy(),
-        group in prop::sample::select(vec![32u32, 64, 128, 0]),
+        group in prop::sample::select(vec![32u32, 64, 128, 0, 1, 48]),
         cols in prop_oneof![
             prop::sample::select(vec![1u32, 31, 32, 33, 172, 576, 1536]),
             1u32..300,
@@ -311,7 +319,11 @@ proptest! {
         r0 in 0usize..6,
         r1 in 0usize..6,
     ) {
-        let group = if scheme.is_int() { group } else { 0 };
+        let group = match (scheme.is_int(), scheme.is_fp8()) {
+            (true, _) if group == 1 || group == 48 => 32,
+            (true, _) | (_, true) => group,
+            _ => 0,
+        };
         let n = (rows * cols) as usize;
         let src: Vec<f32> = lcg_vec(seed, n, 2f32.powi(scale_exp));
         let mut o = Owned::new(spec_of(scheme, group), rows, cols, &src);

@@ -238,7 +238,7 @@ mod tests {
         }
         assert_eq!(
             (E4M3_TABLE[0x7E], E4M3_TABLE[0x01], E5M2_TABLE[0x7B]),
-            (448.0, 2f32.powi(-9), 57344.0)
+            (448.0, 1.0 / 512.0, 57344.0)
         );
     }
 
