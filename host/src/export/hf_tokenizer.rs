@@ -186,8 +186,10 @@ pub fn tokenizer_config_json(tok: &Tokenizer<'_>, chat_template: Option<&str>, m
         "model_max_length": max_len,
     });
     if tok.kind() != TokenizerKind::ByteLevelBpe {
+        // No `add_prefix_space` key: LlamaTokenizerFast then rebuilds itself
+        // from the slow tokenizer (tokenizer.model), which is not written;
+        // the dummy prefix lives in tokenizer.json's normalizer instead.
         v["legacy"] = json!(false);
-        v["add_prefix_space"] = json!(tok.flags() & FLAG_ADD_DUMMY_PREFIX != 0);
     }
     if let Some(t) = chat_template {
         v["chat_template"] = json!(t);
