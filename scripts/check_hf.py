@@ -14,8 +14,10 @@ W = fp8 * weight_scale), must equal edgeq's dequantization of the source EQF
 (`edgeq inspect --dequant-dir`), q/k rows permuted to the half-split RoPE
 order when the EQF is interleaved (--interleaved); tensors edgeq reports as
 changed must match its reported error. --tokens: the `tokenizers` library
-loading tokenizer.json must encode TEXT to the ids edgeq gives
-(`edgeq inspect --tokenize`). Exits 1 on any mismatch.
+loading tokenizer.json, and (when installed) transformers' AutoTokenizer
+loading the directory, must encode TEXT to the ids edgeq gives
+(`edgeq inspect --tokenize`); AutoConfig must read config.json. Exits 1 on
+any mismatch.
 """
 import json
 import sys
@@ -191,6 +193,20 @@ if tokens:
         errors.append(f"tokenizers gives {len(got)} ids, edgeq {len(want)}; first difference at {first}: "
                       f"{got[first:first + 5]} vs {want[first:first + 5]}")
     tok_msg = f", tokenizer.json encodes {len(text)} chars to edgeq's {len(want)} ids"
+    try:
+        import transformers  # optional: transformers' own loading of the directory (no torch needed)
+    except ImportError:
+        transformers = None
+    if transformers is not None:
+        t2 = transformers.AutoTokenizer.from_pretrained(str(d))
+        cfg2 = transformers.AutoConfig.from_pretrained(str(d))
+        got2 = t2(text)["input_ids"]
+        if got2 != want:
+            first = next((i for i, (a, b) in enumerate(zip(got2, want)) if a != b), min(len(got2), len(want)))
+            errors.append(f"transformers AutoTokenizer gives {len(got2)} ids, edgeq {len(want)}; first difference at {first}")
+        if cfg2.model_type != cfg["model_type"]:
+            errors.append(f"transformers AutoConfig reads model_type {cfg2.model_type}")
+        tok_msg += f"; transformers {transformers.__version__} AutoTokenizer ({type(t2).__name__}) and AutoConfig agree"
 
 print(f"{d.name}: {cfg['architectures'][0]}, {method}, {len(files)} file(s), {len(T)} tensors, "
       f"{checked} compared with edgeq {kinds} (worst relative difference of exact tensors {worst:.1e}){tok_msg}")

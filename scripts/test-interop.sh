@@ -23,9 +23,9 @@ if ! command -v python3 >/dev/null; then
     exit 0
 fi
 py=target/pyenv/bin/python
-if ! "$py" -c "import gguf, numpy, safetensors, tokenizers, ml_dtypes" 2>/dev/null; then
+if ! "$py" -c "import gguf, numpy, safetensors, tokenizers, ml_dtypes, transformers" 2>/dev/null; then
     python3 -m venv target/pyenv
-    target/pyenv/bin/pip install -q "gguf>=0.10" numpy safetensors tokenizers ml_dtypes
+    target/pyenv/bin/pip install -q "gguf>=0.10" numpy safetensors tokenizers ml_dtypes transformers
 fi
 cargo build --release -q -p edgeq-host
 e=target/release/edgeq
