@@ -298,6 +298,20 @@ pub fn llama_config_json(c: &ModelConfig) -> Value {
     })
 }
 
+/// The logits after feeding `toks` one at a time to an EQF image (16-token
+/// context, default kernels): what the exporters' round-trip tests compare.
+pub fn last_logits(eqf: &[u8], toks: &[u32]) -> Result<Vec<f32>> {
+    let b = crate::import::AlignedBytes::from(eqf);
+    let m = edgeq_runtime::Model::from_bytes(b.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut arena = vec![0u8; edgeq_runtime::arena_bytes(&m.cfg, 16, 1)];
+    let mut s = edgeq_runtime::Session::new(&m, &mut arena, 16, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    for &t in toks {
+        out = s.step(t).map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

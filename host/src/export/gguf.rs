@@ -216,16 +216,9 @@ fn tokenizer_metadata(w: &mut GgufWriter, tok: &Tokenizer<'_>, chat_template: Op
             (Pretokenizer::Qwen2, _) => "qwen2",
         };
         w.add_metadata("tokenizer.ggml.pre", pre);
-        let mut merges: Vec<(u32, u32, u32)> = (0..tok.n_merges())
-            .map(|i| {
-                let (l, r, rank, _) = tok.merge_entry(i);
-                (rank, l, r)
-            })
-            .collect();
-        merges.sort_unstable();
-        let merges: Vec<String> = merges
-            .iter()
-            .map(|&(_, l, r)| format!("{} {}", tokens[l as usize], tokens[r as usize]))
+        let merges: Vec<String> = super::merges_by_rank(tok)
+            .into_iter()
+            .map(|(l, r)| format!("{} {}", tokens[l as usize], tokens[r as usize]))
             .collect();
         w.add_metadata("tokenizer.ggml.tokens", GgufArray::String(tokens));
         w.add_metadata("tokenizer.ggml.token_type", GgufArray::I32(types));
@@ -365,15 +358,7 @@ mod tests {
     }
 
     fn logits(eqf: &[u8], toks: &[u32]) -> Vec<f32> {
-        let b = AlignedBytes::from(eqf);
-        let m = edgeq_runtime::Model::from_bytes(b.as_bytes()).unwrap();
-        let mut arena = vec![0u8; edgeq_runtime::arena_bytes(&m.cfg, 16, 1)];
-        let mut s = edgeq_runtime::Session::new(&m, &mut arena, 16, 1).unwrap();
-        let mut out = Vec::new();
-        for &t in toks {
-            out = s.step(t).unwrap().to_vec();
-        }
-        out
+        crate::tiny::last_logits(eqf, toks).unwrap()
     }
 
     /// EQF → GGUF → EQF gives identical tensors for the exactly mapped

@@ -819,15 +819,7 @@ mod tests {
     }
 
     fn logits(eqf: &[u8], toks: &[u32]) -> Vec<f32> {
-        let b = AlignedBytes::from(eqf);
-        let m = edgeq_runtime::Model::from_bytes(b.as_bytes()).unwrap();
-        let mut arena = vec![0u8; edgeq_runtime::arena_bytes(&m.cfg, 16, 1)];
-        let mut s = edgeq_runtime::Session::new(&m, &mut arena, 16, 1).unwrap();
-        let mut out = Vec::new();
-        for &t in toks {
-            out = s.step(t).unwrap().to_vec();
-        }
-        out
+        crate::tiny::last_logits(eqf, toks).unwrap()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -54,16 +54,9 @@ pub fn tokenizer_json(tok: &Tokenizer<'_>) -> Result<String> {
         }
     }
     let root = if tok.kind() == TokenizerKind::ByteLevelBpe {
-        let mut merges: Vec<(u32, u32, u32)> = (0..tok.n_merges())
-            .map(|i| {
-                let (l, r, rank, _) = tok.merge_entry(i);
-                (rank, l, r)
-            })
-            .collect();
-        merges.sort_unstable();
-        let merges: Vec<Value> = merges
-            .iter()
-            .map(|&(_, l, r)| json!([pieces[l as usize], pieces[r as usize]]))
+        let merges: Vec<Value> = super::merges_by_rank(tok)
+            .into_iter()
+            .map(|(l, r)| json!([pieces[l as usize], pieces[r as usize]]))
             .collect();
         let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
         let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
