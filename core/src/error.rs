@@ -89,6 +89,8 @@ pub enum FormatError {
     },
     /// A tensor's scheme cannot be used for its role (e.g. quantized norm weights).
     SchemeNotAllowed { tensor: TensorName },
+    /// The ACT_QUANT section is inconsistent.
+    BadActQuant(&'static str),
 }
 
 fn section_name(kind: u32) -> &'static str {
@@ -98,6 +100,7 @@ fn section_name(kind: u32) -> &'static str {
         3 => "TENSOR_DIR",
         4 => "TENSOR_DATA",
         5 => "METADATA",
+        6 => "ACT_QUANT",
         _ => "unknown",
     }
 }
@@ -168,6 +171,10 @@ impl fmt::Display for FormatError {
             SchemeNotAllowed { tensor } => write!(
                 f,
                 "tensor '{tensor}': this scheme is not allowed for this tensor (norms and biases must be F32)"
+            ),
+            BadActQuant(why) => write!(
+                f,
+                "corrupt ACT_QUANT section (activation quantization): {why}; re-quantize the model, or drop the section to run with f32 activations"
             ),
         }
     }

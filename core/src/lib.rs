@@ -21,6 +21,6 @@ pub mod tensor;
 
 pub use config::{ModelConfig, RopeLayout, RopeScaling};
 pub use error::FormatError;
-pub use format::{Eqf, ParseOptions, TensorRecord, TensorRole};
+pub use format::{ActMode, ActQuant, Eqf, ParseOptions, TensorRecord, TensorRole};
 pub use scheme::{Granularity, QuantSpec, Scheme, TensorLayout};
 pub use tensor::TensorView;

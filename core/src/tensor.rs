@@ -154,6 +154,37 @@ impl<'a> TensorView<'a> {
         })
     }
 
+    /// Element `(r, c)` dequantized with the reference semantics (the value
+    /// [`TensorView::dequantize_row`] gives); 0 outside the tensor.
+    pub fn element(&self, r: usize, c: usize) -> f32 {
+        use crate::quant::{fp8, int};
+        if r >= self.rows() || c >= self.cols() {
+            return 0.0;
+        }
+        let i = r * self.cols() + c;
+        match self.spec.scheme {
+            Scheme::F32 => self.as_f32().get(i).copied().unwrap_or(0.0),
+            Scheme::F16 => self.as_f16().get(i).map_or(0.0, |v| v.to_f32()),
+            Scheme::BF16 => self.as_bf16().get(i).map_or(0.0, |v| v.to_f32()),
+            Scheme::Fp8E4M3 | Scheme::Fp8E5M2 => {
+                let code = self.codes.get(i).copied().unwrap_or(0);
+                fp8::table_of(self.spec.scheme)[code as usize] * self.fp8_scale(r, c)
+            }
+            scheme => {
+                let g = c / self.layout.group_len as usize;
+                let s = self.row_scales_f16(r).get(g).map_or(0.0, |v| v.to_f32());
+                let m = self.row_mins(r).get(g).map_or(0.0, |v| v.to_f32());
+                let row = self.row_codes(r);
+                let q = if scheme.code_bits() == 4 {
+                    int::q4_code(row, c)
+                } else {
+                    row.get(c).copied().unwrap_or(0)
+                };
+                int::code_value(scheme, q, s, m)
+            }
+        }
+    }
+
     /// Dequantizes row `r` into `out[..cols]` (reference semantics).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         crate::quant::dequantize_row(self, r, out)

@@ -1213,3 +1213,102 @@ fn golden_header_and_directory() {
 
 const GOLDEN_LEN: usize = 1280;
 const GOLDEN_FILE_CRC: u32 = 0xa9c0_4ea8;
+
+// ---------------------------------------------------------------------------
+// ACT_QUANT (EQF 1.1): activation quantization records
+// ---------------------------------------------------------------------------
+
+fn file_with_acts(acts: Vec<edgeq_core::format::writer::ActEntry>) -> Vec<u8> {
+    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
+    for t in model_tensors() {
+        w.add(TensorEntry {
+            role: t.role,
+            layer: t.layer,
+            spec: t.spec,
+            rows: t.rows,
+            cols: t.cols,
+            data: t.data.clone(),
+        })
+        .unwrap();
+    }
+    w.acts = acts;
+    w.finish()
+}
+
+fn act(role: TensorRole, mode: edgeq_core::ActMode, threshold: f32, outliers: Vec<u32>) -> edgeq_core::format::writer::ActEntry {
+    edgeq_core::format::writer::ActEntry {
+        role,
+        layer: 0,
+        mode,
+        threshold,
+        outliers,
+    }
+}
+
+#[test]
+fn act_section_round_trips_and_marks_version_1_1() {
+    use edgeq_core::ActMode::*;
+    assert_eq!(
+        rd_u16(&valid_file(), 10),
+        VERSION_MINOR,
+        "files without activation records stay 1.0"
+    );
+    let file = file_with_acts(vec![
+        act(TensorRole::WDown, LlmInt8, 6.0, vec![3, 17, 100]),
+        act(TensorRole::Wq, Int8Token, 0.0, vec![]),
+        act(TensorRole::WGate, Fp8Group128, 0.0, vec![]),
+    ]);
+    assert_eq!(rd_u16(&file, 10), 1);
+    let buf = Buf::aligned(&file);
+    let e = parse(buf.bytes()).unwrap();
+    let s = sec(&file, section::ACT_QUANT);
+    assert_eq!(s.size, 16 + 20 * 3 + 4 * 3);
+    let down = e.act_quant(TensorRole::WDown, 0).unwrap();
+    assert_eq!((down.mode, down.threshold, down.outliers), (LlmInt8, 6.0, &[3u32, 17, 100][..]));
+    assert_eq!(e.act_quant(TensorRole::Wq, 0).unwrap().mode, Int8Token);
+    assert_eq!(e.act_quant(TensorRole::WGate, 0).unwrap().mode, Fp8Group128);
+    assert!(e.act_quant(TensorRole::Wk, 0).is_none());
+    // records are sorted by (layer, role) whatever the insertion order
+    let roles: Vec<u16> = e.act_section().records().iter().map(|r| r.role).collect();
+    assert_eq!(
+        roles,
+        vec![TensorRole::Wq as u16, TensorRole::WGate as u16, TensorRole::WDown as u16]
+    );
+}
+
+#[test]
+fn corrupt_act_sections_are_typed_errors() {
+    use edgeq_core::ActMode::*;
+    let file = file_with_acts(vec![
+        act(TensorRole::Wq, Int8Token, 0.0, vec![]),
+        act(TensorRole::WDown, LlmInt8, 6.0, vec![3, 17]),
+    ]);
+    let s = sec(&file, section::ACT_QUANT);
+    let rec = |i: usize| s.offset + 16 + 20 * i;
+    let idx = s.offset + 16 + 40;
+    let bad = |f: &dyn Fn(&mut Vec<u8>), what: &str| {
+        let mut b = file.clone();
+        f(&mut b);
+        fix_crcs(&mut b);
+        let buf = Buf::aligned(&b);
+        match parse(buf.bytes()) {
+            Err(FormatError::BadActQuant(why)) => assert!(why.contains(what), "{why:?} should mention {what:?}"),
+            other => panic!("{what}: {:?}", other.err()),
+        }
+    };
+    bad(&|b| b[rec(0) + 4] = 9, "unknown activation mode");
+    bad(&|b| wr_u16(b, rec(1) + 2, TensorRole::Wq as u16), "sorted");
+    bad(&|b| wr_u16(b, rec(0) + 2, TensorRole::AttnNorm as u16), "not a block's linear");
+    bad(&|b| wr_u16(b, rec(0), 7), "does not have");
+    bad(&|b| wr_u32(b, idx + 4, 100_000), "input width");
+    bad(&|b| wr_u32(b, idx + 4, 2), "increase strictly");
+    bad(&|b| wr_u32(b, rec(1) + 12, 1), "past the index array");
+    bad(&|b| wr_u32(b, rec(1) + 8, f32::NAN.to_bits()), "threshold");
+    bad(&|b| wr_u32(b, rec(0) + 16, 1), "only LLM.int8");
+    bad(&|b| wr_u32(b, s.offset, 3), "size");
+    // a checksum mismatch is caught before the contents are looked at
+    let mut b = file.clone();
+    b[rec(0) + 4] = 9;
+    let buf = Buf::aligned(&b);
+    assert!(matches!(parse(buf.bytes()), Err(FormatError::SectionChecksum { kind: 6, .. })));
+}

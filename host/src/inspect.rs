@@ -10,6 +10,8 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
     let mut tensors = Vec::new();
     let mut by_scheme: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut params, mut bytes) = (0u64, 0u64);
+    // linear layers per activation mode (W8A8 records of the ACT_QUANT section)
+    let mut activations: BTreeMap<String, u64> = BTreeMap::new();
     for t in model.eqf.tensors() {
         let spec = record_spec(t).map(|s| spec_name(&s)).unwrap_or_else(|_| "?".into());
         let n = t.rows as u64 * t.cols as u64;
@@ -18,7 +20,19 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
         let e = by_scheme.entry(spec.clone()).or_default();
         e.0 += n;
         e.1 += t.size;
-        tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64}));
+        let act = edgeq_core::TensorRole::from_u16(t.role).and_then(|r| model.eqf.act_quant(r, t.layer));
+        let acts = act.map(|a| {
+            let mut m = a.mode.name().to_string();
+            if a.mode == edgeq_core::ActMode::LlmInt8 {
+                m += &format!(" ≥{} ({} outliers)", a.threshold, a.outliers.len());
+            }
+            m
+        });
+        if edgeq_core::TensorRole::from_u16(t.role).is_some_and(|r| r.is_linear()) {
+            let key = act.map_or("f32/session", |a| a.mode.name());
+            *activations.entry(key.to_string()).or_default() += 1;
+        }
+        tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64, "activations": acts}));
     }
     let metadata: serde_json::Value = serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
     json!({
@@ -35,6 +49,8 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
         "bits_per_weight": bytes as f64 * 8.0 / params as f64,
         "schemes": by_scheme.iter().map(|(k, (n, b))| (k.clone(), json!({"params": n, "bytes": b, "bpw": *b as f64 * 8.0 / *n as f64}))).collect::<serde_json::Map<_, _>>(),
         "metadata": metadata,
+        "format_version": format!("{}.{}", model.eqf.header().version_major, model.eqf.header().version_minor),
+        "activations": activations,
         "tensors": tensors,
     })
 }
@@ -79,21 +95,26 @@ pub fn print_human(r: &serde_json::Value) -> std::io::Result<()> {
             )?;
         }
     }
+    if let Some(m) = r["activations"].as_object().filter(|m| m.keys().any(|k| k != "f32/session")) {
+        let parts: Vec<String> = m.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        writeln!(out, "\nlinear-layer activations: {}", parts.join(", "))?;
+    }
     writeln!(
         out,
-        "\n{:<24} {:>14} {:<14} {:>10} {:>7}",
+        "\n{:<24} {:>14} {:<14} {:>10} {:>7}  activations",
         "tensor", "shape", "scheme", "bytes", "bpw"
     )?;
     for t in r["tensors"].as_array().into_iter().flatten() {
         let shape = format!("{}x{}", t["shape"][0], t["shape"][1]);
         writeln!(
             out,
-            "{:<24} {:>14} {:<14} {:>10} {:>7.3}",
+            "{:<24} {:>14} {:<14} {:>10} {:>7.3}  {}",
             t["name"].as_str().unwrap_or(""),
             shape,
             t["scheme"].as_str().unwrap_or(""),
             t["bytes"].as_u64().unwrap_or(0),
-            t["bpw"].as_f64().unwrap_or(0.0)
+            t["bpw"].as_f64().unwrap_or(0.0),
+            t["activations"].as_str().unwrap_or("")
         )?;
     }
     Ok(())

@@ -282,9 +282,36 @@ struct LayerArgs {
     /// Held-out activations: prints ||XWᵀ − XŴᵀ||² / ||XWᵀ||² on them.
     #[arg(long)]
     eval_acts: Option<PathBuf>,
-    /// rtn, gptq, awq or hqq.
+    /// rtn, gptq, awq or hqq; the 8-bit family: int8 (per channel, --int8), fp8 (--fp8-format, --fp8-scale;
+    /// activations e4m3 per token, or per 128-group with block128), llm-int8 (--threshold) and smoothquant
+    /// (--alpha; needs --acts). W8A8 methods compute the output with quantized activations.
     #[arg(long, default_value = "rtn")]
     method: String,
+    /// --method int8: sym, asym, or auto (from the symmetry score of --acts).
+    #[arg(long, value_enum, default_value_t = Int8Arg::Sym)]
+    int8: Int8Arg,
+    /// --method int8 --int8 auto: symmetric when exp(-|mean|/(std+1e-8)) of --acts is above this.
+    #[arg(long, default_value_t = 0.6)]
+    sym_threshold: f64,
+    /// --method int8, symmetric: 127 (absmax/127) or 127.5 (compressed-tensors, codes clamped to [-128, 127]).
+    #[arg(long, default_value = "127")]
+    int8_scale: String,
+    /// --method fp8: e4m3 or e5m2.
+    #[arg(long, default_value = "e4m3")]
+    fp8_format: String,
+    /// --method fp8: tensor, channel or block128 (128×128 tiles).
+    #[arg(long, default_value = "channel")]
+    fp8_scale: String,
+    /// --method smoothquant: migration strength α.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// --method llm-int8: outlier threshold on |x|.
+    #[arg(long, default_value_t = 6.0)]
+    threshold: f32,
+    /// Write the layer's output on the evaluation activations (--eval-acts, else --acts) here, float32 .npy
+    /// [n, out], computed as the method runs it (W8A8 methods with quantized activations).
+    #[arg(long)]
+    out_y: Option<PathBuf>,
     /// Bits per weight: 4 or 8.
     #[arg(long, default_value_t = 4)]
     bits: u32,
@@ -317,13 +344,54 @@ struct ImportArgs {
     out: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Int8Arg {
+    Sym,
+    Asym,
+    Auto,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fp8ActsArg {
+    Auto,
+    Token,
+    Group128,
+    None,
+}
+
 #[derive(clap::Args)]
 struct QuantizeArgs {
     /// Input EQF model.
     input: PathBuf,
-    /// Quantization method: rtn (round-to-nearest, no data), gptq and awq (need --calib), hqq (no data).
+    /// Quantization method: rtn (round-to-nearest, no data), gptq and awq (need --calib), hqq (no data);
+    /// the 8-bit family: int8 (per-channel INT8, --int8 sym|asym|auto; auto needs --calib), smoothquant
+    /// (W8A8: smoothing folded into the norms, int8 weights per channel, int8 activations per token at run
+    /// time; needs --calib), llm-int8 (int8 weights per channel, int8 activations per token with the
+    /// outlier columns in f32; --calib finds outlier columns ahead of time, the runtime also detects them).
     #[arg(long, default_value = "rtn")]
     method: String,
+    /// --method int8: sym (scale absmax/127), asym (zero point, unsigned codes) or auto (per layer: symmetric
+    /// when the input's symmetry score exp(-|mean|/(std+1e-8)) is above --sym-threshold).
+    #[arg(long, value_enum, default_value_t = Int8Arg::Auto)]
+    int8: Int8Arg,
+    /// --method int8 --int8 auto: symmetric when the symmetry score is above this.
+    #[arg(long, default_value_t = 0.6)]
+    sym_threshold: f64,
+    /// --method int8, symmetric layers: 127 (scale absmax/127, codes ±127) or 127.5 (compressed-tensors:
+    /// absmax/127.5, codes clamped to [-128, 127]).
+    #[arg(long, default_value = "127")]
+    int8_scale: String,
+    /// --method smoothquant: migration strength α of s = max|X|^α / max|W|^(1-α).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// --method llm-int8: activation magnitude from which an input column is an outlier (kept in f32).
+    #[arg(long, default_value_t = 6.0)]
+    threshold: f32,
+    /// With --fp8: activation quantization at run time. auto = per token for per-tensor/per-channel weights,
+    /// per 128-group of a token for block weights (llm-compressor's FP8_DYNAMIC / FP8_BLOCK); token; group128;
+    /// none (weight-only FP8, f32 activations).
+    #[arg(long, value_enum, default_value_t = Fp8ActsArg::Auto)]
+    fp8_acts: Fp8ActsArg,
     /// Calibration text (.txt: random windows; .jsonl from `edgeq calib prepare`: one sample per line).
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -621,6 +689,9 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    if matches!(a.method.as_str(), "int8" | "smoothquant" | "llm-int8") {
+        return cmd_quantize_w8(a);
+    }
     if a.method != "rtn" {
         return cmd_quantize_calibrated(a);
     }
@@ -632,7 +703,15 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let policy =
         quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
     let pb = progress(model.eqf.tensors().len() as u64, "quantize");
-    let (bytes, reports) = quantize::quantize_rtn(&model.eqf, &policy, &pb)?;
+    let fp8_acts = match (a.fp8.is_some(), a.fp8_acts) {
+        (false, _) | (_, Fp8ActsArg::None) => None,
+        (true, Fp8ActsArg::Token) => Some(edgeq_core::ActMode::Fp8Token),
+        (true, Fp8ActsArg::Group128) => Some(edgeq_core::ActMode::Fp8Group128),
+        (true, Fp8ActsArg::Auto) if linear.granularity == edgeq_core::Granularity::Block => Some(edgeq_core::ActMode::Fp8Group128),
+        (true, Fp8ActsArg::Auto) => Some(edgeq_core::ActMode::Fp8Token),
+    };
+    let acts = fp8_acts.map_or_else(Vec::new, |m| quantize::fp8_act_entries(&model.eqf, &policy, m));
+    let (bytes, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), acts, &pb)?;
     pb.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     if a.json {
@@ -650,6 +729,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let report = serde_json::json!({
         "method": "rtn", "bits": a.bits, "group": a.group, "sym": !a.asym, "fp8": a.fp8, "input": a.input, "output": a.out,
+        "fp8_activations": fp8_acts.map(|m| m.name()),
         "seconds": secs, "peak_rss_mb": edgeq_host::calib::pipeline::peak_rss_mb(),
         "layers": reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "metric": "weight", "rel_err": r.rel_err})).collect::<Vec<_>>(),
     });
@@ -1327,7 +1407,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let quantized: std::collections::HashSet<(u16, u16)> = entries.iter().map(|e| (e.layer, e.role as u16)).collect();
     let rest = quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
     let pb2 = progress(0, "finish");
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, &pb2)?;
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, Vec::new(), &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -1365,7 +1445,112 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `quantize` with the 8-bit family (int8, smoothquant, llm-int8).
+fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
+    use edgeq_host::calib::w8::{Int8Mode, W8Config, W8Method};
+    let t0 = Instant::now();
+    let f = ModelFile::open(&a.input)?;
+    let model = f.model()?;
+    anyhow::ensure!(a.fp8.is_none(), "--fp8 is only available with --method rtn");
+    let cfg = W8Config {
+        method: match a.method.as_str() {
+            "int8" => W8Method::Int8,
+            "smoothquant" => W8Method::SmoothQuant,
+            _ => W8Method::LlmInt8,
+        },
+        int8_mode: match a.int8 {
+            Int8Arg::Sym => Int8Mode::Sym,
+            Int8Arg::Asym => Int8Mode::Asym,
+            Int8Arg::Auto => Int8Mode::Auto,
+        },
+        sym_threshold: a.sym_threshold,
+        convention: match a.int8_scale.as_str() {
+            "127" => edgeq_host::algo::int8::Convention::Max127,
+            "127.5" => edgeq_host::algo::int8::Convention::Half255,
+            o => anyhow::bail!("--int8-scale {o}: expected 127 or 127.5"),
+        },
+        alpha: a.alpha,
+        threshold: a.threshold,
+    };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cfg.alpha) && cfg.threshold > 0.0 && cfg.threshold.is_finite(),
+        "--alpha must be in [0, 1] and --threshold a positive number"
+    );
+    let asym = cfg.method == W8Method::Int8 && cfg.int8_mode == Int8Mode::Asym;
+    let linear = edgeq_core::QuantSpec::per_channel(if asym {
+        edgeq_core::Scheme::Q8Asym
+    } else {
+        edgeq_core::Scheme::Q8Sym
+    });
+    let embed = quantize::spec_from_name(&a.embed, a.group)?;
+    let policy =
+        quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
+    let tok = text::tokenizer(&model)?;
+    let calib = match &a.calib {
+        Some(p) => {
+            let seqlen = a.calib_seqlen.min(model.cfg.max_seq_len as usize);
+            let c = edgeq_host::calib::data::load(p, &tok, a.calib_samples, seqlen, a.calib_skip_chars, a.seed)?;
+            eprintln!(
+                "calibration: {} samples, {} tokens from {}",
+                c.samples.len(),
+                c.tokens(),
+                p.display()
+            );
+            Some(c)
+        }
+        None => None,
+    };
+    let pb = progress(0, &a.method);
+    let w8 = edgeq_host::calib::w8::run(&model, calib.as_ref(), &policy, &cfg, &pb).with_context(|| format!("--method {}", a.method))?;
+    pb.finish_and_clear();
+    let done: std::collections::HashSet<(u16, u16)> = w8.entries.iter().map(|e| (e.layer, e.role as u16)).collect();
+    let pb2 = progress(0, "finish");
+    let n_acts = w8.acts.len();
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, w8.acts, &pb2)?;
+    pb2.finish_and_clear();
+    write_atomic(&a.out, &bytes)?;
+    let secs = t0.elapsed().as_secs_f64();
+    for r in &w8.reports {
+        eprintln!("{:<24} {:<10} {} err {:.3e}  {}", r.tensor, r.scheme, r.metric, r.rel_err, r.note);
+    }
+    for r in &rtn_reports {
+        eprintln!("{:<24} {:<10} weight err {:.3e}  (rtn)", r.name, r.to, r.rel_err);
+    }
+    let n_sym = w8.reports.iter().filter(|r| r.scheme.starts_with("q8-")).count();
+    let report = serde_json::json!({
+        "method": a.method, "bits": 8, "input": a.input, "output": a.out,
+        "int8": {"mode": cfg.int8_mode, "sym_threshold": cfg.sym_threshold, "convention": cfg.convention,
+                 "symmetric_layers": n_sym, "asymmetric_layers": w8.reports.len() - n_sym},
+        "smoothquant": (cfg.method == W8Method::SmoothQuant).then(|| serde_json::json!({"alpha": cfg.alpha})),
+        "llm_int8": (cfg.method == W8Method::LlmInt8).then(|| serde_json::json!({"threshold": cfg.threshold})),
+        "activation_records": n_acts,
+        "calibration": calib.as_ref().map(|c| serde_json::json!({"samples": c.samples.len(), "tokens": c.tokens(), "file": a.calib})),
+        "seconds": secs, "peak_rss_mb": edgeq_host::calib::pipeline::peak_rss_mb(), "layers": w8.reports,
+        "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
+    });
+    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
+    write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    eprintln!(
+        "{} quantized {} layers ({} symmetric) -> {} ({:.3} MB, {} activation records) in {:.1}s; report {}",
+        a.method,
+        w8.reports.len(),
+        n_sym,
+        a.out.display(),
+        bytes.len() as f64 / 1e6,
+        n_acts,
+        secs,
+        rpath.display()
+    );
+    Ok(())
+}
+
 fn cmd_layer(a: LayerArgs) -> Result<()> {
+    if methods::is_w8(&a.method) {
+        return cmd_layer_w8(a);
+    }
     let t0 = Instant::now();
     let w = edgeq_host::npy::read(&a.weight)?;
     let mut ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
@@ -1428,6 +1613,121 @@ fn cmd_layer(a: LayerArgs) -> Result<()> {
             werr,
             secs,
             note
+        );
+    }
+    Ok(())
+}
+
+/// `edgeq layer` with an 8-bit method.
+fn cmd_layer_w8(a: LayerArgs) -> Result<()> {
+    use edgeq_host::calib::w8::Int8Mode;
+    let t0 = Instant::now();
+    let w = edgeq_host::npy::read(&a.weight)?;
+    let read_acts = |p: &PathBuf| -> Result<edgeq_host::npy::Matrix> {
+        let x = edgeq_host::npy::read(p)?;
+        anyhow::ensure!(
+            x.cols == w.cols,
+            "{}: activations have {} features but the weight has {} inputs",
+            p.display(),
+            x.cols,
+            w.cols
+        );
+        Ok(x)
+    };
+    let x = a.acts.as_ref().map(read_acts).transpose()?;
+    let ev = a.eval_acts.as_ref().map(read_acts).transpose()?;
+    let eval = ev.as_ref().or(x.as_ref());
+    let fp8_scheme = match a.fp8_format.as_str() {
+        "e4m3" => edgeq_core::Scheme::Fp8E4M3,
+        "e5m2" => edgeq_core::Scheme::Fp8E5M2,
+        o => anyhow::bail!("--fp8-format {o}: expected e4m3 or e5m2"),
+    };
+    let fp8 = match a.fp8_scale.as_str() {
+        "tensor" => edgeq_core::QuantSpec {
+            granularity: edgeq_core::Granularity::PerTensor,
+            ..edgeq_core::QuantSpec::per_channel(fp8_scheme)
+        },
+        "channel" => edgeq_core::QuantSpec::per_channel(fp8_scheme),
+        "block128" => edgeq_core::QuantSpec {
+            granularity: edgeq_core::Granularity::Block,
+            group: 128,
+            ..edgeq_core::QuantSpec::per_channel(fp8_scheme)
+        },
+        o => anyhow::bail!("--fp8-scale {o}: expected tensor, channel or block128"),
+    };
+    let args = methods::W8LayerArgs {
+        method: a.method.clone(),
+        int8: match a.int8 {
+            Int8Arg::Sym => Int8Mode::Sym,
+            Int8Arg::Asym => Int8Mode::Asym,
+            Int8Arg::Auto => Int8Mode::Auto,
+        },
+        sym_threshold: a.sym_threshold,
+        convention: match a.int8_scale.as_str() {
+            "127" => edgeq_host::algo::int8::Convention::Max127,
+            "127.5" => edgeq_host::algo::int8::Convention::Half255,
+            o => anyhow::bail!("--int8-scale {o}: expected 127 or 127.5"),
+        },
+        fp8,
+        alpha: a.alpha,
+        threshold: a.threshold,
+    };
+    let out = methods::w8_layer(
+        &args,
+        &w.data,
+        w.rows,
+        w.cols,
+        x.as_ref().map(|x| &x.data[..]),
+        eval.map(|e| &e.data[..]),
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let m = |rows, cols, data: Vec<f32>| edgeq_host::npy::Matrix { rows, cols, data };
+    edgeq_host::npy::write(&a.out, &m(w.rows, w.cols, out.deq.clone()))?;
+    let werr = {
+        let num: f64 = w.data.iter().zip(&out.deq).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let den: f64 = w.data.iter().map(|a| (*a as f64).powi(2)).sum();
+        num / den.max(f64::MIN_POSITIVE)
+    };
+    // weight-only output error (X Ŵ) and the method's own output error (W8A8: X̂ Ŵ)
+    let err = eval.map(|e| edgeq_host::algo::output_rel_err(&w.data, &out.deq, &e.data, w.rows, w.cols));
+    let method_err = match (eval, &out.y) {
+        (Some(e), Some(y)) => {
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (xi, yi) in e.data.chunks_exact(w.cols).zip(y.chunks_exact(w.rows)) {
+                for (r, wr) in w.data.chunks_exact(w.cols).enumerate() {
+                    let t: f64 = xi.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    num += (t - yi[r] as f64).powi(2);
+                    den += t * t;
+                }
+            }
+            Some(num / den.max(f64::MIN_POSITIVE))
+        }
+        _ => None,
+    };
+    if let (Some(p), Some(y), Some(e)) = (&a.out_y, &out.y, eval) {
+        edgeq_host::npy::write(p, &m(e.rows, w.rows, y.clone()))?;
+    } else if a.out_y.is_some() {
+        anyhow::bail!("--out-y needs activations to compute the output on (--eval-acts or --acts)");
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"method": a.method, "out_rel_err": err, "method_out_rel_err": method_err, "weight_rel_err": werr,
+                "seconds": secs, "note": out.note, "details": out.details})
+        );
+    } else {
+        let f = |e: Option<f64>| {
+            e.map(|e| format!("{e:.6e}"))
+                .unwrap_or_else(|| "n/a (no --eval-acts/--acts)".into())
+        };
+        println!(
+            "{}: output rel err {} (weights only), {} (as run, activations quantized for W8A8), weight rel err {:.4e} ({:.2}s) {}",
+            a.method,
+            f(err),
+            f(method_err),
+            werr,
+            secs,
+            out.note
         );
     }
     Ok(())

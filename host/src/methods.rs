@@ -181,3 +181,165 @@ pub fn quantize_layer_effective(
     let deq = q.dequantize();
     Ok((q, note, deq))
 }
+
+/// Settings of the 8-bit methods in the research interface (`edgeq layer`).
+#[derive(Debug, Clone)]
+pub struct W8LayerArgs {
+    /// int8, fp8, llm-int8 or smoothquant.
+    pub method: String,
+    pub int8: crate::calib::w8::Int8Mode,
+    pub sym_threshold: f64,
+    pub convention: crate::algo::int8::Convention,
+    /// FP8 weights: scheme, and granularity as a spec (tensor / channel / block 128).
+    pub fp8: edgeq_core::QuantSpec,
+    pub alpha: f32,
+    pub threshold: f32,
+}
+
+/// One layer through an 8-bit method.
+pub struct W8LayerOut {
+    /// The effective dequantized weight (SmoothQuant: `Q(W·s)·diag(1/s)`).
+    pub deq: Vec<f32>,
+    /// The layer output on the evaluation activations as the method computes
+    /// it (W8A8 methods quantize the activations per token), `n × rows`.
+    pub y: Option<Vec<f32>>,
+    pub note: String,
+    pub details: serde_json::Value,
+}
+
+pub fn is_w8(method: &str) -> bool {
+    matches!(method, "int8" | "fp8" | "llm-int8" | "smoothquant")
+}
+
+/// `y = X Wᵀ`, `x` being `n × cols`.
+fn linear_out(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    x.par_chunks_exact(cols)
+        .flat_map_iter(|xi| {
+            w.chunks_exact(cols)
+                .take(rows)
+                .map(move |wr| xi.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)
+        })
+        .collect()
+}
+
+/// INT8 / FP8 / LLM.int8 / SmoothQuant on one layer. `x`: calibration
+/// inputs (INT8 auto symmetry, SmoothQuant's `max|X|`, LLM.int8's stored
+/// outlier columns); `eval`: inputs the output is computed on.
+pub fn w8_layer(a: &W8LayerArgs, w: &[f32], rows: usize, cols: usize, x: Option<&[f32]>, eval: Option<&[f32]>) -> Result<W8LayerOut> {
+    use crate::algo::int8::{self, Convention, Symmetry};
+    use crate::calib::w8::Int8Mode;
+    algo::ensure_finite(w, cols)?;
+    let abs_max = |x: &[f32]| {
+        let mut m = vec![0.0f32; cols];
+        for r in x.chunks_exact(cols) {
+            m.iter_mut().zip(r).for_each(|(m, v)| *m = m.max(v.abs()));
+        }
+        m
+    };
+    Ok(match a.method.as_str() {
+        "int8" => {
+            let sym = match (a.int8, x) {
+                (Int8Mode::Sym, _) => (true, None),
+                (Int8Mode::Asym, _) => (false, None),
+                (Int8Mode::Auto, Some(x)) => {
+                    let st = Symmetry::of(x, a.sym_threshold);
+                    (st.symmetric, Some(st))
+                }
+                (Int8Mode::Auto, None) => bail!("--int8 auto decides from the layer's inputs: pass --acts X.npy"),
+            };
+            let deq = int8::quantize(w, rows, cols, sym.0, a.convention).dequantize();
+            W8LayerOut {
+                y: eval.map(|e| linear_out(&deq, rows, cols, e)),
+                deq,
+                note: format!(
+                    "{}{}",
+                    if sym.0 { "sym" } else { "asym" },
+                    sym.1.map_or(String::new(), |s| format!(" (score {:.3})", s.score))
+                ),
+                details: serde_json::json!({"symmetric": sym.0, "symmetry": sym.1, "convention": a.convention}),
+            }
+        }
+        "fp8" => {
+            let spec = a.fp8;
+            let l = spec.layout(rows as u32, cols as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut bytes = vec![0u8; l.total_bytes as usize];
+            edgeq_core::quant::quantize(spec, rows as u32, cols as u32, w, &mut bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let aligned = crate::import::AlignedBytes::from(&bytes);
+            let v = edgeq_core::TensorView::new(spec, rows as u32, cols as u32, aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut deq = vec![0.0f32; rows * cols];
+            deq.chunks_exact_mut(cols).enumerate().for_each(|(r, o)| v.dequantize_row(r, o));
+            // activations as the FP8 recipes run them: per token, or per 128-group with block weights
+            let group = if spec.granularity == edgeq_core::Granularity::Block {
+                128
+            } else {
+                cols
+            };
+            let y = eval.map(|e| {
+                let mut xq = e.to_vec();
+                xq.chunks_exact_mut(cols)
+                    .for_each(|t| edgeq_core::quant::fp8::fake_quant_e4m3(t, group));
+                linear_out(&deq, rows, cols, &xq)
+            });
+            W8LayerOut {
+                deq,
+                y,
+                note: format!(
+                    "{}, activations e4m3 per {}",
+                    crate::quantize::spec_name(&spec),
+                    if group == 128 { "128-group" } else { "token" }
+                ),
+                details: serde_json::json!({"scheme": crate::quantize::spec_name(&spec), "activation_group": group}),
+            }
+        }
+        "llm-int8" => {
+            let deq = int8::quantize(w, rows, cols, true, Convention::Max127).dequantize();
+            let calibrated: Vec<usize> = x.map_or_else(Vec::new, |x| {
+                abs_max(x).iter().enumerate().filter(|m| *m.1 >= a.threshold).map(|m| m.0).collect()
+            });
+            let mut n_out = calibrated.len();
+            let y = eval.map(|e| {
+                let mut mask = vec![false; cols];
+                calibrated.iter().for_each(|&j| mask[j] = true);
+                abs_max(e).iter().zip(mask.iter_mut()).for_each(|(m, o)| *o |= *m >= a.threshold);
+                n_out = mask.iter().filter(|m| **m).count();
+                let mut xq = e.to_vec();
+                int8::fake_quant_tokens(&mut xq, cols, &mask);
+                linear_out(&deq, rows, cols, &xq)
+            });
+            W8LayerOut {
+                deq,
+                y,
+                note: format!(
+                    "{} calibrated outlier columns, {} on the evaluated batch (|x| ≥ {})",
+                    calibrated.len(),
+                    n_out,
+                    a.threshold
+                ),
+                details: serde_json::json!({"threshold": a.threshold, "calibrated_outliers": calibrated, "batch_outliers": n_out}),
+            }
+        }
+        "smoothquant" => {
+            let Some(x) = x else {
+                bail!("smoothquant computes max|X| per channel: pass --acts X.npy")
+            };
+            let s = int8::smooth_scales(&abs_max(x), &[(w, rows)], a.alpha);
+            let ws: Vec<f32> = w.chunks_exact(cols).flat_map(|r| r.iter().zip(&s).map(|(w, s)| w * s)).collect();
+            let wq = int8::quantize(&ws, rows, cols, true, Convention::Max127).dequantize();
+            let y = eval.map(|e| {
+                let mut xq: Vec<f32> = e.chunks_exact(cols).flat_map(|r| r.iter().zip(&s).map(|(x, s)| x / s)).collect();
+                int8::fake_quant_tokens(&mut xq, cols, &[]);
+                linear_out(&wq, rows, cols, &xq)
+            });
+            let deq = wq.chunks_exact(cols).flat_map(|r| r.iter().zip(&s).map(|(w, s)| w / s)).collect();
+            let (lo, hi) = s.iter().fold((f32::MAX, 0.0f32), |(l, h), v| (l.min(*v), h.max(*v)));
+            W8LayerOut {
+                deq,
+                y,
+                note: format!("α {}, smoothing scales {lo:.3e}..{hi:.3e}, W8A8 per token", a.alpha),
+                details: serde_json::json!({"alpha": a.alpha, "smooth_scales": s}),
+            }
+        }
+        m => bail!("--method {m}: not an 8-bit method"),
+    })
+}

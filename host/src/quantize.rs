@@ -1,8 +1,8 @@
 //! `edgeq quantize`: which tensors get which scheme (the policy), and the
 //! round-to-nearest (RTN) quantizer applied tensor by tensor with rayon.
 use anyhow::{bail, Context, Result};
-use edgeq_core::format::writer::{EqfWriter, TensorEntry};
-use edgeq_core::{Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
+use edgeq_core::format::writer::{ActEntry, EqfWriter, TensorEntry};
+use edgeq_core::{ActMode, Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
@@ -185,7 +185,26 @@ pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
 
 /// RTN-quantizes every tensor the policy selects; returns the new file and a report.
 pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
-    quantize_rtn_except(eqf, policy, &std::collections::HashSet::new(), Vec::new(), progress)
+    quantize_rtn_except(eqf, policy, &std::collections::HashSet::new(), Vec::new(), Vec::new(), progress)
+}
+
+/// FP8 activation records (`mode`) for every block linear the policy
+/// quantizes to FP8 (the classifier keeps f32 activations, as `lm_head`
+/// is excluded in the FP8 recipes).
+pub fn fp8_act_entries(eqf: &Eqf<'_>, policy: &Policy, mode: ActMode) -> Vec<ActEntry> {
+    eqf.tensors()
+        .iter()
+        .filter(|t| t.layer != edgeq_core::format::GLOBAL_LAYER && policy.target(t).is_some_and(|s| s.scheme.is_fp8()))
+        .filter_map(|t| {
+            Some(ActEntry {
+                role: TensorRole::from_u16(t.role)?,
+                layer: t.layer,
+                mode,
+                threshold: 0.0,
+                outliers: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 /// Like [`quantize_rtn`], but tensors whose `(layer, role)` is in `done`
@@ -195,6 +214,7 @@ pub fn quantize_rtn_except(
     policy: &Policy,
     done: &std::collections::HashSet<(u16, u16)>,
     done_entries: Vec<TensorEntry>,
+    acts: Vec<ActEntry>,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     progress.set_length(eqf.tensors().len() as u64);
@@ -244,6 +264,29 @@ pub fn quantize_rtn_except(
         .collect();
     let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
     w.metadata = eqf.metadata().to_vec();
+    // Activation records: the new ones, and the input's for tensors that keep their bytes.
+    w.acts = acts;
+    for r in eqf.act_section().records() {
+        let (Some(role), Some(t)) = (
+            TensorRole::from_u16(r.role),
+            eqf.tensors().iter().find(|t| (t.layer, t.role) == (r.layer, r.role)),
+        ) else {
+            continue;
+        };
+        let requantized =
+            done.contains(&(r.layer, r.role)) || policy.target(t).is_some_and(|s| Some(s) != edgeq_core::format::record_spec(t).ok());
+        if !requantized && !w.acts.iter().any(|a| (a.layer, a.role) == (r.layer, role)) {
+            if let Some(a) = eqf.act_quant(role, r.layer) {
+                w.acts.push(ActEntry {
+                    role,
+                    layer: r.layer,
+                    mode: a.mode,
+                    threshold: a.threshold,
+                    outliers: a.outliers.to_vec(),
+                });
+            }
+        }
+    }
     let mut reports = Vec::new();
     for mut e in done_entries {
         // Layers a calibrated pipeline passed through in f32 (AWQ keeps the

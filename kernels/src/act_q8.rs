@@ -145,6 +145,49 @@ impl<'a> Q8Acts<'a> {
         true
     }
 
+    /// Quantizes `x` with **one scale per token** (SmoothQuant's and
+    /// LLM.int8's per-token int8: `d = amax/127` over the token's columns,
+    /// every block of the token sharing it), so the integer kernels compute
+    /// `d_x · s_w · Σ q_x q_w` as an int8×int8 product. Columns `j` with
+    /// `skip[j] != 0` (LLM.int8 outliers; `skip` empty = none) are left out:
+    /// code 0 and not part of `amax`. Returns false when `x` is too short.
+    pub fn quantize_per_token(&mut self, x: &[f32], skip: &[f32]) -> bool {
+        if x.len() < self.t * self.cols {
+            return false;
+        }
+        let skipped = |j: usize| skip.get(j).is_some_and(|&m| m != 0.0);
+        for i in 0..self.t {
+            let xr = &x[i * self.cols..(i + 1) * self.cols];
+            let mut amax = 0.0f32;
+            for (j, &v) in xr.iter().enumerate() {
+                let a = f32::from_bits(v.to_bits() & 0x7fff_ffff);
+                if a > amax && !skipped(j) {
+                    amax = a;
+                }
+            }
+            let (d, id) = block_scale(amax);
+            for b in 0..self.blocks {
+                let k = i * self.blocks + b;
+                let km = i * self.bs + b;
+                let q = &mut self.codes[k * QK..(k + 1) * QK];
+                let mut sum = 0i32;
+                for (jj, o) in q.iter_mut().enumerate() {
+                    let j = b * QK + jj;
+                    *o = match xr.get(j) {
+                        Some(&v) if !skipped(j) => quantize_one(v, id),
+                        _ => 0,
+                    };
+                    sum += *o as i32;
+                }
+                self.scales[km] = d;
+                self.sums[km] = sum;
+                self.dsums[km] = d * sum as f32;
+            }
+        }
+        self.fill_pairs();
+        true
+    }
+
     /// Codes of token `i` in pair layout (module docs).
     pub fn pairs(&self, i: usize) -> &[i8] {
         let n = self.blocks.div_ceil(2) * 2 * QK;

@@ -18,7 +18,7 @@ use crate::error::RuntimeError;
 use crate::kv::{self, KvBufs, KvCache};
 use crate::model::{Block, Model};
 use core::ops::ControlFlow;
-use edgeq_core::{ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
+use edgeq_core::{ActMode, ActQuant, ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
 use edgeq_kernels as k;
 
 /// Sees the input of every linear layer as the forward pass runs
@@ -54,15 +54,30 @@ pub struct Session<'m, 'a, 'r> {
 /// (llama.cpp's scheme); everything else against f32 activations (`row`:
 /// one dequantized row for the scalar reference). With the `threads` feature
 /// and `mm.threads > 1` rows are split across threads (same results).
-fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32], qa: &mut [f32], mm: MatmulOpts) {
+///
+/// A layer stored with an int8 activation mode (EQF ACT_QUANT) overrides
+/// the session: [`ActMode::Int8Token`] quantizes `x` per token (one scale
+/// per token, SmoothQuant W8A8), [`ActMode::LlmInt8`] does the same on the
+/// regular columns and adds the outlier columns in f32 (LLM.int8()).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    y: &mut [f32],
+    w: &TensorView<'_>,
+    x: &[f32],
+    n: usize,
+    row: &mut [f32],
+    qa: &mut [f32],
+    mm: MatmulOpts,
+    act: Option<ActQuant<'_>>,
+) {
+    let int_act = act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8));
+    if let Some(a) = int_act.filter(|_| k::scalar_int::supported(w)) {
+        return matmul_int8_token(y, w, x, n, row, qa, mm, a);
+    }
     if mm.acts == Activations::Q8 && k::scalar_int::supported(w) {
         if let Some(mut a) = k::Q8Acts::carve(qa, n, w.cols()) {
             if a.quantize(x) {
-                #[cfg(feature = "threads")]
-                if mm.threads > 1 {
-                    return k::par::matmul_q8(mm.threads, y, w, &a);
-                }
-                return k::matmul_q8(y, w, &a, 0..w.rows());
+                return matmul_q8(y, w, &a, mm);
             }
         }
     }
@@ -71,6 +86,75 @@ fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], n: usize, row: &mut [f32
         return k::par::matmul(mm.threads, y, w, x, n, row);
     }
     k::matmul(y, w, x, n, 0..w.rows(), row);
+}
+
+fn matmul_q8(y: &mut [f32], w: &TensorView<'_>, a: &k::Q8Acts<'_>, mm: MatmulOpts) {
+    #[cfg(feature = "threads")]
+    if mm.threads > 1 {
+        return k::par::matmul_q8(mm.threads, y, w, a);
+    }
+    let _ = mm;
+    k::matmul_q8(y, w, a, 0..w.rows());
+}
+
+/// W8A8 with per-token int8 activations. LLM.int8(): the outlier columns
+/// (stored at calibration, plus every column where some token of this batch
+/// has `|x| ≥ threshold`) are marked in `mask` (the `row` scratch), left out
+/// of the int8 product, and added back as `Σ x[c] · W[r][c]` in f32 (the
+/// weight's own dequantized value, as bitsandbytes does).
+#[allow(clippy::too_many_arguments)]
+fn matmul_int8_token(
+    y: &mut [f32],
+    w: &TensorView<'_>,
+    x: &[f32],
+    n: usize,
+    mask: &mut [f32],
+    qa: &mut [f32],
+    mm: MatmulOpts,
+    a: ActQuant<'_>,
+) {
+    let (rows, cols) = (w.rows(), w.cols());
+    let llm = a.mode == ActMode::LlmInt8;
+    let mask = &mut mask[..if llm { cols } else { 0 }];
+    mask.fill(0.0);
+    if llm {
+        for &c in a.outliers {
+            if let Some(m) = mask.get_mut(c as usize) {
+                *m = 1.0;
+            }
+        }
+        for xr in x[..n * cols].chunks_exact(cols) {
+            for (m, v) in mask.iter_mut().zip(xr) {
+                if v.abs() >= a.threshold {
+                    *m = 1.0;
+                }
+            }
+        }
+    }
+    let Some(mut q) = k::Q8Acts::carve(qa, n, cols) else { return };
+    if !q.quantize_per_token(x, mask) {
+        return;
+    }
+    matmul_q8(y, w, &q, mm);
+    for (c, _) in mask.iter().enumerate().filter(|m| *m.1 != 0.0) {
+        for r in 0..rows {
+            let wv = w.element(r, c);
+            for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
+                yr[r] += x[i * cols + c] * wv;
+            }
+        }
+    }
+}
+
+/// FP8 activation modes quantize the shared input of a group of linears
+/// (q/k/v, gate/up; the loader checks the group agrees) in place, after the
+/// observer saw it; the products then run as usual on the rounded values.
+fn fp8_acts(x: &mut [f32], cols: usize, act: Option<ActQuant<'_>>) {
+    match act.map(|a| a.mode) {
+        Some(ActMode::Fp8Token) => x.chunks_mut(cols).for_each(|t| edgeq_core::quant::fp8::fake_quant_e4m3(t, cols)),
+        Some(ActMode::Fp8Group128) => x.chunks_mut(cols).for_each(|t| edgeq_core::quant::fp8::fake_quant_e4m3(t, 128)),
+        _ => {}
+    }
 }
 
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -201,10 +285,11 @@ pub fn block_forward_kv<O: Observer>(
     for i in 0..n {
         rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.attn_norm, eps);
     }
-    let h = &s.xb[..n * dim];
-    if obs.linear_input(l, TensorRole::Wq, h, n).is_break() {
+    if obs.linear_input(l, TensorRole::Wq, &s.xb[..n * dim], n).is_break() {
         return ControlFlow::Break(());
     }
+    fp8_acts(&mut s.xb[..n * dim], dim, w.act.wq);
+    let h = &s.xb[..n * dim];
     {
         let (k_new, v_new) = match &mut kv {
             KvBufs::F32 { k, v } => (&mut k[pos * kvd..(pos + n) * kvd], &mut v[pos * kvd..(pos + n) * kvd]),
@@ -216,9 +301,9 @@ pub fn block_forward_kv<O: Observer>(
                 }
             }
         };
-        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.mm);
-        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.mm);
-        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.mm);
+        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.mm, w.act.wq);
+        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.mm, w.act.wk);
+        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.mm, w.act.wv);
         for i in 0..n {
             let (q, kk, vv) = (
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -322,19 +407,21 @@ pub fn block_forward_kv<O: Observer>(
     if obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row, s.qa, s.mm);
+    fp8_acts(&mut s.xb[..n * qd], qd, w.act.wo);
+    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row, s.qa, s.mm, w.act.wo);
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
 
     // Feed-forward (SwiGLU).
     for i in 0..n {
         rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.ffn_norm, eps);
     }
-    let h = &s.xb[..n * dim];
-    if obs.linear_input(l, TensorRole::WGate, h, n).is_break() {
+    if obs.linear_input(l, TensorRole::WGate, &s.xb[..n * dim], n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row, s.qa, s.mm);
-    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row, s.qa, s.mm);
+    fp8_acts(&mut s.xb[..n * dim], dim, w.act.w_gate);
+    let h = &s.xb[..n * dim];
+    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row, s.qa, s.mm, w.act.w_gate);
+    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row, s.qa, s.mm, w.act.w_up);
     s.hb[..n * hid]
         .iter_mut()
         .zip(&s.hb2[..n * hid])
@@ -342,7 +429,17 @@ pub fn block_forward_kv<O: Observer>(
     if obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n).is_break() {
         return ControlFlow::Break(());
     }
-    matmul(&mut s.xb2[..n * dim], &w.w_down, &s.hb[..n * hid], n, s.row, s.qa, s.mm);
+    fp8_acts(&mut s.hb[..n * hid], hid, w.act.w_down);
+    matmul(
+        &mut s.xb2[..n * dim],
+        &w.w_down,
+        &s.hb[..n * hid],
+        n,
+        s.row,
+        s.qa,
+        s.mm,
+        w.act.w_down,
+    );
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
     ControlFlow::Continue(())
 }
@@ -485,12 +582,115 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {
-                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row, b.s.qa, b.s.mm);
+                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row, b.s.qa, b.s.mm, None);
                 b.logits.copy_from_slice(&out[(n - 1) * vocab..n * vocab]);
             }
-            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row, b.s.qa, b.s.mm),
+            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row, b.s.qa, b.s.mm, None),
         }
         self.pos += n;
         Ok(self.buf.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use edgeq_core::format::act::ActMode;
+    use edgeq_core::{QuantSpec, Scheme};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// The W8A8 paths against their definition: per-token int8 codes on the
+    /// regular columns, f32 on the outlier columns (calibrated ∪ dynamic).
+    #[test]
+    fn int8_token_and_llm_int8_follow_their_definition() {
+        let (rows, cols, n) = (5usize, 70usize, 3usize);
+        let mut seed = 7;
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        let spec = QuantSpec::per_channel(Scheme::Q8Sym);
+        let l = spec.layout(rows as u32, cols as u32).unwrap();
+        let mut store = vec![0u64; (l.total_bytes as usize).div_ceil(8)];
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..l.total_bytes as usize];
+        edgeq_core::quant::quantize(spec, rows as u32, cols as u32, &w, bytes).unwrap();
+        let wv = TensorView::new(spec, rows as u32, cols as u32, bytes).unwrap();
+        let mut x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+        x[cols + 10] = 20.0; // a dynamic outlier (token 1, column 10)
+        let calibrated = [40u32];
+        for (mode, outliers) in [(ActMode::Int8Token, &[][..]), (ActMode::LlmInt8, &calibrated[..])] {
+            let a = ActQuant {
+                mode,
+                threshold: 6.0,
+                outliers,
+            };
+            let mut y = vec![0.0f32; n * rows];
+            let mut row = vec![0.0f32; cols];
+            let mut qa = vec![0.0f32; k::act_q8::words(n, cols)];
+            let mm = MatmulOpts {
+                acts: Activations::F32,
+                threads: 1,
+            };
+            matmul(&mut y, &wv, &x, n, &mut row, &mut qa, mm, Some(a));
+            let is_out = |j: usize| mode == ActMode::LlmInt8 && (j == 10 || j == 40);
+            let (mut err, mut exact_err) = (0.0f64, 0.0f64);
+            for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let amax = (0..cols).filter(|&j| !is_out(j)).map(|j| xt[j].abs()).fold(0.0f32, f32::max);
+                let d = amax / 127.0;
+                for r in 0..rows {
+                    let (mut want, mut exact) = (0.0f64, 0.0f64);
+                    for j in 0..cols {
+                        let wj = wv.element(r, j) as f64;
+                        exact += xt[j] as f64 * wj;
+                        want += if is_out(j) {
+                            xt[j] as f64 * wj
+                        } else {
+                            (xt[j] / d).round_ties_even().clamp(-127.0, 127.0) as f64 * d as f64 * wj
+                        };
+                    }
+                    let got = y[t * rows + r] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{mode:?} t{t} r{r}: {got} vs {want}"
+                    );
+                    err = err.max((got - exact).abs());
+                    exact_err = exact_err.max(exact.abs());
+                }
+            }
+            // token 1's outlier makes per-token int8 coarse; LLM.int8 keeps it exact
+            if mode == ActMode::LlmInt8 {
+                assert!(err < 0.05, "LLM.int8 error {err}");
+            } else {
+                assert!(err > 0.05, "per-token int8 with an outlier should be coarse ({err})");
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_activation_rounding_is_per_token_or_group() {
+        let mut x: Vec<f32> = (0..256).map(|i| (i as f32 - 100.0) * 0.37).collect();
+        let orig = x.clone();
+        fp8_acts(
+            &mut x,
+            256,
+            Some(ActQuant {
+                mode: ActMode::Fp8Group128,
+                threshold: 0.0,
+                outliers: &[],
+            }),
+        );
+        for (g, (a, b)) in x.chunks(128).zip(orig.chunks(128)).enumerate() {
+            let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            // the group's largest value maps to E4M3's 448 and back; others within 1/16 relative (3 mantissa bits)
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() <= q.abs() / 15.0 + amax * 1e-6, "group {g}: {q} -> {p}");
+            }
+        }
+        assert_ne!(x, orig);
     }
 }

@@ -2,7 +2,7 @@
 //! against the config (presence, shape, scheme) once, up front.
 use crate::error::RuntimeError;
 use edgeq_core::format::GLOBAL_LAYER;
-use edgeq_core::{Eqf, FormatError, ModelConfig, ParseOptions, Scheme, TensorRole, TensorView};
+use edgeq_core::{ActMode, ActQuant, Eqf, FormatError, ModelConfig, ParseOptions, Scheme, TensorRole, TensorView};
 
 #[derive(Clone, Copy)]
 pub struct Model<'a> {
@@ -24,6 +24,21 @@ pub struct Block<'a> {
     pub w_gate: TensorView<'a>,
     pub w_down: TensorView<'a>,
     pub w_up: TensorView<'a>,
+    /// Run-time quantization of the linears' inputs (W8A8 layers; EQF
+    /// ACT_QUANT section), `None` = as the session says.
+    pub act: BlockActs<'a>,
+}
+
+/// The activation quantization of each linear of a block.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockActs<'a> {
+    pub wq: Option<ActQuant<'a>>,
+    pub wk: Option<ActQuant<'a>>,
+    pub wv: Option<ActQuant<'a>>,
+    pub wo: Option<ActQuant<'a>>,
+    pub w_gate: Option<ActQuant<'a>>,
+    pub w_down: Option<ActQuant<'a>>,
+    pub w_up: Option<ActQuant<'a>>,
 }
 
 impl<'a> Model<'a> {
@@ -44,8 +59,30 @@ impl<'a> Model<'a> {
         self.output_norm()?;
         self.classifier()?;
         for l in 0..self.cfg.n_layers as usize {
-            self.block(l)?;
+            let b = self.block(l)?;
+            let mode = |a: Option<ActQuant<'_>>| a.map(|a| a.mode);
+            let fp8 = |a: Option<ActQuant<'_>>| matches!(mode(a), Some(ActMode::Fp8Token | ActMode::Fp8Group128));
+            // FP8 modes round the shared input of q/k/v (gate/up) once, so the group must agree.
+            let a = &b.act;
+            let qkv_ok = mode(a.wq) == mode(a.wk) && mode(a.wq) == mode(a.wv);
+            if (fp8(a.wq) || fp8(a.wk) || fp8(a.wv)) && !qkv_ok || (fp8(a.w_gate) || fp8(a.w_up)) && mode(a.w_gate) != mode(a.w_up) {
+                return Err(FormatError::BadActQuant("FP8 activation modes must be the same for q/k/v and for gate/up").into());
+            }
+            for (w, a) in [
+                (b.wq, a.wq),
+                (b.wk, a.wk),
+                (b.wv, a.wv),
+                (b.wo, a.wo),
+                (b.w_gate, a.w_gate),
+                (b.w_down, a.w_down),
+                (b.w_up, a.w_up),
+            ] {
+                if matches!(mode(a), Some(ActMode::Int8Token | ActMode::LlmInt8)) && !w.scheme().is_int() {
+                    return Err(FormatError::BadActQuant("int8 activation modes need integer (Q8/Q4) weights").into());
+                }
+            }
         }
+
         Ok(())
     }
 
@@ -92,7 +129,18 @@ impl<'a> Model<'a> {
                 Ok(None)
             }
         };
+        let act = |role| self.eqf.act_quant(role, l16);
+        let act = BlockActs {
+            wq: act(TensorRole::Wq),
+            wk: act(TensorRole::Wk),
+            wv: act(TensorRole::Wv),
+            wo: act(TensorRole::Wo),
+            w_gate: act(TensorRole::WGate),
+            w_down: act(TensorRole::WDown),
+            w_up: act(TensorRole::WUp),
+        };
         Ok(Block {
+            act,
             attn_norm: self.vector(TensorRole::AttnNorm, l16, dim)?,
             wq: lin(TensorRole::Wq, qd, dim)?,
             wk: lin(TensorRole::Wk, kvd, dim)?,

@@ -6,11 +6,15 @@
 //! sections, each 64-byte aligned: CONFIG ([`crate::ModelConfig`]),
 //! TOKENIZER (see `docs/TOKENIZER.md`), TENSOR_DIR ([`TensorRecord`]s sorted
 //! by (layer, role)), TENSOR_DATA (each tensor 64-byte aligned), and an
-//! optional METADATA section of UTF-8 JSON (provenance; readers may ignore).
+//! optional METADATA section of UTF-8 JSON (provenance; readers may ignore)
+//! and the optional ACT_QUANT section ([`act`], activation quantization of
+//! W8A8 layers).
+pub mod act;
 mod reader;
 mod records;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
+pub use act::{ActMode, ActQuant};
 pub use reader::{record_spec, Eqf, ParseOptions};
 pub use records::*;

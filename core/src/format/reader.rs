@@ -34,6 +34,7 @@ pub struct Eqf<'a> {
     metadata: &'a [u8],
     tensors: &'a [TensorRecord],
     data: &'a [u8],
+    act: super::act::ActSection<'a>,
 }
 
 fn read<'a, T: bytemuck::Pod>(bytes: &'a [u8], off: u64, what: &'static str) -> Result<&'a T, FormatError> {
@@ -139,7 +140,7 @@ impl<'a> Eqf<'a> {
             align: 8,
         })?;
 
-        let mut found: [Option<&[u8]>; 6] = [None; 6];
+        let mut found: [Option<&[u8]>; 7] = [None; 7];
         for s in sections {
             let end = s
                 .offset
@@ -163,7 +164,7 @@ impl<'a> Eqf<'a> {
                 }
             }
             match s.kind {
-                1..=5 => {
+                1..=6 => {
                     let slot = &mut found[s.kind as usize];
                     if slot.is_some() {
                         return Err(FormatError::DuplicateSection { kind: s.kind });
@@ -196,7 +197,7 @@ impl<'a> Eqf<'a> {
             what: "tensor directory",
             align: 8,
         })?;
-        let eqf = Eqf {
+        let mut eqf = Eqf {
             bytes,
             header,
             config,
@@ -204,8 +205,15 @@ impl<'a> Eqf<'a> {
             metadata,
             tensors,
             data,
+            act: Default::default(),
         };
         eqf.validate_tensors(opts)?;
+        if let Some(body) = found[section::ACT_QUANT as usize] {
+            eqf.act = super::act::ActSection::parse(body, |layer, role| {
+                let role = TensorRole::from_u16(role)?;
+                eqf.find(role, layer).map(|t| t.cols)
+            })?;
+        }
         Ok(eqf)
     }
 
@@ -270,6 +278,14 @@ impl<'a> Eqf<'a> {
     /// The METADATA section (UTF-8 JSON), empty when absent.
     pub fn metadata(&self) -> &'a [u8] {
         self.metadata
+    }
+    /// The ACT_QUANT section (empty when absent).
+    pub fn act_section(&self) -> &super::act::ActSection<'a> {
+        &self.act
+    }
+    /// How the input of a linear layer is quantized at run time, if at all.
+    pub fn act_quant(&self, role: TensorRole, layer: u16) -> Option<super::act::ActQuant<'a>> {
+        self.act.get(role, layer)
     }
     pub fn tensors(&self) -> &'a [TensorRecord] {
         self.tensors

@@ -13,6 +13,8 @@ pub mod section {
     pub const TENSOR_DIR: u32 = 3;
     pub const TENSOR_DATA: u32 = 4;
     pub const METADATA: u32 = 5;
+    /// Activation quantization of W8A8 layers ([`super::act`]), EQF 1.1.
+    pub const ACT_QUANT: u32 = 6;
     /// Section flag: readers that do not know this kind may skip it.
     pub const FLAG_OPTIONAL: u32 = 1;
 }

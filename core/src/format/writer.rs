@@ -45,7 +45,22 @@ pub struct EqfWriter {
     pub tokenizer: Vec<u8>,
     /// Optional UTF-8 JSON provenance (source, method, settings).
     pub metadata: Vec<u8>,
+    /// Activation quantization of W8A8 layers (the ACT_QUANT section,
+    /// written when non-empty, which makes the file EQF 1.1).
+    pub acts: Vec<ActEntry>,
     tensors: Vec<TensorEntry>,
+}
+
+/// How the runtime quantizes one linear layer's input ([`super::act`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActEntry {
+    pub role: TensorRole,
+    pub layer: u16,
+    pub mode: super::act::ActMode,
+    /// LLM.int8 threshold (0 for other modes).
+    pub threshold: f32,
+    /// LLM.int8 outlier columns, increasing.
+    pub outliers: Vec<u32>,
 }
 
 fn pad_to(v: &mut Vec<u8>, align: u64) {
@@ -59,6 +74,7 @@ impl EqfWriter {
             config,
             tokenizer,
             metadata: Vec::new(),
+            acts: Vec::new(),
             tensors: Vec::new(),
         }
     }
@@ -92,8 +108,43 @@ impl EqfWriter {
         &self.tensors
     }
 
+    /// The ACT_QUANT section body (records sorted by (layer, role)).
+    fn act_section(&mut self) -> Vec<u8> {
+        use super::act::{ActHeader, ActRecord};
+        self.acts.sort_by_key(|a| (a.layer, a.role as u16));
+        let n_indices: usize = self.acts.iter().map(|a| a.outliers.len()).sum();
+        let header = ActHeader {
+            n_records: self.acts.len() as u32,
+            n_indices: n_indices as u32,
+            reserved: [0; 2],
+        };
+        let mut out = bytemuck::bytes_of(&header).to_vec();
+        let mut first = 0u32;
+        for a in &self.acts {
+            let r = ActRecord {
+                layer: a.layer,
+                role: a.role as u16,
+                mode: a.mode as u8,
+                reserved0: 0,
+                reserved1: 0,
+                threshold: a.threshold,
+                first,
+                count: a.outliers.len() as u32,
+            };
+            out.extend_from_slice(bytemuck::bytes_of(&r));
+            first += a.outliers.len() as u32;
+        }
+        for a in &self.acts {
+            for i in &a.outliers {
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+        }
+        out
+    }
+
     /// Serializes the whole file.
     pub fn finish(mut self) -> Vec<u8> {
+        let act = self.act_section();
         self.tensors.sort_by_key(|t| (t.layer, t.role as u16));
         // TENSOR_DATA and the directory.
         let mut data = Vec::new();
@@ -127,6 +178,9 @@ impl EqfWriter {
         if !self.metadata.is_empty() {
             sections.push((section::METADATA, section::FLAG_OPTIONAL, &self.metadata[..]));
         }
+        if !self.acts.is_empty() {
+            sections.push((section::ACT_QUANT, section::FLAG_OPTIONAL, &act[..]));
+        }
         sections.push((section::TENSOR_DATA, 0, &data[..]));
 
         let dir_end = 64 + 32 * sections.len() as u64;
@@ -148,7 +202,8 @@ impl EqfWriter {
         let mut header = Header {
             magic: MAGIC,
             version_major: VERSION_MAJOR,
-            version_minor: VERSION_MINOR,
+            // 1.0 files stay byte-identical; the ACT_QUANT section is 1.1.
+            version_minor: if self.acts.is_empty() { VERSION_MINOR } else { 1 },
             header_size: 64,
             file_size,
             n_sections: recs.len() as u32,

@@ -167,6 +167,22 @@ pub fn scale_for(f: &Fp8Format, amax: f32) -> f32 {
     }
 }
 
+/// Dynamic FP8 E4M3 activation quantization, in place: each run of
+/// `group` consecutive values of `x` (a token, or a 128-group of one) is
+/// replaced by `decode(encode(v / s)) · s`, `s = amax/448`
+/// ([`scale_for`]), the value an FP8×FP8 tensor core would see. NaN stays
+/// NaN; a group of zeros stays zero.
+pub fn fake_quant_e4m3(x: &mut [f32], group: usize) {
+    let table = table_of(Scheme::Fp8E4M3);
+    for g in x.chunks_mut(group.max(1)) {
+        let amax = g.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let s = scale_for(&E4M3, amax);
+        for v in g.iter_mut() {
+            *v = table[encode(&E4M3, *v / s) as usize] * s;
+        }
+    }
+}
+
 pub(super) fn quantize(spec: QuantSpec, l: &TensorLayout, src: &[f32], out: &mut [u8]) {
     let f = format_of(spec.scheme);
     let (rows, cols) = (l.rows as usize, l.cols as usize);

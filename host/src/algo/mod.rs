@@ -7,6 +7,7 @@
 pub mod awq;
 pub mod gptq;
 pub mod hqq;
+pub mod int8;
 pub mod rtn;
 
 use anyhow::{bail, ensure, Result};

@@ -82,6 +82,7 @@ impl Views {
             w_gate: self.view(TensorRole::WGate),
             w_down: self.view(TensorRole::WDown),
             w_up: self.view(TensorRole::WUp),
+            act: Default::default(),
         }
     }
 }
@@ -422,6 +423,7 @@ pub fn run(
                     metric: "output (scaled layer)",
                     seconds: t0.elapsed().as_secs_f64(),
                     note,
+                    details: serde_json::Value::Null,
                 };
                 Ok((
                     TensorEntry {

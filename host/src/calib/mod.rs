@@ -6,3 +6,4 @@ pub mod data;
 pub mod pipeline;
 pub mod prepare;
 pub mod stats;
+pub mod w8;

@@ -56,6 +56,10 @@ pub struct LayerReport {
     pub metric: &'static str,
     pub seconds: f64,
     pub note: String,
+    /// Method-specific decisions and statistics (INT8 symmetry, smoothing,
+    /// outlier columns), omitted when empty.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
 }
 
 const STAGES: [(TensorRole, &[TensorRole]); 4] = [
@@ -91,6 +95,7 @@ impl<'a> HostBlock<'a> {
             w_gate: self.view(TensorRole::WGate)?,
             w_down: self.view(TensorRole::WDown)?,
             w_up: self.view(TensorRole::WUp)?,
+            act: Default::default(),
         })
     }
 }
@@ -264,6 +269,7 @@ pub fn run(
                         metric,
                         seconds: t0.elapsed().as_secs_f64(),
                         note,
+                        details: serde_json::Value::Null,
                     };
                     Ok((*role, q, rep))
                 })
