@@ -52,8 +52,11 @@ fn load_and_run(bytes: &[u8], verify: bool) -> bool {
 /// give a model that runs: never a panic.
 #[test]
 fn corrupt_eqf_never_panics_the_runtime() {
-    for scheme in ["q4-g32", "q8a-g32", "fp8-e4m3-b32", "bf16"] {
-        let file = tiny::eqf(5, scheme).unwrap();
+    for scheme in ["q4-g32", "q8a-g32", "fp8-e4m3-b32", "bf16", "q8-ch+acts"] {
+        let file = match scheme.strip_suffix("+acts") {
+            Some(base) => tiny::with_acts(&tiny::eqf(5, base).unwrap()).unwrap(),
+            None => tiny::eqf(5, scheme).unwrap(),
+        };
         assert!(load_and_run(&file, true), "{scheme}: the valid file must load");
         for n in 0..file.len() {
             assert!(!load_and_run(&file[..n], true), "{scheme}: prefix of {n} bytes loaded");
@@ -198,5 +201,33 @@ fn zero_rows_constant_groups_and_denormals_quantize_correctly() {
             let norm: f32 = w[4 * cols..5 * cols].iter().map(|v| v * v).sum();
             assert!(err < 0.05 * norm, "{m} sym={sym}: random row error {err} of {norm}");
         }
+    }
+}
+
+/// A model with activation records (LLM.int8 on even blocks, per-token int8
+/// on odd ones; FP8 per-128-group) runs them and stays close to the same
+/// weights with f32 activations.
+#[test]
+fn activation_records_run_close_to_f32_activations() {
+    for scheme in ["q8-ch", "q4-g32", "fp8-e4m3-b32"] {
+        let plain = tiny::eqf(3, scheme).unwrap();
+        let acts = tiny::with_acts(&plain).unwrap();
+        assert_ne!(plain, acts);
+        let logits = |bytes: &[u8]| -> Vec<f32> {
+            let buf = AlignedBytes::from(bytes);
+            let model = Model::from_bytes(buf.as_bytes()).unwrap();
+            let mut arena = vec![0u8; edgeq_runtime::arena_bytes(&model.cfg, 8, 4)];
+            let mut s = Session::new(&model, &mut arena, 8, 4).unwrap();
+            s.set_matmul(edgeq_runtime::MatmulOpts {
+                acts: edgeq_runtime::Activations::F32,
+                threads: 1,
+            });
+            s.forward(&[1, 40, 7, 3], None).unwrap().to_vec()
+        };
+        let (a, b) = (logits(&plain), logits(&acts));
+        let num: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f32 = a.iter().map(|x| x * x).sum();
+        let rel = (num / den).sqrt();
+        assert!(rel > 0.0 && rel < 0.1, "{scheme}: relative logit change {rel}");
     }
 }

@@ -74,6 +74,23 @@ fn small_file() -> (Vec<u8>, Vec<Source>) {
         .unwrap();
         src.push((role, spec, rows, cols, values));
     }
+    // EQF 1.1 activation records, so flips and truncations reach the ACT_QUANT parser too
+    w.acts = vec![
+        edgeq_core::format::writer::ActEntry {
+            role: TensorRole::Wk,
+            layer: 0,
+            mode: edgeq_core::ActMode::Int8Token,
+            threshold: 0.0,
+            outliers: vec![],
+        },
+        edgeq_core::format::writer::ActEntry {
+            role: TensorRole::WDown,
+            layer: 0,
+            mode: edgeq_core::ActMode::LlmInt8,
+            threshold: 6.0,
+            outliers: vec![3, 30],
+        },
+    ];
     (w.finish(), src)
 }
 
@@ -90,6 +107,7 @@ fn small_file_parses_and_every_scheme_dequantizes() {
     let (file, src) = small_file();
     let (store, start) = placed(&file, 0);
     let eqf = Eqf::parse(&store[start..start + file.len()]).unwrap();
+    assert_eq!(eqf.act_quant(TensorRole::WDown, 0).unwrap().outliers, &[3, 30]);
     let mut row = [0f32; 32];
     for (role, spec, rows, cols, values) in &src {
         let layer = if role.is_global() { GLOBAL_LAYER } else { 0 };

@@ -35,6 +35,12 @@ fn main() -> Result<()> {
         put(&dir, "eqf_reader", &format!("tiny-{scheme}.eqf"), &e)?;
         put(&dir, "session", &format!("tiny-{scheme}.eqf"), &[&[0u8][..], &e].concat())?;
     }
+    // EQF 1.1: activation records (LLM.int8 outliers, per-token int8, FP8 groups).
+    for scheme in ["q8-ch", "fp8-e4m3-b32"] {
+        let e = tiny::with_acts(&tiny::eqf(1, scheme)?)?;
+        put(&dir, "eqf_reader", &format!("tiny-{scheme}-acts.eqf"), &e)?;
+        put(&dir, "session", &format!("tiny-{scheme}-acts.eqf"), &[&[0u8][..], &e].concat())?;
+    }
     // GGUF: the tiny model with every directly mapped matrix type.
     for scheme in ["f32", "f16", "q8-g32", "q4-g32", "q4a-g32"] {
         put(&dir, "gguf_reader", &format!("tiny-{scheme}.gguf"), &tiny::gguf(1, scheme)?)?;

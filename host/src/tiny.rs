@@ -184,6 +184,42 @@ pub fn requantize(f32_eqf: &[u8], scheme: &str) -> Result<Vec<u8>> {
     Ok(crate::quantize::quantize_rtn(&eqf, &policy, &indicatif::ProgressBar::hidden())?.0)
 }
 
+/// `eqf` with activation records on every block linear: FP8 models get
+/// per-128-group FP8 activations; integer ones LLM.int8 (threshold 1, stored
+/// outlier columns 1 and 5) on even blocks and per-token int8 on odd ones.
+pub fn with_acts(eqf_bytes: &[u8]) -> Result<Vec<u8>> {
+    use edgeq_core::format::writer::ActEntry;
+    use edgeq_core::ActMode;
+    let bytes = crate::import::AlignedBytes::from(eqf_bytes);
+    let eqf = edgeq_core::Eqf::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let acts = eqf
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            let role = edgeq_core::TensorRole::from_u16(t.role)?;
+            let spec = edgeq_core::format::record_spec(t).ok()?;
+            if t.layer == edgeq_core::format::GLOBAL_LAYER || !role.is_linear() || spec.scheme.is_float() {
+                return None;
+            }
+            let (mode, threshold, outliers) = match (spec.scheme.is_fp8(), t.layer % 2) {
+                (true, _) => (ActMode::Fp8Group128, 0.0, vec![]),
+                (false, 0) => (ActMode::LlmInt8, 1.0, vec![1, 5]),
+                _ => (ActMode::Int8Token, 0.0, vec![]),
+            };
+            Some(ActEntry {
+                role,
+                layer: t.layer,
+                mode,
+                threshold,
+                outliers,
+            })
+        })
+        .collect();
+    let keep = crate::quantize::Policy::new(QuantSpec::F32, None, &["*".to_string()])?;
+    let none = Default::default();
+    Ok(crate::quantize::quantize_rtn_except(&eqf, &keep, &none, Vec::new(), acts, &indicatif::ProgressBar::hidden())?.0)
+}
+
 /// An HF tensor: name, shape, f32 values.
 pub struct HfTensor {
     pub name: String,
