@@ -1021,3 +1021,70 @@ fn eight_bit_family_within_one_percent() {
     let (success, _, err) = edgeq(&["quantize", &m, "--method", "smoothquant", "-o", &out("x")]);
     assert!(!success && err.contains("--calib"), "{err}");
 }
+
+/// `--sensitivity` ranks the blocks by the NLL increase of quantizing each
+/// alone; `--budget-bits` keeps the most sensitive at 8 bits within an
+/// average bits-per-weight budget, and beats uniform 4-bit.
+#[test]
+fn sensitivity_scan_and_bit_budget() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("budget");
+    let m = import_stories(&fx, &dir);
+    let text = fx.join("text/tinystories_val.txt");
+    let out = |n: &str| dir.join(format!("{n}.eqf")).to_str().unwrap().to_string();
+    let q4 = ["--bits", "4", "--group", "32", "--sensitivity-text", text.to_str().unwrap()];
+    let mut a = vec!["quantize", m.as_str(), "--budget-bits", "5.5", "-o"];
+    let b = out("budget");
+    a.push(&b);
+    a.extend(q4);
+    ok(&a);
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("budget.sensitivity.json")).unwrap()).unwrap();
+    let blocks = rep["scan"]["blocks"].as_array().unwrap();
+    let mut ranks: Vec<u64> = blocks.iter().map(|b| b["rank"].as_u64().unwrap()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, vec![1, 2, 3, 4, 5]);
+    let top = blocks.iter().find(|b| b["rank"] == 1).unwrap();
+    assert!(blocks
+        .iter()
+        .all(|b| b["delta_nll"].as_f64().unwrap() <= top["delta_nll"].as_f64().unwrap()));
+    let promoted: Vec<u64> = rep["budget"]["promoted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(promoted, vec![top["block"].as_u64().unwrap()], "{rep}");
+    let avg = rep["budget"]["average_bits"].as_f64().unwrap();
+    assert!(avg <= 5.5 && avg > 4.5, "{avg}");
+    // the file holds that mix, and the average is what the file stores
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", &b, "--json"])).unwrap();
+    let (mut bits, mut params) = (0.0, 0.0);
+    for t in v["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        if name.starts_with("blk.") && !name.ends_with("norm") {
+            let n = t["shape"][0].as_f64().unwrap() * t["shape"][1].as_f64().unwrap();
+            params += n;
+            bits += t["bpw"].as_f64().unwrap() * n;
+            let want = if name.starts_with(&format!("blk.{}.", promoted[0])) {
+                "q8-ch"
+            } else {
+                "q4-g32"
+            };
+            assert_eq!(t["scheme"], want, "{name}");
+        }
+    }
+    assert!((bits / params - avg).abs() < 0.05, "file {} vs reported {avg}", bits / params);
+    let mut u = vec!["quantize", m.as_str(), "-o"];
+    let uni = out("uniform");
+    u.push(&uni);
+    u.extend(&q4[..4]);
+    ok(&u);
+    assert!(eval_nll(&fx, &b) < eval_nll(&fx, &uni));
+    // a budget below the low scheme is a clear error
+    let mut a = vec!["quantize", m.as_str(), "--budget-bits", "3", "-o"];
+    let x = out("x");
+    a.push(&x);
+    a.extend(q4);
+    let (success, _, err) = edgeq(&a);
+    assert!(!success && err.contains("already averages"), "{err}");
+}

@@ -228,6 +228,8 @@ fn activation_records_run_close_to_f32_activations() {
         let num: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
         let den: f32 = a.iter().map(|x| x * x).sum();
         let rel = (num / den).sqrt();
-        assert!(rel > 0.0 && rel < 0.1, "{scheme}: relative logit change {rel}");
+        // int8 per token: ~1/254 relative per activation; E4M3: 3 mantissa bits, ~1/32
+        let bound = if scheme.starts_with("fp8") { 0.25 } else { 0.1 };
+        assert!(rel > 0.0 && rel < bound, "{scheme}: relative logit change {rel}");
     }
 }

@@ -105,8 +105,26 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
                     fallback: String::new(),
                 });
             }
+            // The calibrated 8-bit family (statistics from the f32 model).
+            "int8-auto" | "smoothquant" | "llm-int8" => {
+                let (name, method) = match m.as_str() {
+                    "int8-auto" => ("int8-auto-ch", "int8"),
+                    "smoothquant" => ("smoothquant-w8a8", "smoothquant"),
+                    _ => ("llm-int8", "llm-int8"),
+                };
+                out.push(Candidate {
+                    name: name.into(),
+                    method: m.clone(),
+                    bits: 8,
+                    group: 0,
+                    args: s(&["--method", method, "--calib-samples", &calib_samples.to_string()]),
+                    fallback: String::new(),
+                });
+            }
             "f16" => {}
-            other => bail!("--methods: unknown method '{other}' (rtn, gptq, awq, hqq, int8, fp8, fp8-block)"),
+            other => {
+                bail!("--methods: unknown method '{other}' (rtn, gptq, awq, hqq, int8, int8-auto, smoothquant, llm-int8, fp8, fp8-block)")
+            }
         }
     }
     Ok(out)
@@ -242,7 +260,10 @@ fn quantize(o: &Options, c: &Candidate, exe: &Path) -> Result<(PathBuf, bool, Va
     let meta = std::fs::metadata(&o.model).with_context(|| format!("cannot stat {}", o.model.display()))?;
     let mut args: Vec<String> = vec!["quantize".into(), o.model.display().to_string()];
     args.extend(c.args.iter().cloned());
-    let calibrated = c.args.iter().any(|a| a == "gptq" || a == "awq");
+    let calibrated = c
+        .args
+        .iter()
+        .any(|a| matches!(a.as_str(), "gptq" | "awq" | "int8" | "smoothquant" | "llm-int8"));
     if calibrated {
         let calib = o.calib.as_ref().unwrap_or(&o.text);
         args.extend(["--calib".into(), calib.display().to_string()]);

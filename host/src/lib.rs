@@ -14,6 +14,7 @@ pub mod npy;
 pub mod plots;
 pub mod quantize;
 pub mod sanity;
+pub mod sensitivity;
 pub mod text;
 pub mod tiny;
 

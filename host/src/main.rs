@@ -100,11 +100,13 @@ struct CompareArgs {
     /// characters (disjoint from the evaluation slice).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Calibration samples for GPTQ / AWQ.
+    /// Calibration samples for GPTQ / AWQ / int8-auto / smoothquant / llm-int8.
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
-    /// Methods, comma-separated: rtn, gptq, awq, hqq (at each of --bits), int8 (per channel), fp8 (E4M3 per
-    /// channel), fp8-block (E4M3, 128x128 blocks); each may take a mixed-precision policy after a colon:
+    /// Methods, comma-separated: rtn, gptq, awq, hqq (at each of --bits), int8 (per channel, RTN), int8-auto
+    /// (per channel, symmetry decided per layer from calibration), smoothquant (W8A8), llm-int8 (W8A8 with f32
+    /// outlier columns), fp8 (E4M3 per channel, activations per token), fp8-block (E4M3 128x128 blocks,
+    /// activations per 128-group); each may take a mixed-precision policy after a colon:
     /// int8:mlp-only, int8:attn-only, gptq:sandwich5 (first and last 5 blocks kept). A 16-bit copy is always
     /// made as the speed and size baseline.
     #[arg(long, value_delimiter = ',', default_value = "rtn,gptq,awq,hqq,int8,fp8")]
@@ -287,25 +289,25 @@ struct LayerArgs {
     /// (--alpha; needs --acts). W8A8 methods compute the output with quantized activations.
     #[arg(long, default_value = "rtn")]
     method: String,
-    /// --method int8: sym, asym, or auto (from the symmetry score of --acts).
+    /// With --method int8: sym, asym, or auto (from the symmetry score of --acts).
     #[arg(long, value_enum, default_value_t = Int8Arg::Sym)]
     int8: Int8Arg,
-    /// --method int8 --int8 auto: symmetric when exp(-|mean|/(std+1e-8)) of --acts is above this.
+    /// With --method int8 --int8 auto: symmetric when exp(-|mean|/(std+1e-8)) of --acts is above this.
     #[arg(long, default_value_t = 0.6)]
     sym_threshold: f64,
-    /// --method int8, symmetric: 127 (absmax/127) or 127.5 (compressed-tensors, codes clamped to [-128, 127]).
+    /// With --method int8, symmetric: 127 (absmax/127) or 127.5 (compressed-tensors, codes clamped to [-128, 127]).
     #[arg(long, default_value = "127")]
     int8_scale: String,
-    /// --method fp8: e4m3 or e5m2.
+    /// With --method fp8: e4m3 or e5m2.
     #[arg(long, default_value = "e4m3")]
     fp8_format: String,
-    /// --method fp8: tensor, channel or block128 (128×128 tiles).
+    /// With --method fp8: tensor, channel or block128 (128×128 tiles).
     #[arg(long, default_value = "channel")]
     fp8_scale: String,
-    /// --method smoothquant: migration strength α.
+    /// With --method smoothquant: migration strength α.
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
-    /// --method llm-int8: outlier threshold on |x|.
+    /// With --method llm-int8: outlier threshold on |x|.
     #[arg(long, default_value_t = 6.0)]
     threshold: f32,
     /// Write the layer's output on the evaluation activations (--eval-acts, else --acts) here, float32 .npy
@@ -370,21 +372,21 @@ struct QuantizeArgs {
     /// outlier columns in f32; --calib finds outlier columns ahead of time, the runtime also detects them).
     #[arg(long, default_value = "rtn")]
     method: String,
-    /// --method int8: sym (scale absmax/127), asym (zero point, unsigned codes) or auto (per layer: symmetric
+    /// With --method int8: sym (scale absmax/127), asym (zero point, unsigned codes) or auto (per layer: symmetric
     /// when the input's symmetry score exp(-|mean|/(std+1e-8)) is above --sym-threshold).
     #[arg(long, value_enum, default_value_t = Int8Arg::Auto)]
     int8: Int8Arg,
-    /// --method int8 --int8 auto: symmetric when the symmetry score is above this.
+    /// With --method int8 --int8 auto: symmetric when the symmetry score is above this.
     #[arg(long, default_value_t = 0.6)]
     sym_threshold: f64,
-    /// --method int8, symmetric layers: 127 (scale absmax/127, codes ±127) or 127.5 (compressed-tensors:
+    /// With --method int8, symmetric layers: 127 (scale absmax/127, codes ±127) or 127.5 (compressed-tensors:
     /// absmax/127.5, codes clamped to [-128, 127]).
     #[arg(long, default_value = "127")]
     int8_scale: String,
-    /// --method smoothquant: migration strength α of s = max|X|^α / max|W|^(1-α).
+    /// With --method smoothquant: migration strength α of s = max|X|^α / max|W|^(1-α).
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
-    /// --method llm-int8: activation magnitude from which an input column is an outlier (kept in f32).
+    /// With --method llm-int8: activation magnitude from which an input column is an outlier (kept in f32).
     #[arg(long, default_value_t = 6.0)]
     threshold: f32,
     /// With --fp8: activation quantization at run time. auto = per token for per-tensor/per-channel weights,
@@ -448,6 +450,25 @@ struct QuantizeArgs {
     /// method quantizes the others). Repeatable.
     #[arg(long = "override", value_name = "GLOB=SCHEME")]
     overrides: Vec<String>,
+    /// Before quantizing, measure each block's sensitivity: quantize that block alone (RTN in the method's
+    /// scheme), score NLL on --sensitivity-text, rank the blocks by the increase. Printed, and saved as
+    /// OUT with .sensitivity.json.
+    #[arg(long)]
+    sensitivity: bool,
+    /// Average bits per weight of the blocks' linear layers to meet: the sensitivity scan runs, then blocks
+    /// are kept at --budget-high, most sensitive first, while the average stays within the budget (e.g. 5.0
+    /// with q4-g32 at 4.5 and q8-ch at about 8.1 bits per weight keeps about one block in seven at 8 bits).
+    #[arg(long)]
+    budget_bits: Option<f64>,
+    /// The scheme sensitive blocks get under --budget-bits (e.g. q8-ch, q8-g32, f16).
+    #[arg(long, default_value = "q8-ch")]
+    budget_high: String,
+    /// Text the sensitivity scan scores (.txt); default: --calib when it is a .txt file.
+    #[arg(long)]
+    sensitivity_text: Option<PathBuf>,
+    /// Tokens of that text the scan scores per block.
+    #[arg(long, default_value_t = 2048)]
+    sensitivity_tokens: usize,
     /// Print the per-tensor report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -688,7 +709,10 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
+    if a.sensitivity || a.budget_bits.is_some() {
+        sensitivity_scan(&mut a)?;
+    }
     if matches!(a.method.as_str(), "int8" | "smoothquant" | "llm-int8") {
         return cmd_quantize_w8(a);
     }
@@ -1442,6 +1466,76 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         peak.unwrap_or(f64::NAN),
         rpath.display()
     );
+    Ok(())
+}
+
+/// `--sensitivity` / `--budget-bits`: ranks the blocks and, with a budget,
+/// adds `blk.N.*=HIGH` overrides for the blocks kept at high precision.
+fn sensitivity_scan(a: &mut QuantizeArgs) -> Result<()> {
+    let f = ModelFile::open(&a.input)?;
+    let model = f.model()?;
+    let low = match a.method.as_str() {
+        "rtn" => quantize::spec_from_args(a.bits, a.group, !a.asym, a.fp8.as_deref())?,
+        "int8" | "smoothquant" | "llm-int8" => edgeq_core::QuantSpec::per_channel(edgeq_core::Scheme::Q8Sym),
+        _ => method_args(&a.method, a.bits, a.group, !a.asym, &a.m).grid.spec()?,
+    };
+    let high = quantize::parse_spec_name(&a.budget_high).with_context(|| format!("--budget-high {}", a.budget_high))?;
+    let text_path = match (&a.sensitivity_text, &a.calib) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) if p.extension().is_some_and(|e| e == "txt") => p.clone(),
+        _ => anyhow::bail!("the sensitivity scan scores a text: pass --sensitivity-text FILE.txt (or a .txt --calib)"),
+    };
+    let tok = text::tokenizer(&model)?;
+    let raw = std::fs::read_to_string(&text_path).with_context(|| format!("cannot read {}", text_path.display()))?;
+    let mut tokens = text::encode(&tok, &raw, tok.add_bos_default())?;
+    tokens.truncate(a.sensitivity_tokens + 1);
+    anyhow::ensure!(
+        tokens.len() > 16,
+        "{}: too little text for the sensitivity scan",
+        text_path.display()
+    );
+    let window = 512.min(model.cfg.max_seq_len as usize);
+    let pb = progress(0, "sensitivity");
+    let t0 = Instant::now();
+    let scan = edgeq_host::sensitivity::scan(&model, &tokens, low, high, window, &pb)?;
+    pb.finish_and_clear();
+    let mut by_rank = scan.blocks.clone();
+    by_rank.sort_by_key(|b| b.rank);
+    eprintln!(
+        "sensitivity: each block alone in {} (base NLL {:.4} on {} tokens of {}, {:.1}s)",
+        scan.low,
+        scan.base_nll,
+        tokens.len(),
+        text_path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    eprintln!("{:>5} {:>6} {:>10} {:>11}", "rank", "block", "NLL", "ΔNLL");
+    for b in &by_rank {
+        eprintln!("{:>5} {:>6} {:>10.4} {:>+11.5}", b.rank, b.block, b.nll, b.delta_nll);
+    }
+    let mut out = serde_json::json!({"scan": scan, "text": text_path});
+    if let Some(budget) = a.budget_bits {
+        let (promoted, avg) = edgeq_host::sensitivity::allocate(&scan, budget);
+        let all_low: f64 =
+            scan.blocks.iter().map(|b| b.bits_low as f64).sum::<f64>() / scan.blocks.iter().map(|b| b.params as f64).sum::<f64>();
+        anyhow::ensure!(
+            all_low <= budget + 1e-9,
+            "--budget-bits {budget}: every block in {} already averages {all_low:.3} bits per weight; use a larger budget or a smaller scheme",
+            scan.low
+        );
+        eprintln!(
+            "budget {budget} bits/weight: blocks {promoted:?} in {} ({} in {}), linear layers average {avg:.3} bits/weight",
+            a.budget_high,
+            scan.blocks.len() - promoted.len(),
+            scan.low
+        );
+        // the method's own overrides keep precedence: they come first
+        a.overrides.extend(promoted.iter().map(|l| format!("blk.{l}.*={}", a.budget_high)));
+        out["budget"] = serde_json::json!({"bits": budget, "high": a.budget_high, "promoted": promoted, "average_bits": avg});
+    }
+    let p = a.out.with_extension("sensitivity.json");
+    write_atomic(&p, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    eprintln!("sensitivity report {}", p.display());
     Ok(())
 }
 
