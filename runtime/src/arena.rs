@@ -65,7 +65,7 @@ impl ArenaPlan {
             hb2: b * hid,
             att: max_seq,
             rope: b * c.rope_dim as usize,
-            row: dim.max(qd).max(hid),
+            row: 2 * dim.max(qd).max(hid),
             qa: edgeq_kernels::act_q8::words(b, dim.max(qd).max(hid)),
             logits: c.vocab_size as usize,
             kcache: values,

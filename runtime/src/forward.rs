@@ -99,7 +99,7 @@ fn matmul_q8(y: &mut [f32], w: &TensorView<'_>, a: &k::Q8Acts<'_>, mm: MatmulOpt
 
 /// W8A8 with per-token int8 activations. LLM.int8(): the outlier columns
 /// (stored at calibration, plus every column where some token of this batch
-/// has `|x| ≥ threshold`) are marked in `mask` (the `row` scratch), left out
+/// has `|x| ≥ threshold`) are marked in a mask (the first half of the `row` scratch), left out
 /// of the int8 product, and added back as `Σ x[c] · W[r][c]` in f32 (the
 /// weight's own dequantized value, as bitsandbytes does).
 #[allow(clippy::too_many_arguments)]
@@ -108,14 +108,15 @@ fn matmul_int8_token(
     w: &TensorView<'_>,
     x: &[f32],
     n: usize,
-    mask: &mut [f32],
+    scratch: &mut [f32],
     qa: &mut [f32],
     mm: MatmulOpts,
     a: ActQuant<'_>,
 ) {
     let (rows, cols) = (w.rows(), w.cols());
     let llm = a.mode == ActMode::LlmInt8;
-    let mask = &mut mask[..if llm { cols } else { 0 }];
+    // `row` holds 2 widths: the outlier mask, then one dequantized weight row
+    let (mask, wrow) = scratch.split_at_mut(if llm { cols.min(scratch.len()) } else { 0 });
     mask.fill(0.0);
     if llm {
         for &c in a.outliers {
@@ -136,11 +137,31 @@ fn matmul_int8_token(
         return;
     }
     matmul_q8(y, w, &q, mm);
-    for (c, _) in mask.iter().enumerate().filter(|m| *m.1 != 0.0) {
+    let n_out = mask.iter().filter(|m| **m != 0.0).count();
+    if n_out * 8 < cols {
+        // few outliers (LLM.int8's usual case): one weight element at a time
+        for (c, _) in mask.iter().enumerate().filter(|m| *m.1 != 0.0) {
+            for r in 0..rows {
+                let wv = w.element(r, c);
+                for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
+                    yr[r] += x[i * cols + c] * wv;
+                }
+            }
+        }
+    } else if let Some(wrow) = wrow.get_mut(..cols) {
+        // many (massive activations): dequantize each row once
         for r in 0..rows {
-            let wv = w.element(r, c);
+            w.dequantize_row(r, wrow);
             for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
-                yr[r] += x[i * cols + c] * wv;
+                let xr = &x[i * cols..(i + 1) * cols];
+                let s: f32 = mask
+                    .iter()
+                    .zip(xr)
+                    .zip(wrow.iter())
+                    .filter(|((m, _), _)| **m != 0.0)
+                    .map(|((_, xv), wv)| xv * wv)
+                    .sum();
+                yr[r] += s;
             }
         }
     }
@@ -622,21 +643,27 @@ mod tests {
         let mut x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
         x[cols + 10] = 20.0; // a dynamic outlier (token 1, column 10)
         let calibrated = [40u32];
-        for (mode, outliers) in [(ActMode::Int8Token, &[][..]), (ActMode::LlmInt8, &calibrated[..])] {
-            let a = ActQuant {
-                mode,
-                threshold: 6.0,
-                outliers,
-            };
+        // threshold 6: two outlier columns (element path); 0.9: most columns (row path)
+        for (mode, outliers, threshold) in [
+            (ActMode::Int8Token, &[][..], 0.0),
+            (ActMode::LlmInt8, &calibrated[..], 6.0),
+            (ActMode::LlmInt8, &calibrated[..], 0.9),
+        ] {
+            let a = ActQuant { mode, threshold, outliers };
             let mut y = vec![0.0f32; n * rows];
-            let mut row = vec![0.0f32; cols];
+            let mut row = vec![0.0f32; 2 * cols];
             let mut qa = vec![0.0f32; k::act_q8::words(n, cols)];
             let mm = MatmulOpts {
                 acts: Activations::F32,
                 threads: 1,
             };
             matmul(&mut y, &wv, &x, n, &mut row, &mut qa, mm, Some(a));
-            let is_out = |j: usize| mode == ActMode::LlmInt8 && (j == 10 || j == 40);
+            let dynamic = |j: usize| (0..n).any(|t| x[t * cols + j].abs() >= threshold);
+            let is_out = |j: usize| mode == ActMode::LlmInt8 && (j == 40 || dynamic(j));
+            if mode == ActMode::LlmInt8 {
+                let k = (0..cols).filter(|&j| is_out(j)).count();
+                assert!(if threshold > 1.0 { k == 2 } else { k * 8 >= cols }, "{k} outliers at {threshold}");
+            }
             let (mut err, mut exact_err) = (0.0f64, 0.0f64);
             for t in 0..n {
                 let xt = &x[t * cols..(t + 1) * cols];
