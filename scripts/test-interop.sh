@@ -10,6 +10,8 @@
 # `tokenizers` packages (scripts/check_hf.py): GPTQ / compressed-tensors
 # tensors dequantized from the documented formulas equal edgeq's values,
 # tokenizer.json encodes text to edgeq's ids, and the directory imports back.
+# The 8-bit methods are checked layer by layer against NumPy / ml_dtypes
+# implementations of the published algorithms (scripts/check_w8_layers.py).
 # Skips with a reason when ../shared or python3 is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,3 +64,16 @@ a, b = json.load(open(sys.argv[1]))
 assert abs(a["mean_nll"] - b["mean_nll"]) < 1e-4 * a["mean_nll"], (a["mean_nll"], b["mean_nll"])
 print(f"HF GPTQ round trip: mean NLL {a['mean_nll']:.5f} (EQF) vs {b['mean_nll']:.5f} (re-imported)")
 PY
+# The 8-bit family on real stories260K layers (weights and activations from
+# the model on tinystories_val.txt) against NumPy / ml_dtypes implementations
+# of the published algorithms (scripts/check_w8_layers.py, 3 % tolerance).
+$e inspect "$d/s.eqf" --dequant-dir "$d/deq-f32" >/dev/null 2>&1
+for L in blk.1.attn_q blk.2.ffn_down blk.3.attn_output; do
+    ld="$d/w8/$L"
+    mkdir -p "$ld"
+    cp "$d/deq-f32/$L.npy" "$ld/W.npy"
+    $e calib acts --model "$d/s.eqf" --layer "$L" --text "$fx/text/tinystories_val.txt" --samples 8 --seqlen 256 -o "$ld/X.npy" 2>/dev/null
+    $e calib acts --model "$d/s.eqf" --layer "$L" --text "$fx/text/tinystories_val.txt" --samples 4 --seqlen 256 \
+        --skip-chars 40000 -o "$ld/E.npy" 2>/dev/null
+done
+"$py" scripts/check_w8_layers.py "$e" "$d"/w8/*

@@ -449,6 +449,24 @@ fn export_safetensors_round_trips_through_import() {
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
     let (success, _, err) = edgeq(&["import", hf.to_str().unwrap(), "-o", dir.join("y.eqf").to_str().unwrap()]);
     assert!(!success && err.contains("model.safetensors"), "{err}");
+    // FP8 with dynamic activations: compressed-tensors' input_activations carries the mode both ways.
+    for (group, mode, strategy) in [("-1", "fp8-token", "token"), ("32", "fp8-g128", "group")] {
+        let f = dir.join(format!("fp8{group}.eqf"));
+        ok(&["quantize", &m, "--fp8", "e4m3", "--group", group, "-o", f.to_str().unwrap()]);
+        let h = dir.join(format!("hf-fp8{group}"));
+        ok(&["export", f.to_str().unwrap(), "--format", "safetensors", "-o", h.to_str().unwrap()]);
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(h.join("config.json")).unwrap()).unwrap();
+        let ia = &cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"];
+        assert_eq!(
+            (ia["strategy"].as_str(), ia["dynamic"].as_bool()),
+            (Some(strategy), Some(true)),
+            "{ia}"
+        );
+        let back = dir.join(format!("fp8{group}-back.eqf"));
+        ok(&["import", h.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", back.to_str().unwrap(), "--json"])).unwrap();
+        assert_eq!(v["activations"][mode], 35, "{}", v["activations"]);
+    }
 }
 
 #[test]

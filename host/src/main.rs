@@ -202,6 +202,37 @@ struct BenchArgs {
 enum CalibCmd {
     /// Clean, deduplicate, filter and sample text or JSONL into a calibration set (JSONL with a "text" field).
     Prepare(PrepareArgs),
+    /// Write the inputs a linear layer sees on a text (f32 model, exact activations) as a float32 .npy
+    /// [tokens, in]: the --acts / --eval-acts of `edgeq layer`, from real data.
+    Acts(ActsArgs),
+}
+
+#[derive(clap::Args)]
+struct ActsArgs {
+    /// EQF model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Canonical name of the linear layer, e.g. blk.3.ffn_down, blk.0.attn_q (q/k/v and gate/up share inputs).
+    #[arg(long)]
+    layer: String,
+    /// Text (.txt or a calibration .jsonl), cut into windows of --seqlen tokens.
+    #[arg(long)]
+    text: PathBuf,
+    /// Windows taken (random, seeded).
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    seqlen: usize,
+    /// Skip this many characters of a .txt first (keep layer data disjoint from other slices).
+    #[arg(long, default_value_t = 0)]
+    skip_chars: usize,
+    /// Seed of the window sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output .npy (written atomically).
+    #[arg(short, long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -679,6 +710,7 @@ fn main() {
         Cmd::Export(a) => cmd_export(a),
         Cmd::Compare(a) => cmd_compare(a),
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
+        Cmd::Calib(CalibCmd::Acts(a)) => cmd_calib_acts(a),
     };
     if let Err(e) = r {
         // `edgeq run ... | head`: a closed stdout is the reader's choice, not an error.
@@ -1824,6 +1856,40 @@ fn cmd_layer_w8(a: LayerArgs) -> Result<()> {
             out.note
         );
     }
+    Ok(())
+}
+
+fn cmd_calib_acts(a: ActsArgs) -> Result<()> {
+    let f = ModelFile::open(&a.model)?;
+    let model = f.model()?;
+    let t = model
+        .eqf
+        .tensors()
+        .iter()
+        .find(|t| t.name_str() == a.layer && t.layer != edgeq_core::format::GLOBAL_LAYER)
+        .with_context(|| {
+            format!(
+                "{}: no block linear layer named '{}' (e.g. blk.0.attn_q, blk.3.ffn_down)",
+                a.model.display(),
+                a.layer
+            )
+        })?;
+    let role = edgeq_core::TensorRole::from_u16(t.role).context("role")?;
+    anyhow::ensure!(role.is_linear(), "{} is not a linear layer", a.layer);
+    let tok = text::tokenizer(&model)?;
+    let seqlen = a.seqlen.min(model.cfg.max_seq_len as usize);
+    let calib = edgeq_host::calib::data::load(&a.text, &tok, a.samples, seqlen, a.skip_chars, a.seed)?;
+    let x = edgeq_host::calib::w8::layer_inputs(&model, &calib, t.layer as usize, role)?;
+    let cols = t.cols as usize;
+    edgeq_host::npy::write(
+        &a.out,
+        &edgeq_host::npy::Matrix {
+            rows: x.len() / cols,
+            cols,
+            data: x,
+        },
+    )?;
+    eprintln!("{}: {} input rows of {} to {}", a.layer, calib.tokens(), cols, a.out.display());
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// How the input activations of one linear layer are quantized, per token
 /// (dynamically: scales are computed from each token's values at run time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum ActMode {

@@ -191,6 +191,56 @@ fn collect(model: &Model<'_>, calib: &CalibSet) -> Result<Stats> {
     Ok(st)
 }
 
+/// Every input row of one linear layer over the samples (f32 model,
+/// exact activations), in sample order: `edgeq calib acts`.
+pub fn layer_inputs(model: &Model<'_>, calib: &CalibSet, layer: usize, role: TensorRole) -> Result<Vec<f32>> {
+    struct Grab {
+        layer: usize,
+        role: TensorRole,
+        rows: Vec<f32>,
+    }
+    impl Observer for Grab {
+        fn linear_input(&mut self, layer: usize, role: TensorRole, x: &[f32], _n: usize) -> ControlFlow<()> {
+            if layer == self.layer && slot(role) == slot(self.role) {
+                self.rows.extend_from_slice(x);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let opts = SessionOptions {
+        matmul: MatmulOpts {
+            acts: Activations::F32,
+            threads: 1,
+        },
+        ..Default::default()
+    };
+    let bytes = edgeq_runtime::arena_bytes_with(&model.cfg, max_len, max_len, opts.kv);
+    let parts: Vec<Result<Vec<f32>>> = calib
+        .samples
+        .par_iter()
+        .map(|s| {
+            let mut arena = vec![0u64; bytes.div_ceil(8)];
+            let mut sess = Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), max_len, max_len, opts)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut g = Grab {
+                layer,
+                role,
+                rows: Vec::new(),
+            };
+            // a Break stops the pass early: the session reports nothing wrong
+            let _ = sess.forward_observed(s, None, &mut g);
+            Ok(g.rows)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
 /// `||X Wᵀ − X̂ Ŵᵀ||² / ||X Wᵀ||²` (f64), the error of a layer whose
 /// weights *and* inputs are quantized (`xq = X̂` in the layer's own, possibly
 /// smoothed, coordinates, `wq = Ŵ` likewise).

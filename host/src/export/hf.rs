@@ -675,6 +675,24 @@ pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
             };
             let mut ignore = vec![json!("lm_head")];
             ignore.extend(skipped.iter().map(|m| json!(m)));
+            // Dynamic FP8 activations, when every exported FP8 linear runs them the same way.
+            let modes: std::collections::BTreeSet<Option<edgeq_core::ActMode>> = eqf
+                .tensors()
+                .iter()
+                .filter(|t| t.layer != edgeq_core::format::GLOBAL_LAYER && t.scheme == fp8_spec.scheme as u8)
+                .filter_map(|t| {
+                    TensorRole::from_u16(t.role)
+                        .filter(|r| r.is_linear())
+                        .map(|r| eqf.act_quant(r, t.layer).map(|a| a.mode))
+                })
+                .collect();
+            let input_activations = match modes.iter().collect::<Vec<_>>()[..] {
+                [Some(edgeq_core::ActMode::Fp8Token)] => json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "token",
+                    "dynamic": true, "group_size": null, "observer": null}),
+                [Some(edgeq_core::ActMode::Fp8Group128)] => json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "group",
+                    "dynamic": true, "group_size": 128, "observer": null}),
+                _ => Value::Null,
+            };
             Some(json!({
                 "quant_method": "compressed-tensors",
                 "format": "float-quantized",
@@ -683,7 +701,7 @@ pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
                     "targets": ["Linear"],
                     "weights": {"num_bits": 8, "type": "float", "symmetric": true, "strategy": strategy,
                                 "block_structure": block, "group_size": null, "dynamic": false, "observer": "minmax"},
-                    "input_activations": null,
+                    "input_activations": input_activations,
                     "output_activations": null,
                 }},
                 "ignore": ignore,

@@ -520,10 +520,19 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
                     )
                 }
                 _ if w.dtype(name) == Some(Dtype::F8_E4M3) => {
-                    let block = match quant {
-                        QuantConfig::Fp8 { block } => block,
-                        _ => None,
+                    let (block, acts) = match quant {
+                        QuantConfig::Fp8 { block, acts } => (block, acts),
+                        _ => (None, None),
                     };
+                    if let Some(mode) = acts.filter(|_| layer != edgeq_core::format::GLOBAL_LAYER) {
+                        m.acts.push(edgeq_core::format::writer::ActEntry {
+                            role,
+                            layer,
+                            mode,
+                            threshold: 0.0,
+                            outliers: Vec::new(),
+                        });
+                    }
                     let (_, shape, codes, path) = w.take_raw(name)?;
                     ensure!(
                         shape == [rows, cols],

@@ -33,7 +33,27 @@ pub enum QuantConfig {
     /// FP8 E4M3 weights; `block` = tile edge for block scaling.
     Fp8 {
         block: Option<u32>,
+        /// Activation quantization the checkpoint declares (FP8_DYNAMIC:
+        /// per token; FP8_BLOCK / DeepSeek-V3: per 128-group), run by edgeq
+        /// dynamically; `None` = weight-only.
+        acts: Option<edgeq_core::ActMode>,
     },
+}
+
+/// The activation mode of a compressed-tensors `input_activations` entry.
+fn ct_acts(a: Option<&Value>) -> Option<edgeq_core::ActMode> {
+    let a = a.filter(|v| v.is_object())?;
+    if a.get("type").and_then(Value::as_str) != Some("float") || a.get("num_bits").and_then(Value::as_u64) != Some(8) {
+        return None;
+    }
+    match (
+        a.get("strategy").and_then(Value::as_str),
+        a.get("group_size").and_then(Value::as_u64),
+    ) {
+        (Some("group"), Some(128)) => Some(edgeq_core::ActMode::Fp8Group128),
+        // token, or static per-tensor scales: edgeq scales per token, dynamically
+        _ => Some(edgeq_core::ActMode::Fp8Token),
+    }
 }
 
 /// Reads `quantization_config` from `config.json` (or `quantize_config.json`).
@@ -69,7 +89,9 @@ pub fn parse(config: &Value, quantize_config: Option<&Value>) -> Result<QuantCon
                 .and_then(Value::as_object)
                 .context("compressed-tensors: no config_groups")?;
             let mut block = None;
+            let mut acts = None;
             for (name, g) in groups {
+                acts = acts.or(ct_acts(g.get("input_activations")));
                 let w = g
                     .get("weights")
                     .with_context(|| format!("compressed-tensors: config_groups.{name} has no weights"))?;
@@ -97,7 +119,7 @@ pub fn parse(config: &Value, quantize_config: Option<&Value>) -> Result<QuantCon
                 fmt == "float-quantized" || fmt == "naive-quantized",
                 "compressed-tensors format \"{fmt}\" is not supported (float-quantized)"
             );
-            Ok(QuantConfig::Fp8 { block })
+            Ok(QuantConfig::Fp8 { block, acts })
         }
         "fp8" => {
             let block = match q.get("weight_block_size").and_then(Value::as_array) {
@@ -108,7 +130,12 @@ pub fn parse(config: &Value, quantize_config: Option<&Value>) -> Result<QuantCon
                 }
                 None => None,
             };
-            Ok(QuantConfig::Fp8 { block })
+            let acts = match (q.get("activation_scheme").and_then(Value::as_str), block) {
+                (Some("dynamic"), Some(128)) => Some(edgeq_core::ActMode::Fp8Group128),
+                (Some("dynamic"), _) => Some(edgeq_core::ActMode::Fp8Token),
+                _ => None,
+            };
+            Ok(QuantConfig::Fp8 { block, acts })
         }
         other => bail!("quant_method \"{other}\" is not supported (gptq, compressed-tensors FP8, fp8)"),
     }
@@ -501,7 +528,13 @@ mod tests {
         assert!(parse(&json!({"quantization_config": {"quant_method": "awq", "bits": 4}}), None).is_err());
         let ct = json!({"quantization_config": {"quant_method": "compressed-tensors", "format": "float-quantized",
             "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [128, 128]}}}}});
-        assert_eq!(parse(&ct, None).unwrap(), QuantConfig::Fp8 { block: Some(128) });
+        assert_eq!(
+            parse(&ct, None).unwrap(),
+            QuantConfig::Fp8 {
+                block: Some(128),
+                acts: None
+            }
+        );
         assert_eq!(
             parse(&json!({}), Some(&json!({"bits": 8, "group_size": -1}))).unwrap(),
             QuantConfig::Gptq {

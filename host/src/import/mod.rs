@@ -19,6 +19,8 @@ pub struct ImportedModel {
     pub tensors: Vec<TensorEntry>,
     /// Provenance, stored as the METADATA section.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Activation quantization the checkpoint declares (FP8 W8A8).
+    pub acts: Vec<edgeq_core::format::writer::ActEntry>,
 }
 
 impl ImportedModel {
@@ -38,6 +40,7 @@ impl ImportedModel {
             tokenizer,
             tensors: Vec::new(),
             metadata,
+            acts: Vec::new(),
         }
     }
 
@@ -64,6 +67,7 @@ impl ImportedModel {
         self.config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut w = EqfWriter::new(self.config, self.tokenizer);
         w.metadata = serde_json::to_vec(&self.metadata)?;
+        w.acts = self.acts;
         for t in self.tensors {
             w.add(t).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
