@@ -684,4 +684,15 @@ mod tests {
         assert!(mixed[2].args.ends_with(&["--sandwich".into(), "5".into()]));
         assert!(candidates(&["int8:half".into()], &[4], 32, 0).is_err());
     }
+
+    #[test]
+    fn eight_bit_family_candidates_are_calibrated() {
+        let c = candidates(&["int8-auto".into(), "smoothquant".into(), "llm-int8:mlp-only".into()], &[4], 32, 16).unwrap();
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["int8-auto-ch", "smoothquant-w8a8", "llm-int8-mlp-only"]);
+        for (c, m) in c.iter().zip(["int8", "smoothquant", "llm-int8"]) {
+            assert_eq!(&c.args[..2], &["--method".to_string(), m.to_string()]);
+            assert!(c.args.windows(2).any(|w| w == ["--calib-samples", "16"]), "{:?}", c.args);
+        }
+    }
 }
