@@ -275,8 +275,13 @@ fn model_tensors() -> Vec<Src> {
 const TOKENIZER: &[u8] = b"not a real tokenizer: the EQF reader treats this section as opaque bytes";
 
 fn build(tensors: &[Src], metadata: &[u8]) -> Vec<u8> {
+    build_with(tensors, metadata, Vec::new())
+}
+
+fn build_with(tensors: &[Src], metadata: &[u8], acts: Vec<edgeq_core::format::writer::ActEntry>) -> Vec<u8> {
     let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
     w.metadata = metadata.to_vec();
+    w.acts = acts;
     for t in tensors {
         w.add(TensorEntry {
             role: t.role,
@@ -1219,20 +1224,7 @@ const GOLDEN_FILE_CRC: u32 = 0xa9c0_4ea8;
 // ---------------------------------------------------------------------------
 
 fn file_with_acts(acts: Vec<edgeq_core::format::writer::ActEntry>) -> Vec<u8> {
-    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
-    for t in model_tensors() {
-        w.add(TensorEntry {
-            role: t.role,
-            layer: t.layer,
-            spec: t.spec,
-            rows: t.rows,
-            cols: t.cols,
-            data: t.data.clone(),
-        })
-        .unwrap();
-    }
-    w.acts = acts;
-    w.finish()
+    build_with(&model_tensors(), b"", acts)
 }
 
 fn act(role: TensorRole, mode: edgeq_core::ActMode, threshold: f32, outliers: Vec<u32>) -> edgeq_core::format::writer::ActEntry {

@@ -687,7 +687,13 @@ mod tests {
 
     #[test]
     fn eight_bit_family_candidates_are_calibrated() {
-        let c = candidates(&["int8-auto".into(), "smoothquant".into(), "llm-int8:mlp-only".into()], &[4], 32, 16).unwrap();
+        let c = candidates(
+            &["int8-auto".into(), "smoothquant".into(), "llm-int8:mlp-only".into()],
+            &[4],
+            32,
+            16,
+        )
+        .unwrap();
         let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["int8-auto-ch", "smoothquant-w8a8", "llm-int8-mlp-only"]);
         for (c, m) in c.iter().zip(["int8", "smoothquant", "llm-int8"]) {

@@ -1483,11 +1483,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         "seconds": secs, "peak_rss_mb": peak, "layers": reports,
         "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
     });
-    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
-    write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
+    let rpath = write_report(&a, &report)?;
     eprintln!(
         "{} quantized {} layers -> {} ({:.3} MB) in {:.1}s, peak memory {:.0} MB; report {}",
         a.method,
@@ -1499,6 +1495,17 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         rpath.display()
     );
     Ok(())
+}
+
+/// Writes `quantize`'s JSON report (`--report`, default OUT.report.json;
+/// also on stdout with `--json`) and returns its path.
+fn write_report(a: &QuantizeArgs, report: &serde_json::Value) -> Result<PathBuf> {
+    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
+    write_atomic(&rpath, serde_json::to_string_pretty(report)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(rpath)
 }
 
 /// `--sensitivity` / `--budget-bits`: ranks the blocks and, with a budget,
@@ -1654,11 +1661,7 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
         "seconds": secs, "peak_rss_mb": edgeq_host::calib::pipeline::peak_rss_mb(), "layers": w8.reports,
         "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
     });
-    let rpath = a.report.clone().unwrap_or_else(|| a.out.with_extension("report.json"));
-    write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
+    let rpath = write_report(&a, &report)?;
     eprintln!(
         "{} quantized {} layers ({} symmetric) -> {} ({:.3} MB, {} activation records) in {:.1}s; report {}",
         a.method,

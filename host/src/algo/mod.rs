@@ -199,16 +199,18 @@ impl QuantizedLayer {
 
 /// `||X Wᵀ − X Ŵᵀ||² / ||X Wᵀ||²` in f64, `x` being `n × cols`.
 pub fn output_rel_err(w: &[f32], wq: &[f32], x: &[f32], rows: usize, cols: usize) -> f64 {
-    let n = x.len() / cols;
+    output_rel_err_xq(w, x, wq, x, rows, cols)
+}
+
+/// `||X Wᵀ − X̂ Ŵᵀ||² / ||X Wᵀ||²` in f64: the error of a layer whose
+/// weights *and* inputs are quantized (W8A8; `xq = X̂`, `n × cols` like `x`).
+pub fn output_rel_err_xq(w: &[f32], x: &[f32], wq: &[f32], xq: &[f32], rows: usize, cols: usize) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
-    for i in 0..n {
-        let xi = &x[i * cols..(i + 1) * cols];
+    for (xi, qi) in x.chunks_exact(cols).zip(xq.chunks_exact(cols)) {
         for r in 0..rows {
-            let (mut a, mut b) = (0.0f64, 0.0f64);
-            for c in 0..cols {
-                a += xi[c] as f64 * w[r * cols + c] as f64;
-                b += xi[c] as f64 * wq[r * cols + c] as f64;
-            }
+            let (wr, qr) = (&w[r * cols..(r + 1) * cols], &wq[r * cols..(r + 1) * cols]);
+            let a: f64 = xi.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let b: f64 = qi.iter().zip(qr).map(|(p, q)| *p as f64 * *q as f64).sum();
             num += (a - b).powi(2);
             den += a * a;
         }

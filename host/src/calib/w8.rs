@@ -153,9 +153,10 @@ fn new_stats(model: &Model<'_>) -> Stats {
     }
 }
 
-/// Runs the model on every sample (f32 activations) and gathers the input statistics.
-fn collect(model: &Model<'_>, calib: &CalibSet) -> Result<Stats> {
-    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+/// One sample through the model (f32 activations, a session sized for
+/// `max_len`) with `obs` on every linear input; an observer's Break ends the
+/// pass early without an error.
+fn observe<O: Observer>(model: &Model<'_>, sample: &[u32], max_len: usize, obs: &mut O) -> Result<()> {
     let opts = SessionOptions {
         matmul: MatmulOpts {
             acts: Activations::F32,
@@ -164,16 +165,25 @@ fn collect(model: &Model<'_>, calib: &CalibSet) -> Result<Stats> {
         ..Default::default()
     };
     let bytes = edgeq_runtime::arena_bytes_with(&model.cfg, max_len, max_len, opts.kv);
+    let mut arena = vec![0u64; bytes.div_ceil(8)];
+    let mut sess =
+        Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), max_len, max_len, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match sess.forward_observed(sample, None, obs) {
+        Ok(_) | Err(edgeq_runtime::RuntimeError::Interrupted) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// Runs the model on every sample (f32 activations) and gathers the input statistics.
+fn collect(model: &Model<'_>, calib: &CalibSet) -> Result<Stats> {
+    let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
     let st = calib
         .samples
         .par_iter()
         .try_fold(
             || new_stats(model),
             |mut st, s| -> Result<Stats> {
-                let mut arena = vec![0u64; bytes.div_ceil(8)];
-                let mut sess = Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), max_len, max_len, opts)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                sess.forward_observed(s, None, &mut st).map_err(|e| anyhow::anyhow!("{e}"))?;
+                observe(model, s, max_len, &mut st)?;
                 Ok(st)
             },
         )
@@ -209,28 +219,16 @@ pub fn layer_inputs(model: &Model<'_>, calib: &CalibSet, layer: usize, role: Ten
         }
     }
     let max_len = calib.samples.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let opts = SessionOptions {
-        matmul: MatmulOpts {
-            acts: Activations::F32,
-            threads: 1,
-        },
-        ..Default::default()
-    };
-    let bytes = edgeq_runtime::arena_bytes_with(&model.cfg, max_len, max_len, opts.kv);
     let parts: Vec<Result<Vec<f32>>> = calib
         .samples
         .par_iter()
         .map(|s| {
-            let mut arena = vec![0u64; bytes.div_ceil(8)];
-            let mut sess = Session::with_options(model, bytemuck::cast_slice_mut(&mut arena), max_len, max_len, opts)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut g = Grab {
                 layer,
                 role,
                 rows: Vec::new(),
             };
-            // a Break stops the pass early: the session reports nothing wrong
-            let _ = sess.forward_observed(s, None, &mut g);
+            observe(model, s, max_len, &mut g)?;
             Ok(g.rows)
         })
         .collect();
@@ -239,27 +237,6 @@ pub fn layer_inputs(model: &Model<'_>, calib: &CalibSet, layer: usize, role: Ten
         out.extend(p?);
     }
     Ok(out)
-}
-
-/// `||X Wᵀ − X̂ Ŵᵀ||² / ||X Wᵀ||²` (f64), the error of a layer whose
-/// weights *and* inputs are quantized (`xq = X̂` in the layer's own, possibly
-/// smoothed, coordinates, `wq = Ŵ` likewise).
-fn w8a8_rel_err(w: &[f32], x: &[f32], wq: &[f32], xq: &[f32], rows: usize, cols: usize) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (xi, qi) in x.chunks_exact(cols).zip(xq.chunks_exact(cols)) {
-        for r in 0..rows {
-            let (wr, qr) = (&w[r * cols..(r + 1) * cols], &wq[r * cols..(r + 1) * cols]);
-            let a: f64 = xi.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let b: f64 = qi.iter().zip(qr).map(|(p, q)| *p as f64 * *q as f64).sum();
-            num += (a - b).powi(2);
-            den += a * a;
-        }
-    }
-    if den > 0.0 {
-        num / den
-    } else {
-        0.0
-    }
 }
 
 /// One linear's tensor, and its report and activation record when the method quantized it.
@@ -402,7 +379,7 @@ pub fn run(
                             }
                         }
                         int8::fake_quant_tokens(&mut xq, cols, &mask);
-                        (w8a8_rel_err(w0, &a.rows, &deq, &xq, rows, cols), "output (W8A8)")
+                        (crate::algo::output_rel_err_xq(w0, &a.rows, &deq, &xq, rows, cols), "output (W8A8)")
                     }
                 };
                 let (spec, data) = q.to_eqf().with_context(|| format!("storing {}", t.name_str()))?;
