@@ -953,6 +953,20 @@ fn mixed_precision_policies() {
     );
     let (success, _, err) = edgeq(&["quantize", &m, "--override", "blk.1.*", "-o", dir.join("x.eqf").to_str().unwrap()]);
     assert!(!success && err.contains("GLOB=SCHEME"), "{err}");
+    // regular expressions (re: prefix, whole name) in --skip and --override
+    let s = schemes(&[
+        "--skip",
+        r"re:blk\.[0-2]\.attn_[qk]",
+        "--override",
+        r"re:blk\.4\.ffn_(up|gate)=q8-ch",
+    ]);
+    assert_eq!(
+        (s["blk.1.attn_k"].as_str(), s["blk.1.attn_v"].as_str(), s["blk.3.attn_q"].as_str()),
+        ("f32", "q4-g32", "q4-g32")
+    );
+    assert_eq!((s["blk.4.ffn_up"].as_str(), s["blk.4.ffn_down"].as_str()), ("q8-ch", "q4-g32"));
+    let (success, _, err) = edgeq(&["quantize", &m, "--skip", "re:blk.(", "-o", dir.join("x.eqf").to_str().unwrap()]);
+    assert!(!success && err.contains("regular expression"), "{err}");
 }
 
 /// The 8-bit family end to end on stories260K: INT8 (auto symmetry, with

@@ -465,7 +465,8 @@ struct QuantizeArgs {
     /// They are the most sensitive tensors, so they stay at 8 bits unless asked.
     #[arg(long, default_value = "q8")]
     embed: String,
-    /// Leave tensors matching this glob as they are, by canonical name (e.g. 'blk.*.ffn_down', 'blk.0.*'). Repeatable.
+    /// Leave tensors matching this glob as they are, by canonical name (e.g. 'blk.*.ffn_down', 'blk.0.*'), or this
+    /// regular expression with a re: prefix, matched against the whole name (e.g. 're:blk\.(0|1)\.attn_[qk]'). Repeatable.
     #[arg(long)]
     skip: Vec<String>,
     /// Mixed precision preset: all (every linear layer), mlp-only (attention kept as stored), attn-only
@@ -475,7 +476,7 @@ struct QuantizeArgs {
     /// Keep the first N and the last N blocks as stored ("sandwich": the most sensitive blocks at full precision).
     #[arg(long, default_value_t = 0)]
     sandwich: u32,
-    /// Per-module scheme, GLOB=SCHEME by canonical name, first match wins, before --sandwich and --policy:
+    /// Per-module scheme, GLOB=SCHEME by canonical name (or re:REGEX=SCHEME), first match wins, before --sandwich and --policy:
     /// e.g. 'blk.0.*=q8-ch', 'blk.*.ffn_down=q8-g32', 'blk.5.attn_*=keep'. SCHEME: q4-g32, q4a-g64, q8-ch, q8,
     /// fp8-e4m3-ch, f16, f32, keep. Overridden layers are quantized by RTN in their scheme (a calibrated
     /// method quantizes the others). Repeatable.

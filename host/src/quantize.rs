@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use edgeq_core::format::writer::{ActEntry, EqfWriter, TensorEntry};
 use edgeq_core::{ActMode, Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::Glob;
 use rayon::prelude::*;
 
 /// What to do with each tensor.
@@ -14,11 +14,35 @@ pub struct Policy {
     /// by default: they are the most sensitive tensors).
     pub embeddings: Option<QuantSpec>,
     /// Tensors (canonical names, e.g. `blk.*.ffn_down`) left as they are.
-    pub skip: GlobSet,
+    pub skip: Vec<Pattern>,
     /// Per-module precision, first match wins: (pattern, scheme or `None`
     /// = keep as stored). Overridden tensors are not given to a calibrated
     /// method; they are quantized by RTN in their own scheme.
-    pub overrides: Vec<(String, globset::GlobMatcher, Option<QuantSpec>)>,
+    pub overrides: Vec<(String, Pattern, Option<QuantSpec>)>,
+}
+
+/// A tensor-name pattern: a glob (`blk.*.ffn_down`), or with a `re:` prefix
+/// a regular expression that must match the whole name
+/// (`re:blk\.(0|1|2)\.attn_.*`).
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    Glob(globset::GlobMatcher),
+    Regex(regex::Regex),
+}
+
+impl Pattern {
+    pub fn new(p: &str) -> Result<Pattern> {
+        Ok(match p.strip_prefix("re:") {
+            Some(r) => Pattern::Regex(regex::Regex::new(&format!("^(?:{r})$")).with_context(|| format!("bad regular expression '{r}'"))?),
+            None => Pattern::Glob(Glob::new(p).with_context(|| format!("bad glob '{p}'"))?.compile_matcher()),
+        })
+    }
+    pub fn is_match(&self, name: &str) -> bool {
+        match self {
+            Pattern::Glob(g) => g.is_match(name),
+            Pattern::Regex(r) => r.is_match(name),
+        }
+    }
 }
 
 /// Mixed-precision presets (`--policy`), composable with every method.
@@ -34,14 +58,14 @@ pub enum Preset {
 
 impl Policy {
     pub fn new(linear: QuantSpec, embeddings: Option<QuantSpec>, skip: &[String]) -> Result<Policy> {
-        let mut b = GlobSetBuilder::new();
-        for s in skip {
-            b.add(Glob::new(s).with_context(|| format!("bad --skip pattern '{s}'"))?);
-        }
+        let skip = skip
+            .iter()
+            .map(|s| Pattern::new(s).with_context(|| format!("--skip '{s}'")))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Policy {
             linear,
             embeddings,
-            skip: b.build()?,
+            skip,
             overrides: Vec::new(),
         })
     }
@@ -77,7 +101,7 @@ impl Policy {
             Preset::AttnOnly => rules.push(("blk.*.ffn_*".into(), None)),
         }
         for (pat, spec) in rules {
-            let m = Glob::new(&pat).with_context(|| format!("bad pattern '{pat}'"))?.compile_matcher();
+            let m = Pattern::new(&pat)?;
             self.overrides.push((pat, m, spec));
         }
         Ok(self)
@@ -90,7 +114,7 @@ impl Policy {
     /// The target spec of a tensor, or None to keep it as stored.
     pub fn target(&self, t: &TensorRecord) -> Option<QuantSpec> {
         let role = TensorRole::from_u16(t.role)?;
-        if self.skip.is_match(t.name_str()) || role.is_vector() {
+        if self.skip.iter().any(|p| p.is_match(t.name_str())) || role.is_vector() {
             return None;
         }
         if let Some(o) = self.override_of(t) {
