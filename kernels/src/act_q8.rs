@@ -148,14 +148,15 @@ impl<'a> Q8Acts<'a> {
     /// Quantizes `x` with **one scale per token** (SmoothQuant's and
     /// LLM.int8's per-token int8: `d = amax/127` over the token's columns,
     /// every block of the token sharing it), so the integer kernels compute
-    /// `d_x · s_w · Σ q_x q_w` as an int8×int8 product. Columns `j` with
-    /// `skip[j] != 0` (LLM.int8 outliers; `skip` empty = none) are left out:
-    /// code 0 and not part of `amax`. Returns false when `x` is too short.
-    pub fn quantize_per_token(&mut self, x: &[f32], skip: &[f32]) -> bool {
+    /// `d_x · s_w · Σ q_x q_w` as an int8×int8 product. Columns `j` whose
+    /// bit is set in `skip` (bit `j % 32` of word `j / 32`; LLM.int8
+    /// outliers; empty = none) are left out: code 0 and not part of `amax`.
+    /// Returns false when `x` is too short.
+    pub fn quantize_per_token(&mut self, x: &[f32], skip: &[u32]) -> bool {
         if x.len() < self.t * self.cols {
             return false;
         }
-        let skipped = |j: usize| skip.get(j).is_some_and(|&m| m != 0.0);
+        let skipped = |j: usize| skip.get(j / 32).is_some_and(|&w| w >> (j % 32) & 1 != 0);
         for i in 0..self.t {
             let xr = &x[i * self.cols..(i + 1) * self.cols];
             let mut amax = 0.0f32;

@@ -20,6 +20,8 @@ pub struct ArenaPlan {
     pub hb2: usize,
     pub att: usize,
     pub rope: usize,
+    /// One dequantized weight row of the widest input, then a bit per column
+    /// of it (LLM.int8's outlier mask).
     pub row: usize,
     /// Quantized activations of the widest linear input ([`edgeq_kernels::act_q8::words`]).
     pub qa: usize,
@@ -65,7 +67,7 @@ impl ArenaPlan {
             hb2: b * hid,
             att: max_seq,
             rope: b * c.rope_dim as usize,
-            row: 2 * dim.max(qd).max(hid),
+            row: dim.max(qd).max(hid) + dim.max(qd).max(hid).div_ceil(32),
             qa: edgeq_kernels::act_q8::words(b, dim.max(qd).max(hid)),
             logits: c.vocab_size as usize,
             kcache: values,

@@ -18,7 +18,9 @@ use crate::error::RuntimeError;
 use crate::kv::{self, KvBufs, KvCache};
 use crate::model::{Block, Model};
 use core::ops::ControlFlow;
-use edgeq_core::{ActMode, ActQuant, ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
+#[cfg(feature = "act-quant")]
+use edgeq_core::ActMode;
+use edgeq_core::{ActQuant, ModelConfig, RopeLayout, RopeScaling, TensorRole, TensorView};
 use edgeq_kernels as k;
 
 /// Sees the input of every linear layer as the forward pass runs
@@ -70,10 +72,12 @@ fn matmul(
     mm: MatmulOpts,
     act: Option<ActQuant<'_>>,
 ) {
-    let int_act = act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8));
-    if let Some(a) = int_act.filter(|_| k::scalar_int::supported(w)) {
+    #[cfg(feature = "act-quant")]
+    if let Some(a) = act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8) && k::scalar_int::supported(w)) {
         return matmul_int8_token(y, w, x, n, row, qa, mm, a);
     }
+    #[cfg(not(feature = "act-quant"))]
+    let _ = act;
     if mm.acts == Activations::Q8 && k::scalar_int::supported(w) {
         if let Some(mut a) = k::Q8Acts::carve(qa, n, w.cols()) {
             if a.quantize(x) {
@@ -99,9 +103,11 @@ fn matmul_q8(y: &mut [f32], w: &TensorView<'_>, a: &k::Q8Acts<'_>, mm: MatmulOpt
 
 /// W8A8 with per-token int8 activations. LLM.int8(): the outlier columns
 /// (stored at calibration, plus every column where some token of this batch
-/// has `|x| ≥ threshold`) are marked in a mask (the first half of the `row` scratch), left out
-/// of the int8 product, and added back as `Σ x[c] · W[r][c]` in f32 (the
-/// weight's own dequantized value, as bitsandbytes does).
+/// has `|x| ≥ threshold`) are marked in a bit mask (the tail of the `row`
+/// scratch), left out of the int8 product, and added back as
+/// `Σ x[c] · W[r][c]` in f32 (the weight's own dequantized value, as
+/// bitsandbytes does).
+#[cfg(feature = "act-quant")]
 #[allow(clippy::too_many_arguments)]
 fn matmul_int8_token(
     y: &mut [f32],
@@ -115,19 +121,25 @@ fn matmul_int8_token(
 ) {
     let (rows, cols) = (w.rows(), w.cols());
     let llm = a.mode == ActMode::LlmInt8;
-    // `row` holds 2 widths: the outlier mask, then one dequantized weight row
-    let (mask, wrow) = scratch.split_at_mut(if llm { cols.min(scratch.len()) } else { 0 });
-    mask.fill(0.0);
+    let split = scratch.len().saturating_sub(cols.div_ceil(32));
+    let (wrow, bits) = scratch.split_at_mut(split);
+    let mask: &mut [u32] = bytemuck::cast_slice_mut(bits);
+    let words = if llm { cols.div_ceil(32).min(mask.len()) } else { 0 };
+    let mask = &mut mask[..words];
+    mask.fill(0);
+    let set = |m: &mut [u32], c: usize| {
+        if let Some(wd) = m.get_mut(c / 32) {
+            *wd |= 1 << (c % 32);
+        }
+    };
     if llm {
-        for &c in a.outliers {
-            if let Some(m) = mask.get_mut(c as usize) {
-                *m = 1.0;
-            }
+        for &c in a.outliers.iter().filter(|&&c| (c as usize) < cols) {
+            set(mask, c as usize);
         }
         for xr in x[..n * cols].chunks_exact(cols) {
-            for (m, v) in mask.iter_mut().zip(xr) {
+            for (c, v) in xr.iter().enumerate() {
                 if v.abs() >= a.threshold {
-                    *m = 1.0;
+                    set(mask, c);
                 }
             }
         }
@@ -137,10 +149,14 @@ fn matmul_int8_token(
         return;
     }
     matmul_q8(y, w, &q, mm);
-    let n_out = mask.iter().filter(|m| **m != 0.0).count();
+    let is_out = |c: usize| mask.get(c / 32).is_some_and(|&wd| wd >> (c % 32) & 1 != 0);
+    let n_out: usize = mask.iter().map(|wd| wd.count_ones() as usize).sum();
+    if n_out == 0 {
+        return;
+    }
     if n_out * 8 < cols {
         // few outliers (LLM.int8's usual case): one weight element at a time
-        for (c, _) in mask.iter().enumerate().filter(|m| *m.1 != 0.0) {
+        for c in (0..cols).filter(|&c| is_out(c)) {
             for r in 0..rows {
                 let wv = w.element(r, c);
                 for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
@@ -154,14 +170,7 @@ fn matmul_int8_token(
             w.dequantize_row(r, wrow);
             for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
                 let xr = &x[i * cols..(i + 1) * cols];
-                let s: f32 = mask
-                    .iter()
-                    .zip(xr)
-                    .zip(wrow.iter())
-                    .filter(|((m, _), _)| **m != 0.0)
-                    .map(|((_, xv), wv)| xv * wv)
-                    .sum();
-                yr[r] += s;
+                yr[r] += (0..cols).filter(|&c| is_out(c)).map(|c| xr[c] * wrow[c]).sum::<f32>();
             }
         }
     }
@@ -170,6 +179,10 @@ fn matmul_int8_token(
 /// FP8 activation modes quantize the shared input of a group of linears
 /// (q/k/v, gate/up; the loader checks the group agrees) in place, after the
 /// observer saw it; the products then run as usual on the rounded values.
+#[cfg(not(feature = "act-quant"))]
+fn fp8_acts(_: &mut [f32], _: usize, _: Option<ActQuant<'_>>) {}
+
+#[cfg(feature = "act-quant")]
 fn fp8_acts(x: &mut [f32], cols: usize, act: Option<ActQuant<'_>>) {
     match act.map(|a| a.mode) {
         Some(ActMode::Fp8Token) => x.chunks_mut(cols).for_each(|t| edgeq_core::quant::fp8::fake_quant_e4m3(t, cols)),
@@ -613,7 +626,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "act-quant"))]
 mod tests {
     extern crate std;
     use super::*;
@@ -651,7 +664,7 @@ mod tests {
         ] {
             let a = ActQuant { mode, threshold, outliers };
             let mut y = vec![0.0f32; n * rows];
-            let mut row = vec![0.0f32; 2 * cols];
+            let mut row = vec![0.0f32; cols + cols.div_ceil(32)];
             let mut qa = vec![0.0f32; k::act_q8::words(n, cols)];
             let mm = MatmulOpts {
                 acts: Activations::F32,

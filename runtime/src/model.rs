@@ -2,7 +2,9 @@
 //! against the config (presence, shape, scheme) once, up front.
 use crate::error::RuntimeError;
 use edgeq_core::format::GLOBAL_LAYER;
-use edgeq_core::{ActMode, ActQuant, Eqf, FormatError, ModelConfig, ParseOptions, Scheme, TensorRole, TensorView};
+#[cfg(feature = "act-quant")]
+use edgeq_core::ActMode;
+use edgeq_core::{ActQuant, Eqf, FormatError, ModelConfig, ParseOptions, Scheme, TensorRole, TensorView};
 
 #[derive(Clone, Copy)]
 pub struct Model<'a> {
@@ -59,30 +61,38 @@ impl<'a> Model<'a> {
         self.output_norm()?;
         self.classifier()?;
         for l in 0..self.cfg.n_layers as usize {
-            let b = self.block(l)?;
-            let mode = |a: Option<ActQuant<'_>>| a.map(|a| a.mode);
-            let fp8 = |a: Option<ActQuant<'_>>| matches!(mode(a), Some(ActMode::Fp8Token | ActMode::Fp8Group128));
-            // FP8 modes round the shared input of q/k/v (gate/up) once, so the group must agree.
-            let a = &b.act;
-            let qkv_ok = mode(a.wq) == mode(a.wk) && mode(a.wq) == mode(a.wv);
-            if (fp8(a.wq) || fp8(a.wk) || fp8(a.wv)) && !qkv_ok || (fp8(a.w_gate) || fp8(a.w_up)) && mode(a.w_gate) != mode(a.w_up) {
-                return Err(FormatError::BadActQuant("FP8 activation modes must be the same for q/k/v and for gate/up").into());
-            }
-            for (w, a) in [
-                (b.wq, a.wq),
-                (b.wk, a.wk),
-                (b.wv, a.wv),
-                (b.wo, a.wo),
-                (b.w_gate, a.w_gate),
-                (b.w_down, a.w_down),
-                (b.w_up, a.w_up),
-            ] {
-                if matches!(mode(a), Some(ActMode::Int8Token | ActMode::LlmInt8)) && !w.scheme().is_int() {
-                    return Err(FormatError::BadActQuant("int8 activation modes need integer (Q8/Q4) weights").into());
-                }
+            let _b = self.block(l)?;
+            #[cfg(feature = "act-quant")]
+            Self::check_acts(&_b)?;
+        }
+        Ok(())
+    }
+
+    /// Activation modes the runtime can run: int8 modes need integer
+    /// weights; FP8 modes round the shared input of q/k/v (gate/up) once, so
+    /// each group must agree.
+    #[cfg(feature = "act-quant")]
+    fn check_acts(b: &Block<'_>) -> Result<(), RuntimeError> {
+        let mode = |a: Option<ActQuant<'_>>| a.map(|a| a.mode);
+        let fp8 = |a: Option<ActQuant<'_>>| matches!(mode(a), Some(ActMode::Fp8Token | ActMode::Fp8Group128));
+        let a = &b.act;
+        let qkv_ok = mode(a.wq) == mode(a.wk) && mode(a.wq) == mode(a.wv);
+        if (fp8(a.wq) || fp8(a.wk) || fp8(a.wv)) && !qkv_ok || (fp8(a.w_gate) || fp8(a.w_up)) && mode(a.w_gate) != mode(a.w_up) {
+            return Err(FormatError::BadActQuant("FP8 activation modes must be the same for q/k/v and for gate/up").into());
+        }
+        for (w, a) in [
+            (b.wq, a.wq),
+            (b.wk, a.wk),
+            (b.wv, a.wv),
+            (b.wo, a.wo),
+            (b.w_gate, a.w_gate),
+            (b.w_down, a.w_down),
+            (b.w_up, a.w_up),
+        ] {
+            if matches!(mode(a), Some(ActMode::Int8Token | ActMode::LlmInt8)) && !w.scheme().is_int() {
+                return Err(FormatError::BadActQuant("int8 activation modes need integer (Q8/Q4) weights").into());
             }
         }
-
         Ok(())
     }
 
@@ -129,7 +139,12 @@ impl<'a> Model<'a> {
                 Ok(None)
             }
         };
+        // Without `act-quant` the records are not used: f32 activations, as a 1.0 reader.
+        #[cfg(not(feature = "act-quant"))]
+        let act = BlockActs::default();
+        #[cfg(feature = "act-quant")]
         let act = |role| self.eqf.act_quant(role, l16);
+        #[cfg(feature = "act-quant")]
         let act = BlockActs {
             wq: act(TensorRole::Wq),
             wk: act(TensorRole::Wk),

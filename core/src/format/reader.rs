@@ -164,7 +164,7 @@ impl<'a> Eqf<'a> {
                 }
             }
             match s.kind {
-                1..=6 => {
+                1..=5 | section::ACT_QUANT if s.kind != section::ACT_QUANT || cfg!(feature = "act-quant") => {
                     let slot = &mut found[s.kind as usize];
                     if slot.is_some() {
                         return Err(FormatError::DuplicateSection { kind: s.kind });
@@ -197,6 +197,7 @@ impl<'a> Eqf<'a> {
             what: "tensor directory",
             align: 8,
         })?;
+        #[cfg_attr(not(feature = "act-quant"), allow(unused_mut))]
         let mut eqf = Eqf {
             bytes,
             header,
@@ -208,6 +209,7 @@ impl<'a> Eqf<'a> {
             act: Default::default(),
         };
         eqf.validate_tensors(opts)?;
+        #[cfg(feature = "act-quant")]
         if let Some(body) = found[section::ACT_QUANT as usize] {
             eqf.act = super::act::ActSection::parse(body, |layer, role| {
                 let role = TensorRole::from_u16(role)?;
