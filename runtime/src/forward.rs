@@ -120,6 +120,9 @@ fn matmul_int8_token(
     a: ActQuant<'_>,
 ) {
     let (rows, cols) = (w.rows(), w.cols());
+    if x.len() < n * cols || y.len() < n * rows {
+        return; // a caller bug; never a panic
+    }
     let llm = a.mode == ActMode::LlmInt8;
     let split = scratch.len().saturating_sub(cols.div_ceil(32));
     let (wrow, bits) = scratch.split_at_mut(split);

@@ -176,7 +176,7 @@ impl<'a> ActSection<'a> {
         Some(ActQuant {
             mode: ActMode::from_u8(r.mode)?,
             threshold: r.threshold,
-            outliers: self.indices.get(r.first as usize..(r.first + r.count) as usize)?,
+            outliers: self.indices.get(r.first as usize..r.first.checked_add(r.count)? as usize)?,
         })
     }
 }
