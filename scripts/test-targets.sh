@@ -19,7 +19,7 @@
 # Cortex-M3 (thumbv7m, soft float, mps2-an385) on Q4; the Cortex-M4F `defmt`
 # build (built and run to a clean exit; its output is defmt frames); Q4 with
 # the `size` profile in 256 KiB of flash; and the "-64k" builds: Q4, `size`,
-# an int8 KV cache (EDGEQ_KV=q8) and memory.x cut to 256 KiB of flash (Cortex-M4F)
+# an int8 KV cache (EDGEQ_KV=q8) and memory.x cut to 256 KiB of flash (Cortex-M4F and RV32IMAC)
 # and 64 KiB of RAM with 7 KiB of it kept for the stack (EDGEQ_STACK): the
 # link fails if the statics leave less, and the run fails if the painted
 # stack's high-water mark exceeds that reservation.
@@ -238,8 +238,7 @@ run_variant cortex-m3-q4 cortex-m4 thumbv7m-none-eabi "" q4 "$ARM_M3"
 run_variant riscv32-q8 riscv32 riscv32imac-unknown-none-elf "" q8 "$RV32"
 run_variant riscv32-q4 riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32"
 run_variant riscv32-q4-heap riscv32 riscv32imac-unknown-none-elf heap q4 "$RV32"
-# (flash not cut to 256K: RV32IMAC's code does not fit it, see docs/TARGETS.md)
-run_variant riscv32-q4-64k riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32" profile=size kv=q8 ram=64K stack=7K
+run_variant riscv32-q4-64k riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32" profile=size kv=q8 flash=256K ram=64K stack=7K
 
 kb() { [[ "$1" =~ ^[0-9]+$ ]] && awk -v b="$1" 'BEGIN {printf "%.1f", b / 1024}' || echo "$1"; }
 {

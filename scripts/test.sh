@@ -17,6 +17,8 @@ echo "== no_std build with defmt: thumbv7em-none-eabihf"
 cargo build --release -p edgeq-runtime --features defmt --target thumbv7em-none-eabihf
 echo "== cargo test"
 cargo test --workspace --release --no-fail-fast
+echo "== edgeq-core with the firmware's small CRC table (same checksums)"
+cargo test --release -p edgeq-core --features alloc,small-crc --test format --test miri_parse
 echo "== Miri (nightly): the EQF parser and the scalar kernels"
 scripts/miri.sh
 echo "== fuzz: every cargo-fuzz target for ${EDGEQ_FUZZ_SECONDS:-20} s (docs/RELIABILITY.md has the long runs)"

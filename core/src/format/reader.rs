@@ -50,12 +50,24 @@ fn read<'a, T: bytemuck::Pod>(bytes: &'a [u8], off: u64, what: &'static str) -> 
     })
 }
 
+#[cfg(not(feature = "small-crc"))]
 fn crc(parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     for p in parts {
         h.update(p);
     }
     h.finalize()
+}
+
+/// CRC-32 (ISO-HDLC, the same as crc32fast) with a 256-entry table.
+#[cfg(feature = "small-crc")]
+fn crc(parts: &[&[u8]]) -> u32 {
+    static CRC: crc::Crc<u32, crc::Table<1>> = crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
+    let mut d = CRC.digest();
+    for p in parts {
+        d.update(p);
+    }
+    d.finalize()
 }
 
 /// CRC-32 of the header (with `header_crc` zeroed) and the section directory.
