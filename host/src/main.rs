@@ -384,6 +384,25 @@ enum Int8Arg {
     Auto,
 }
 
+impl From<Int8Arg> for edgeq_host::calib::w8::Int8Mode {
+    fn from(a: Int8Arg) -> Self {
+        match a {
+            Int8Arg::Sym => Self::Sym,
+            Int8Arg::Asym => Self::Asym,
+            Int8Arg::Auto => Self::Auto,
+        }
+    }
+}
+
+/// `--int8-scale`: 127 (absmax/127) or 127.5 (compressed-tensors).
+fn int8_convention(s: &str) -> Result<edgeq_host::algo::int8::Convention> {
+    Ok(match s {
+        "127" => edgeq_host::algo::int8::Convention::Max127,
+        "127.5" => edgeq_host::algo::int8::Convention::Half255,
+        o => anyhow::bail!("--int8-scale {o}: expected 127 or 127.5"),
+    })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Fp8ActsArg {
     Auto,
@@ -1592,17 +1611,9 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
             "smoothquant" => W8Method::SmoothQuant,
             _ => W8Method::LlmInt8,
         },
-        int8_mode: match a.int8 {
-            Int8Arg::Sym => Int8Mode::Sym,
-            Int8Arg::Asym => Int8Mode::Asym,
-            Int8Arg::Auto => Int8Mode::Auto,
-        },
+        int8_mode: a.int8.into(),
         sym_threshold: a.sym_threshold,
-        convention: match a.int8_scale.as_str() {
-            "127" => edgeq_host::algo::int8::Convention::Max127,
-            "127.5" => edgeq_host::algo::int8::Convention::Half255,
-            o => anyhow::bail!("--int8-scale {o}: expected 127 or 127.5"),
-        },
+        convention: int8_convention(&a.int8_scale)?,
         alpha: a.alpha,
         threshold: a.threshold,
     };
@@ -1750,7 +1761,6 @@ fn cmd_layer(a: LayerArgs) -> Result<()> {
 
 /// `edgeq layer` with an 8-bit method.
 fn cmd_layer_w8(a: LayerArgs) -> Result<()> {
-    use edgeq_host::calib::w8::Int8Mode;
     let t0 = Instant::now();
     let w = edgeq_host::npy::read(&a.weight)?;
     let read_acts = |p: &PathBuf| -> Result<edgeq_host::npy::Matrix> {
@@ -1787,17 +1797,9 @@ fn cmd_layer_w8(a: LayerArgs) -> Result<()> {
     };
     let args = methods::W8LayerArgs {
         method: a.method.clone(),
-        int8: match a.int8 {
-            Int8Arg::Sym => Int8Mode::Sym,
-            Int8Arg::Asym => Int8Mode::Asym,
-            Int8Arg::Auto => Int8Mode::Auto,
-        },
+        int8: a.int8.into(),
         sym_threshold: a.sym_threshold,
-        convention: match a.int8_scale.as_str() {
-            "127" => edgeq_host::algo::int8::Convention::Max127,
-            "127.5" => edgeq_host::algo::int8::Convention::Half255,
-            o => anyhow::bail!("--int8-scale {o}: expected 127 or 127.5"),
-        },
+        convention: int8_convention(&a.int8_scale)?,
         fp8,
         alpha: a.alpha,
         threshold: a.threshold,

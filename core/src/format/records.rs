@@ -83,6 +83,16 @@ pub enum TensorRole {
 pub const GLOBAL_LAYER: u16 = 0xFFFF;
 
 impl TensorRole {
+    /// The seven linear layers of a block, in directory order.
+    pub const BLOCK_LINEARS: [TensorRole; 7] = [
+        TensorRole::Wq,
+        TensorRole::Wk,
+        TensorRole::Wv,
+        TensorRole::Wo,
+        TensorRole::WGate,
+        TensorRole::WDown,
+        TensorRole::WUp,
+    ];
     pub const ALL: [TensorRole; 15] = [
         TensorRole::TokEmbd,
         TensorRole::OutputNorm,

@@ -164,15 +164,7 @@ pub fn run(
     for l in 0..c.n_layers as usize {
         let orig = model.block(l).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut hb = HostBlock { orig, cur: Vec::new() };
-        for role in [
-            TensorRole::Wq,
-            TensorRole::Wk,
-            TensorRole::Wv,
-            TensorRole::Wo,
-            TensorRole::WGate,
-            TensorRole::WDown,
-            TensorRole::WUp,
-        ] {
+        for role in TensorRole::BLOCK_LINEARS {
             let t = model.eqf.find(role, l as u16).context("tensor")?;
             let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
             hb.cur.push((

@@ -242,16 +242,6 @@ pub fn layer_inputs(model: &Model<'_>, calib: &CalibSet, layer: usize, role: Ten
 /// One linear's tensor, and its report and activation record when the method quantized it.
 type LayerOut = (TensorEntry, Option<(LayerReport, Option<ActEntry>)>);
 
-const LINEARS: [TensorRole; 7] = [
-    TensorRole::Wq,
-    TensorRole::Wk,
-    TensorRole::Wv,
-    TensorRole::Wo,
-    TensorRole::WGate,
-    TensorRole::WDown,
-    TensorRole::WUp,
-];
-
 /// What the 8-bit methods produce: tensors (quantized linears, plus the
 /// rescaled norms and any kept-but-smoothed linear in f32 for the caller's
 /// policy to store), reports, and the activation records.
@@ -294,7 +284,7 @@ pub fn run(
         let b = model.block(l).map_err(|e| anyhow::anyhow!("{e}"))?;
         let acc = stats.as_ref().map(|s| &s.layers[l]);
         // f32 weights of the seven linears
-        let mut lin: Vec<(TensorRole, usize, usize, Vec<f32>)> = LINEARS
+        let mut lin: Vec<(TensorRole, usize, usize, Vec<f32>)> = TensorRole::BLOCK_LINEARS
             .iter()
             .map(|&role| {
                 let t = model.eqf.find(role, l as u16).context("tensor")?;
