@@ -40,6 +40,13 @@ pub mod flags {
     pub const QKV_BIAS: u32 = 1 << 1;
     /// RoPE pairs halves instead of adjacent elements ([`super::RopeLayout::Half`]).
     pub const ROPE_HALF: u32 = 1 << 2;
+    /// QuaRot: the input of every `ffn_down` is transformed online by the
+    /// normalized Walsh–Hadamard transform of size `hidden_dim`
+    /// (`edgeq_kernels::hadamard`), whose transpose is folded into the
+    /// stored `ffn_down` weights. EQF 1.2.
+    pub const ONLINE_HADAMARD: u32 = 1 << 3;
+    /// Every flag bit this version knows.
+    pub const KNOWN: u32 = TIED_EMBEDDINGS | QKV_BIAS | ROPE_HALF | ONLINE_HADAMARD;
 }
 
 /// The CONFIG section, read in place (`#[repr(C)]`, 128 bytes, little-endian).
@@ -83,6 +90,9 @@ impl ModelConfig {
     pub fn tied_embeddings(&self) -> bool {
         self.flags & flags::TIED_EMBEDDINGS != 0
     }
+    pub fn online_hadamard(&self) -> bool {
+        self.flags & flags::ONLINE_HADAMARD != 0
+    }
     pub fn qkv_bias(&self) -> bool {
         self.flags & flags::QKV_BIAS != 0
     }
@@ -112,7 +122,7 @@ impl ModelConfig {
         if self.arch != ARCH_LLAMA {
             return Err(BadConfig("unknown architecture id"));
         }
-        if self.flags & !(flags::TIED_EMBEDDINGS | flags::QKV_BIAS | flags::ROPE_HALF) != 0 {
+        if self.flags & !flags::KNOWN != 0 {
             return Err(BadConfig("unknown flag bits"));
         }
         const MAX: u32 = 1 << 20;

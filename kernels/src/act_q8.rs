@@ -153,9 +153,18 @@ impl<'a> Q8Acts<'a> {
     /// outliers; empty = none) are left out: code 0 and not part of `amax`.
     /// Returns false when `x` is too short.
     pub fn quantize_per_token(&mut self, x: &[f32], skip: &[u32]) -> bool {
-        if x.len() < self.t * self.cols {
+        self.quantize_per_token_levels(x, skip, 127, 1.0)
+    }
+
+    /// [`Q8Acts::quantize_per_token`] on a symmetric grid of `±qmax`
+    /// (`qmax` in 1..=127; 7 for int4 activations) with the scale
+    /// `d = clip·amax/qmax` (`clip` in (0, 1]; values beyond `d·qmax`
+    /// saturate). `qmax = 127, clip = 1` is exactly `quantize_per_token`.
+    pub fn quantize_per_token_levels(&mut self, x: &[f32], skip: &[u32], qmax: i8, clip: f32) -> bool {
+        if x.len() < self.t * self.cols || !(1..=127).contains(&qmax) || !(clip > 0.0 && clip <= 1.0) {
             return false;
         }
+        let qm = qmax as f32;
         let skipped = |j: usize| skip.get(j / 32).is_some_and(|&w| w >> (j % 32) & 1 != 0);
         for i in 0..self.t {
             let xr = &x[i * self.cols..(i + 1) * self.cols];
@@ -166,7 +175,12 @@ impl<'a> Q8Acts<'a> {
                     amax = a;
                 }
             }
-            let (d, id) = block_scale(amax);
+            let (d, id) = if qmax == 127 && clip == 1.0 {
+                block_scale(amax)
+            } else {
+                let d = clip * amax / qm;
+                (d, if d.is_normal() { 1.0 / d } else { 0.0 })
+            };
             for b in 0..self.blocks {
                 let k = i * self.blocks + b;
                 let km = i * self.bs + b;
@@ -175,7 +189,8 @@ impl<'a> Q8Acts<'a> {
                 for (jj, o) in q.iter_mut().enumerate() {
                     let j = b * QK + jj;
                     *o = match xr.get(j) {
-                        Some(&v) if !skipped(j) => quantize_one(v, id),
+                        Some(&v) if !skipped(j) && qmax == 127 => quantize_one(v, id),
+                        Some(&v) if !skipped(j) => quantize_one(v, id).clamp(-qmax, qmax),
                         _ => 0,
                     };
                     sum += *o as i32;

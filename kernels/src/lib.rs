@@ -66,6 +66,7 @@
 extern crate std;
 
 pub mod act_q8;
+pub mod hadamard;
 #[cfg(feature = "threads")]
 pub mod par;
 pub mod scalar;

@@ -60,7 +60,8 @@ pub struct Session<'m, 'a, 'r> {
 /// A layer stored with an int8 activation mode (EQF ACT_QUANT) overrides
 /// the session: [`ActMode::Int8Token`] quantizes `x` per token (one scale
 /// per token, SmoothQuant W8A8), [`ActMode::LlmInt8`] does the same on the
-/// regular columns and adds the outlier columns in f32 (LLM.int8()).
+/// regular columns and adds the outlier columns in f32 (LLM.int8()),
+/// [`ActMode::Int4Token`] quantizes per token to ±7 (QuaRot W4A4).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     y: &mut [f32],
@@ -73,7 +74,9 @@ fn matmul(
     act: Option<ActQuant<'_>>,
 ) {
     #[cfg(feature = "act-quant")]
-    if let Some(a) = act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8) && k::scalar_int::supported(w)) {
+    if let Some(a) =
+        act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8 | ActMode::Int4Token) && k::scalar_int::supported(w))
+    {
         return matmul_int8_token(y, w, x, n, row, qa, mm, a);
     }
     #[cfg(not(feature = "act-quant"))]
@@ -148,7 +151,12 @@ fn matmul_int8_token(
         }
     }
     let Some(mut q) = k::Q8Acts::carve(qa, n, cols) else { return };
-    if !q.quantize_per_token(x, mask) {
+    let ok = if a.mode == ActMode::Int4Token {
+        q.quantize_per_token_levels(x, mask, 7, a.threshold)
+    } else {
+        q.quantize_per_token(x, mask)
+    };
+    if !ok {
         return;
     }
     matmul_q8(y, w, &q, mm);
@@ -463,6 +471,12 @@ pub fn block_forward_kv<O: Observer>(
         .iter_mut()
         .zip(&s.hb2[..n * hid])
         .for_each(|(g, u)| *g = silu(*g) * u);
+    if c.online_hadamard() {
+        // QuaRot: x·H/√hidden online; ffn_down stores W·H/√hidden (checked supported at load).
+        s.hb[..n * hid].chunks_exact_mut(hid).for_each(|t| {
+            k::hadamard::transform(t);
+        });
+    }
     if obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n).is_break() {
         return ControlFlow::Break(());
     }

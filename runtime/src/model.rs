@@ -57,6 +57,9 @@ impl<'a> Model<'a> {
     }
 
     fn validate(&self) -> Result<(), RuntimeError> {
+        if self.cfg.online_hadamard() && !edgeq_kernels::hadamard::supported(self.cfg.hidden_dim as usize) {
+            return Err(FormatError::BadConfig("online Hadamard set, but hidden_dim has no Hadamard transform in this runtime").into());
+        }
         self.tok_embd()?;
         self.output_norm()?;
         self.classifier()?;
@@ -89,7 +92,7 @@ impl<'a> Model<'a> {
             (b.w_down, a.w_down),
             (b.w_up, a.w_up),
         ] {
-            if matches!(mode(a), Some(ActMode::Int8Token | ActMode::LlmInt8)) && !w.scheme().is_int() {
+            if matches!(mode(a), Some(ActMode::Int8Token | ActMode::LlmInt8 | ActMode::Int4Token)) && !w.scheme().is_int() {
                 return Err(FormatError::BadActQuant("int8 activation modes need integer (Q8/Q4) weights").into());
             }
         }

@@ -31,6 +31,10 @@ pub enum ActMode {
     /// FP8 E4M3 per group of 128 consecutive activations of a token
     /// (DeepSeek-V3 / `FP8_BLOCK` activations).
     Fp8Group128 = 4,
+    /// Symmetric int4 per token (`d = clip·absmax/7`, codes in −7..=7, held
+    /// as int8 so the int8 kernels run it): QuaRot's W4A4. The record's
+    /// `threshold` holds the clip ratio, in (0, 1]. EQF 1.2.
+    Int4Token = 5,
 }
 
 impl ActMode {
@@ -40,6 +44,7 @@ impl ActMode {
             2 => ActMode::LlmInt8,
             3 => ActMode::Fp8Token,
             4 => ActMode::Fp8Group128,
+            5 => ActMode::Int4Token,
             _ => return None,
         })
     }
@@ -49,6 +54,7 @@ impl ActMode {
             ActMode::LlmInt8 => "llm-int8",
             ActMode::Fp8Token => "fp8-token",
             ActMode::Fp8Group128 => "fp8-g128",
+            ActMode::Int4Token => "int4-token",
         }
     }
 }
@@ -72,7 +78,8 @@ pub struct ActRecord {
     pub mode: u8,
     pub reserved0: u8,
     pub reserved1: u16,
-    /// LLM.int8 outlier threshold (finite, > 0); 0 for other modes.
+    /// LLM.int8 outlier threshold (finite, > 0); the clip ratio in (0, 1]
+    /// for int4-token; 0 for other modes.
     pub threshold: f32,
     /// First outlier index of this record in the index array.
     pub first: u32,
@@ -146,7 +153,11 @@ impl<'a> ActSection<'a> {
             };
             let mode = ActMode::from_u8(r.mode).ok_or(bad("unknown activation mode"))?;
             let llm = mode == ActMode::LlmInt8;
-            if llm != (r.threshold.is_finite() && r.threshold > 0.0) && (llm || r.threshold != 0.0) {
+            if mode == ActMode::Int4Token {
+                if !(r.threshold > 0.0 && r.threshold <= 1.0) {
+                    return Err(bad("int4-token needs a clip ratio in (0, 1]"));
+                }
+            } else if llm != (r.threshold.is_finite() && r.threshold > 0.0) && (llm || r.threshold != 0.0) {
                 return Err(bad("LLM.int8 needs a finite threshold > 0; other modes store 0"));
             }
             if !llm && r.count != 0 {

@@ -202,8 +202,15 @@ impl EqfWriter {
         let mut header = Header {
             magic: MAGIC,
             version_major: VERSION_MAJOR,
-            // 1.0 files stay byte-identical; the ACT_QUANT section is 1.1.
-            version_minor: if self.acts.is_empty() { VERSION_MINOR } else { 1 },
+            // 1.0 files stay byte-identical; the ACT_QUANT section is 1.1;
+            // QuaRot's online Hadamard and int4 activations are 1.2.
+            version_minor: if self.config.online_hadamard() || self.acts.iter().any(|a| a.mode == crate::ActMode::Int4Token) {
+                2
+            } else if self.acts.is_empty() {
+                VERSION_MINOR
+            } else {
+                1
+            },
             header_size: 64,
             file_size,
             n_sections: recs.len() as u32,

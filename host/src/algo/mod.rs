@@ -8,6 +8,7 @@ pub mod awq;
 pub mod gptq;
 pub mod hqq;
 pub mod int8;
+pub mod quarot;
 pub mod rtn;
 
 use anyhow::{bail, ensure, Result};
