@@ -100,10 +100,14 @@ fn args(method: &str, group: usize, sym: bool) -> MethodArgs {
         store: true,
         duo_scaling: false,
         clip: true,
+        ada_iters: 200,
+        ada_lambda: 0.01,
+        ada_lr: 1e-3,
+        ada_warmup: 0.2,
     }
 }
 
-const METHODS: [&str; 4] = ["rtn", "gptq", "awq", "hqq"];
+const METHODS: [&str; 5] = ["rtn", "gptq", "awq", "hqq", "adaround"];
 
 fn calib(cols: usize, rng: &mut Rng) -> Vec<f32> {
     (0..64 * cols).map(|_| rng.f32()).collect()

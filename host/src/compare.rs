@@ -67,17 +67,33 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     for m in methods {
         match m.as_str() {
-            "rtn" | "gptq" | "awq" | "hqq" => {
+            "rtn" | "gptq" | "awq" | "hqq" | "adaround" | "quarot-rtn" | "quarot-gptq" | "quarot-rtn-a4" | "quarot-gptq-a4" => {
+                // QuaRot: rotate, then the weight method, with per-token int8 (int4 with -a4) activations.
+                let (base, quarot, a) = match m.strip_prefix("quarot-") {
+                    Some(rest) => match rest.strip_suffix("-a4") {
+                        Some(b) => (b, true, "4"),
+                        None => (rest, true, "8"),
+                    },
+                    None => (m.as_str(), false, ""),
+                };
                 for &b in bits {
                     if b != 4 && b != 8 {
                         bail!("--bits {b}: integer methods take 4 or 8");
                     }
-                    let mut args = s(&["--method", m, "--bits", &b.to_string(), "--group", &group.to_string()]);
-                    if m == "gptq" || m == "awq" {
+                    let mut args = s(&["--method", base, "--bits", &b.to_string(), "--group", &group.to_string()]);
+                    if matches!(base, "gptq" | "awq" | "adaround") {
                         args.extend(s(&["--calib-samples", &calib_samples.to_string()]));
                     }
+                    if quarot {
+                        args.extend(s(&["--rotate", "--act-bits", a]));
+                    }
+                    let g = if group <= 0 { "ch".into() } else { group.to_string() };
                     out.push(Candidate {
-                        name: format!("{m}-w{b}-g{}", if group <= 0 { "ch".into() } else { group.to_string() }),
+                        name: if quarot {
+                            format!("{m}-w{b}a{a}-g{g}").replace("-a4-", "-")
+                        } else {
+                            format!("{m}-w{b}-g{g}")
+                        },
                         method: m.clone(),
                         bits: b,
                         group,
@@ -123,7 +139,7 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
             }
             "f16" => {}
             other => {
-                bail!("--methods: unknown method '{other}' (rtn, gptq, awq, hqq, int8, int8-auto, smoothquant, llm-int8, fp8, fp8-block)")
+                bail!("--methods: unknown method '{other}' (rtn, gptq, awq, hqq, adaround, quarot-rtn, quarot-gptq, quarot-rtn-a4, quarot-gptq-a4, int8, int8-auto, smoothquant, llm-int8, fp8, fp8-block)")
             }
         }
     }
@@ -263,11 +279,12 @@ fn quantize(o: &Options, c: &Candidate, exe: &Path) -> Result<(PathBuf, bool, Va
     let calibrated = c
         .args
         .iter()
-        .any(|a| matches!(a.as_str(), "gptq" | "awq" | "int8" | "smoothquant" | "llm-int8"));
+        .any(|a| matches!(a.as_str(), "gptq" | "awq" | "adaround" | "int8" | "smoothquant" | "llm-int8"));
     if calibrated {
         let calib = o.calib.as_ref().unwrap_or(&o.text);
         args.extend(["--calib".into(), calib.display().to_string()]);
-        if o.calib.is_none() {
+        // calibration from the evaluation text skips the evaluated characters
+        if o.calib.is_none() || o.calib.as_ref() == Some(&o.text) {
             args.extend(["--calib-skip-chars".into(), o.calib_skip_chars.to_string()]);
         }
     }
@@ -546,6 +563,7 @@ pub fn run(o: &Options, cands: &[Candidate], progress: &indicatif::ProgressBar) 
             v
         }).collect::<Vec<_>>(),
         "errors": errors,
+        "vs_rtn": vs_rtn(base_score.mean_nll, &rows),
         "seconds": t0.elapsed().as_secs_f64(),
     });
     for (r, a) in rows.iter().zip(&attempts_of) {
@@ -562,6 +580,26 @@ pub fn run(o: &Options, cands: &[Candidate], progress: &indicatif::ProgressBar) 
     )?;
     write_atomic(&o.out.join("summary.md"), markdown(&summary, &base_row, &f16_row, &rows).as_bytes())?;
     Ok(summary)
+}
+
+/// Each candidate against round-to-nearest at the same bits and group (when
+/// that RTN candidate is in the comparison): NLL difference, and how much of
+/// RTN's NLL increase over the reference it removes.
+pub fn vs_rtn(base_nll: f64, rows: &[Row]) -> Vec<Value> {
+    rows.iter()
+        .filter(|r| r.method != "rtn")
+        .filter_map(|r| {
+            let rtn = rows
+                .iter()
+                .find(|x| x.method == "rtn" && x.bits == r.bits && x.group == r.group && x.fallback.is_empty())?;
+            let (inc, inc_rtn) = (r.mean_nll - base_nll, rtn.mean_nll - base_nll);
+            Some(json!({
+                "name": r.name, "rtn": rtn.name, "mean_nll": r.mean_nll, "rtn_mean_nll": rtn.mean_nll,
+                "delta_nll": r.mean_nll - rtn.mean_nll,
+                "increase_removed_pct": if inc_rtn > 0.0 { Some(100.0 * (1.0 - inc / inc_rtn)) } else { None },
+            }))
+        })
+        .collect()
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -615,6 +653,27 @@ pub fn markdown(summary: &Value, base: &Row, f16: &Row, rows: &[Row]) -> String 
             r.speedup_vs_16bit,
             if is_ref { "ref" } else if r.pass { "**pass**" } else { "fail" }
         ));
+    }
+    if let Some(v) = summary["vs_rtn"].as_array().filter(|v| !v.is_empty()) {
+        s.push_str("\n## Against round-to-nearest (same bits and group)\n\n");
+        for c in v {
+            s.push_str(&format!(
+                "* **{}**: NLL {:.4} vs {:.4} for {} ({:+.4} nats/token{})\n",
+                c["name"].as_str().unwrap_or(""),
+                c["mean_nll"].as_f64().unwrap_or(f64::NAN),
+                c["rtn_mean_nll"].as_f64().unwrap_or(f64::NAN),
+                c["rtn"].as_str().unwrap_or(""),
+                c["delta_nll"].as_f64().unwrap_or(f64::NAN),
+                c["increase_removed_pct"]
+                    .as_f64()
+                    .map(|p| if p >= 0.0 {
+                        format!("; its NLL increase over the reference is {p:.0}% smaller than RTN's")
+                    } else {
+                        format!("; its NLL increase over the reference is {:.0}% larger than RTN's", -p)
+                    })
+                    .unwrap_or_default()
+            ));
+        }
     }
     let failing: Vec<&Row> = rows.iter().filter(|r| !r.pass).collect();
     if !failing.is_empty() {

@@ -42,6 +42,7 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
             "max_seq_len": c.max_seq_len, "rope_theta": c.rope_theta, "rms_eps": c.rms_eps,
             "rope_layout": format!("{:?}", c.rope_layout()), "rope_scaling": format!("{:?}", c.rope_scaling()),
             "tied_embeddings": c.tied_embeddings(), "qkv_bias": c.qkv_bias(), "bos": c.bos_id, "eos": c.eos_id,
+            "online_hadamard": c.online_hadamard(),
         },
         "params": params,
         "tensor_bytes": bytes,
@@ -66,13 +67,14 @@ pub fn print_human(r: &serde_json::Value) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {}",
+        "       rope theta {} layout {} scaling {} rms_eps {} tied {} qkv_bias {} online_hadamard {}",
         c["rope_theta"],
         c["rope_layout"].as_str().unwrap_or(""),
         c["rope_scaling"].as_str().unwrap_or(""),
         c["rms_eps"],
         c["tied_embeddings"],
-        c["qkv_bias"]
+        c["qkv_bias"],
+        c["online_hadamard"]
     )?;
     writeln!(
         out,

@@ -30,6 +30,10 @@ enum Cmd {
     Import(ImportArgs),
     /// Quantize the linear layers of an EQF model.
     Quantize(QuantizeArgs),
+    /// QuaRot: write the rotated float model (RMSNorm weights fused, randomized Hadamard rotation of the
+    /// residual stream, online Hadamard on ffn_down's input). It computes the same logits as the input up to
+    /// float rounding; check with `edgeq eval`, then quantize it (or use `quantize --rotate`).
+    Rotate(RotateArgs),
     /// Generate text: the generated text alone goes to stdout, statistics to stderr.
     Run(RunArgs),
     /// Perplexity (mean negative log-likelihood per token) of a text file.
@@ -50,6 +54,21 @@ enum Cmd {
     /// 16-bit, generation sanity, pass/fail against acceptance criteria (with an optional fallback ladder).
     /// Writes OUT/quantization_summary.json, OUT/summary.md, plots, and OUT/<candidate>/validation_report.json.
     Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateArgs {
+    /// Input EQF model (any scheme; weights are dequantized, the output is f32).
+    model: PathBuf,
+    /// Seed of the random signs of the rotation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Leave ffn_down's input unrotated (no online Hadamard at run time).
+    #[arg(long)]
+    no_online_hadamard: bool,
+    /// Output EQF file (written atomically).
+    #[arg(short, long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -302,6 +321,18 @@ struct MethodFlags {
     /// HQQ: maximum proximal iterations (stops early when the error stops improving).
     #[arg(long, default_value_t = 20)]
     hqq_iters: usize,
+    /// AdaRound: Adam iterations per layer (AIMET's default 10000; BRECQ uses 20000). Each costs rows x cols^2.
+    #[arg(long, default_value_t = 10_000)]
+    ada_iters: usize,
+    /// AdaRound: weight lambda of the rounding regulariser sum(1 - |2h-1|^beta).
+    #[arg(long, default_value_t = 0.01)]
+    ada_lambda: f32,
+    /// AdaRound: Adam learning rate on the rounding variables V.
+    #[arg(long, default_value_t = 1e-3)]
+    ada_lr: f32,
+    /// AdaRound: fraction of the iterations before the regulariser starts (beta then anneals 20 -> 2).
+    #[arg(long, default_value_t = 0.2)]
+    ada_warmup: f32,
 }
 
 #[derive(clap::Args)]
@@ -315,7 +346,7 @@ struct LayerArgs {
     /// Held-out activations: prints ||XWᵀ − XŴᵀ||² / ||XWᵀ||² on them.
     #[arg(long)]
     eval_acts: Option<PathBuf>,
-    /// rtn, gptq, awq or hqq; the 8-bit family: int8 (per channel, --int8), fp8 (--fp8-format, --fp8-scale;
+    /// rtn, gptq, awq, hqq or adaround (learned rounding on RTN's grid; needs --acts); the 8-bit family: int8 (per channel, --int8), fp8 (--fp8-format, --fp8-scale;
     /// activations e4m3 per token, or per 128-group with block128), llm-int8 (--threshold) and smoothquant
     /// (--alpha; needs --acts). W8A8 methods compute the output with quantized activations.
     #[arg(long, default_value = "rtn")]
@@ -415,7 +446,7 @@ enum Fp8ActsArg {
 struct QuantizeArgs {
     /// Input EQF model.
     input: PathBuf,
-    /// Quantization method: rtn (round-to-nearest, no data), gptq and awq (need --calib), hqq (no data);
+    /// Quantization method: rtn (round-to-nearest, no data), gptq, awq and adaround (need --calib), hqq (no data);
     /// the 8-bit family: int8 (per-channel INT8, --int8 sym|asym|auto; auto needs --calib), smoothquant
     /// (W8A8: smoothing folded into the norms, int8 weights per channel, int8 activations per token at run
     /// time; needs --calib), llm-int8 (int8 weights per channel, int8 activations per token with the
@@ -520,6 +551,25 @@ struct QuantizeArgs {
     /// Tokens of that text the scan scores per block.
     #[arg(long, default_value_t = 2048)]
     sensitivity_tokens: usize,
+    /// QuaRot: first rotate the model (RMSNorm weights fused into the linears, a randomized Hadamard rotation
+    /// of the residual stream, an online Hadamard on each ffn_down input; the same function in float), then
+    /// quantize the rotated weights with --method. Combine with --act-bits 8 (W4A8) or 4 (W4A4).
+    #[arg(long)]
+    rotate: bool,
+    /// With --rotate: seed of the random signs of the rotation.
+    #[arg(long, default_value_t = 0)]
+    rotate_seed: u64,
+    /// With --rotate: leave ffn_down's input unrotated (no online Hadamard at run time).
+    #[arg(long)]
+    no_online_hadamard: bool,
+    /// Activations of the integer-weight linear layers of the blocks, quantized per token at run time:
+    /// 16 = float (weight-only), 8 = int8 (absmax/127), 4 = int4 (clip*absmax/7). The classifier keeps float.
+    #[arg(long, default_value = "16", value_parser = ["16", "8", "4"])]
+    act_bits: String,
+    /// With --act-bits 4: clip ratio of the per-token scale (QuaRot's a_clip_ratio; 1.0 = no clipping, its
+    /// default; the paper's W4A4 results use 0.9).
+    #[arg(long, default_value_t = 1.0)]
+    act_clip: f32,
     /// Print the per-tensor report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -722,6 +772,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Import(a) => cmd_import(a),
         Cmd::Quantize(a) => cmd_quantize(a),
+        Cmd::Rotate(a) => cmd_rotate(a),
         Cmd::Run(a) => cmd_run(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Inspect(a) => cmd_inspect(a),
@@ -763,16 +814,25 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
 
 fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
     if a.sensitivity || a.budget_bits.is_some() {
+        anyhow::ensure!(
+            !a.rotate,
+            "--sensitivity / --budget-bits do not combine with --rotate yet: rotate first with `edgeq rotate`, then scan the rotated file"
+        );
         sensitivity_scan(&mut a)?;
     }
     if matches!(a.method.as_str(), "int8" | "smoothquant" | "llm-int8") {
+        anyhow::ensure!(
+            !a.rotate && a.act_bits == "16",
+            "--rotate and --act-bits belong to the 4/8-bit weight methods; --method {} sets its own activations",
+            a.method
+        );
         return cmd_quantize_w8(a);
     }
     if a.method != "rtn" {
         return cmd_quantize_calibrated(a);
     }
     let t0 = Instant::now();
-    let f = ModelFile::open(&a.input)?;
+    let (f, rotation) = open_input(&a)?;
     let model = f.model()?;
     let linear = quantize::spec_from_args(a.bits, a.group, !a.asym, a.fp8.as_deref())?;
     let embed = quantize::spec_from_name(&a.embed, a.group)?;
@@ -786,7 +846,11 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
         (true, Fp8ActsArg::Auto) if linear.granularity == edgeq_core::Granularity::Block => Some(edgeq_core::ActMode::Fp8Group128),
         (true, Fp8ActsArg::Auto) => Some(edgeq_core::ActMode::Fp8Token),
     };
-    let acts = fp8_acts.map_or_else(Vec::new, |m| quantize::fp8_act_entries(&model.eqf, &policy, m));
+    let mut acts = fp8_acts.map_or_else(Vec::new, |m| quantize::fp8_act_entries(&model.eqf, &policy, m));
+    if a.act_bits != "16" {
+        anyhow::ensure!(a.fp8.is_none(), "--act-bits is for integer weights; FP8 weights take --fp8-acts");
+        acts = int_acts(&a, &model, &policy)?;
+    }
     let (bytes, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), acts, &pb)?;
     pb.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
@@ -805,7 +869,7 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let report = serde_json::json!({
         "method": "rtn", "bits": a.bits, "group": a.group, "sym": !a.asym, "fp8": a.fp8, "input": a.input, "output": a.out,
-        "fp8_activations": fp8_acts.map(|m| m.name()),
+        "fp8_activations": fp8_acts.map(|m| m.name()), "act_bits": a.act_bits, "rotation": rotation,
         "seconds": secs, "peak_rss_mb": edgeq_host::calib::pipeline::peak_rss_mb(),
         "layers": reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "metric": "weight", "rel_err": r.rel_err})).collect::<Vec<_>>(),
     });
@@ -820,6 +884,31 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
         f.bytes().len() as f64 / 1e6,
         secs,
         rpath.display()
+    );
+    Ok(())
+}
+
+fn cmd_rotate(a: RotateArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let f = ModelFile::open(&a.model)?;
+    let model = f.model()?;
+    let (bytes, rep) = edgeq_host::algo::quarot::rotate(&model.eqf, a.seed, !a.no_online_hadamard)
+        .with_context(|| format!("rotating {}", a.model.display()))?;
+    write_atomic(&a.out, &bytes)?;
+    for n in &rep.notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!(
+        "rotated {} -> {} ({:.2} MB, f32): dim {} = {}·2^m, seed {}, online Hadamard on ffn_down: {}{} in {:.2}s",
+        a.model.display(),
+        a.out.display(),
+        bytes.len() as f64 / 1e6,
+        model.cfg.dim,
+        rep.residual_k,
+        rep.seed,
+        if rep.online_hadamard { "yes" } else { "no" },
+        if rep.untied_classifier { ", classifier untied" } else { "" },
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -1435,13 +1524,61 @@ fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) 
         store: true,
         duo_scaling: m.duo_scaling,
         clip: !m.no_clip,
+        ada_iters: m.ada_iters,
+        ada_lambda: m.ada_lambda,
+        ada_lr: m.ada_lr,
+        ada_warmup: m.ada_warmup,
     }
+}
+
+/// The model `quantize` works on: the input file, or with `--rotate` its
+/// QuaRot rotation (built in memory, f32).
+fn open_input(a: &QuantizeArgs) -> Result<(ModelFile, Option<edgeq_host::algo::quarot::RotateReport>)> {
+    let f = ModelFile::open(&a.input)?;
+    if !a.rotate {
+        return Ok((f, None));
+    }
+    let t0 = Instant::now();
+    let model = f.model()?;
+    let (bytes, rep) = edgeq_host::algo::quarot::rotate(&model.eqf, a.rotate_seed, !a.no_online_hadamard)
+        .with_context(|| format!("rotating {}", a.input.display()))?;
+    eprintln!(
+        "QuaRot: residual stream rotated (dim {} = {}·2^m, seed {}), online Hadamard on ffn_down: {} ({:.2}s)",
+        model.cfg.dim,
+        rep.residual_k,
+        rep.seed,
+        if rep.online_hadamard { "yes" } else { "no" },
+        t0.elapsed().as_secs_f64()
+    );
+    for n in &rep.notes {
+        eprintln!("QuaRot: {n}");
+    }
+    Ok((ModelFile::from_bytes(&a.input, &bytes), Some(rep)))
+}
+
+/// `--act-bits 8|4`: per-token activation records for the integer linears.
+fn int_acts(
+    a: &QuantizeArgs,
+    model: &edgeq_runtime::Model<'_>,
+    policy: &quantize::Policy,
+) -> Result<Vec<edgeq_core::format::writer::ActEntry>> {
+    let bits: u32 = a.act_bits.parse()?;
+    let (acts, float) = quantize::int_act_entries(&model.eqf, policy, bits, a.act_clip)?;
+    if !float.is_empty() {
+        eprintln!(
+            "note: {} linear layers keep float activations (their scale groups are not whole 32-column blocks, which the integer kernels need): {}",
+            float.len(),
+            float.join(", ")
+        );
+    }
+    eprintln!("activations: int{bits} per token on {} linear layers", acts.len());
+    Ok(acts)
 }
 
 /// `quantize` with a method that runs layer by layer through the sequential pipeline.
 fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let t0 = Instant::now();
-    let f = ModelFile::open(&a.input)?;
+    let (f, rotation) = open_input(&a)?;
     let model = f.model()?;
     let ma = method_args(&a.method, a.bits, a.group, !a.asym, &a.m);
     anyhow::ensure!(a.fp8.is_none(), "--fp8 is only available with --method rtn");
@@ -1482,8 +1619,13 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
     let quantized: std::collections::HashSet<(u16, u16)> = entries.iter().map(|e| (e.layer, e.role as u16)).collect();
     let rest = quantize::Policy::new(linear, embed, &a.skip)?.with_mixed(&a.overrides, a.sandwich, model.cfg.n_layers, a.policy.into())?;
+    let acts = if a.act_bits != "16" {
+        int_acts(&a, &model, &rest)?
+    } else {
+        Vec::new()
+    };
     let pb2 = progress(0, "finish");
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, Vec::new(), &pb2)?;
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, acts, &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -1500,6 +1642,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let report = serde_json::json!({
         "method": a.method, "bits": a.bits, "group": a.group, "sym": !a.asym, "input": a.input, "output": a.out,
         "calibration": {"samples": calib.samples.len(), "tokens": calib.tokens(), "file": a.calib},
+        "act_bits": a.act_bits, "rotation": rotation,
         "seconds": secs, "peak_rss_mb": peak, "layers": reports,
         "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
     });

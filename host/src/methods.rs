@@ -1,5 +1,6 @@
 //! The methods behind `--method`: one linear layer at a time (`edgeq
 //! layer`, and the hook the sequential pipeline calls per layer).
+use crate::algo::adaround::{adaround, AdaRoundConfig};
 use crate::algo::gptq::{gptq, GptqConfig, Hessian};
 use crate::algo::hqq::HqqConfig;
 use crate::algo::{self, Grid, QuantizedLayer};
@@ -24,11 +25,16 @@ pub struct MethodArgs {
     /// AWQ
     pub duo_scaling: bool,
     pub clip: bool,
+    /// AdaRound: iterations, regulariser weight, Adam learning rate, warm-up fraction.
+    pub ada_iters: usize,
+    pub ada_lambda: f32,
+    pub ada_lr: f32,
+    pub ada_warmup: f32,
 }
 
 impl MethodArgs {
     pub fn needs_calibration(&self) -> bool {
-        matches!(self.method.as_str(), "gptq" | "awq")
+        matches!(self.method.as_str(), "gptq" | "awq" | "adaround")
     }
 }
 
@@ -43,6 +49,14 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
             h.add_batch(x, x.len() / cols);
             gptq_with(a, w, rows, cols, &h)
         }
+        "adaround" => {
+            let Some(x) = x else {
+                bail!("adaround needs calibration activations")
+            };
+            let mut h = Hessian::new(cols);
+            h.add_batch(x, x.len() / cols);
+            adaround_with(a, w, rows, cols, h.matrix())
+        }
         "hqq" => {
             let mut cfg = HqqConfig::for_bits(a.grid.bits);
             if a.grid.group > 0 {
@@ -53,7 +67,7 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
             hqq_rows(w, rows, cols, &cfg)
         }
         "awq" => bail!("awq rescales the layer: use quantize_layer_effective"),
-        m => bail!("--method {m}: unknown (rtn, gptq, awq, hqq)"),
+        m => bail!("--method {m}: unknown (rtn, gptq, awq, hqq, adaround)"),
     }
 }
 
@@ -77,6 +91,29 @@ fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &Hessian) -
     Ok((q, note))
 }
 
+fn adaround_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &[f64]) -> Result<(QuantizedLayer, String)> {
+    algo::ensure_finite(w, cols)?;
+    let mut cfg = AdaRoundConfig::new(a.grid);
+    cfg.iters = a.ada_iters;
+    cfg.lambda = a.ada_lambda;
+    cfg.lr = a.ada_lr;
+    cfg.warmup = a.ada_warmup;
+    let (q, st) = adaround(w, rows, cols, h, &cfg)?;
+    Ok((
+        q,
+        format!(
+            "{} iterations: output loss {:.3e} (round-to-nearest {:.3e}, {:+.1}%), {} of {} weights rounded the other way, {} undecided",
+            cfg.iters,
+            st.rec_ada,
+            st.rec_rtn,
+            100.0 * (st.rec_ada / st.rec_rtn.max(1e-30) - 1.0),
+            st.flipped,
+            rows * cols,
+            st.undecided
+        ),
+    ))
+}
+
 /// The pipeline hooks for `a` (GPTQ collects Hessians, AWQ input rows).
 pub fn with_hooks<R>(a: &MethodArgs, f: impl FnOnce(&MethodHooks<'_>) -> R) -> R {
     let q = |job: &LayerJob<'_>| -> Result<(QuantizedLayer, String)> {
@@ -85,12 +122,17 @@ pub fn with_hooks<R>(a: &MethodArgs, f: impl FnOnce(&MethodHooks<'_>) -> R) -> R
             let h = Hessian::from_matrix(st.hessian().unwrap_or_default(), job.cols, st.n)?;
             return gptq_with(a, job.w, job.rows, job.cols, &h);
         }
+        if a.method == "adaround" {
+            let st = job.stats.ok_or_else(|| anyhow::anyhow!("no calibration statistics"))?;
+            let h = st.hessian().ok_or_else(|| anyhow::anyhow!("no Hessian collected"))?;
+            return adaround_with(a, job.w, job.rows, job.cols, &h);
+        }
         quantize_layer(a, job.w, job.rows, job.cols, job.stats.map(|s| &s.rows[..]))
     };
     let hooks = MethodHooks {
         name: &a.method,
         needs_inputs: a.needs_calibration(),
-        hessian: a.method == "gptq",
+        hessian: matches!(a.method.as_str(), "gptq" | "adaround"),
         keep_rows: 512,
         quantize: &q,
     };

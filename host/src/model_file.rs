@@ -9,10 +9,16 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// An EQF file mapped into memory (page-aligned, so 64-byte aligned).
+/// An EQF file mapped into memory (page-aligned, so 64-byte aligned), or
+/// an image built in memory (e.g. a QuaRot-rotated model).
 pub struct ModelFile {
     pub path: PathBuf,
-    map: memmap2::Mmap,
+    map: Backing,
+}
+
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(crate::import::AlignedBytes),
 }
 
 impl ModelFile {
@@ -21,11 +27,21 @@ impl ModelFile {
         let map = map_readonly(&f, path)?;
         Ok(ModelFile {
             path: path.to_path_buf(),
-            map,
+            map: Backing::Map(map),
         })
     }
+    /// An image held in memory; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> ModelFile {
+        ModelFile {
+            path: path.to_path_buf(),
+            map: Backing::Owned(crate::import::AlignedBytes::from(bytes)),
+        }
+    }
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        match &self.map {
+            Backing::Map(m) => m,
+            Backing::Owned(b) => b.as_bytes(),
+        }
     }
     /// Parses and validates the model (tensor checksums included).
     pub fn model(&self) -> Result<Model<'_>> {

@@ -231,6 +231,46 @@ pub fn fp8_act_entries(eqf: &Eqf<'_>, policy: &Policy, mode: ActMode) -> Vec<Act
         .collect()
 }
 
+/// Per-token integer activation records (`bits` 8: int8; 4: int4 with the
+/// clip ratio `clip`) for every block linear the policy quantizes to an
+/// integer scheme whose groups are whole 32-blocks (what the int8 kernels
+/// need). Returns the records and the names of the linears left with float
+/// activations because their layout does not allow it (e.g. per-channel
+/// scales over 172 columns).
+pub fn int_act_entries(eqf: &Eqf<'_>, policy: &Policy, bits: u32, clip: f32) -> Result<(Vec<ActEntry>, Vec<String>)> {
+    let (mode, threshold) = match bits {
+        8 => (ActMode::Int8Token, 0.0),
+        4 => {
+            anyhow::ensure!(clip > 0.0 && clip <= 1.0, "--act-clip {clip}: must be in (0, 1]");
+            (ActMode::Int4Token, clip)
+        }
+        b => bail!("activation bits {b}: 8 or 4"),
+    };
+    let mut out = Vec::new();
+    let mut float = Vec::new();
+    for t in eqf.tensors().iter().filter(|t| t.layer != edgeq_core::format::GLOBAL_LAYER) {
+        let Some(role) = TensorRole::from_u16(t.role).filter(|r| r.is_linear()) else {
+            continue;
+        };
+        let Some(spec) = policy.target(t) else { continue };
+        if !spec.scheme.is_int() {
+            continue;
+        }
+        if spec.layout(t.rows, t.cols).is_ok_and(|l| l.group_len % 32 == 0) {
+            out.push(ActEntry {
+                role,
+                layer: t.layer,
+                mode,
+                threshold,
+                outliers: Vec::new(),
+            });
+        } else {
+            float.push(t.name_str().to_string());
+        }
+    }
+    Ok((out, float))
+}
+
 /// Like [`quantize_rtn`], but tensors whose `(layer, role)` is in `done`
 /// are taken from `done_entries` (already quantized by another method).
 pub fn quantize_rtn_except(

@@ -678,6 +678,8 @@ mod tests {
             (ActMode::Int8Token, &[][..], 0.0),
             (ActMode::LlmInt8, &calibrated[..], 6.0),
             (ActMode::LlmInt8, &calibrated[..], 0.9),
+            (ActMode::Int4Token, &[][..], 0.9),
+            (ActMode::Int4Token, &[][..], 1.0),
         ] {
             let a = ActQuant { mode, threshold, outliers };
             let mut y = vec![0.0f32; n * rows];
@@ -698,7 +700,12 @@ mod tests {
             for t in 0..n {
                 let xt = &x[t * cols..(t + 1) * cols];
                 let amax = (0..cols).filter(|&j| !is_out(j)).map(|j| xt[j].abs()).fold(0.0f32, f32::max);
-                let d = amax / 127.0;
+                // int4-token: d = clip·amax/7, codes ±7 (threshold holds the clip ratio)
+                let (d, qm) = if mode == ActMode::Int4Token {
+                    (threshold * amax / 7.0, 7.0)
+                } else {
+                    (amax / 127.0, 127.0)
+                };
                 for r in 0..rows {
                     let (mut want, mut exact) = (0.0f64, 0.0f64);
                     for j in 0..cols {
@@ -707,7 +714,7 @@ mod tests {
                         want += if is_out(j) {
                             xt[j] as f64 * wj
                         } else {
-                            (xt[j] / d).round_ties_even().clamp(-127.0, 127.0) as f64 * d as f64 * wj
+                            (xt[j] * (1.0 / d)).round_ties_even().clamp(-qm, qm) as f64 * d as f64 * wj
                         };
                     }
                     let got = y[t * rows + r] as f64;

@@ -4,6 +4,7 @@
 //! (`w = scale · (q − zero)`); [`QuantizedLayer::to_eqf`] then stores it in
 //! an EQF scheme (f16 scales, and f16 `min = −scale·zero` for asymmetric
 //! grids), as GPTQ/AWQ exports store fp16 scales after choosing codes.
+pub mod adaround;
 pub mod awq;
 pub mod gptq;
 pub mod hqq;
