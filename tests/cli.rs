@@ -528,6 +528,33 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
     let ppl = v["ppl"].as_f64().unwrap();
     eprintln!("SmolLM2-135M Q4_1 wiki.test.raw[..20000]: ppl {ppl:.3} over {} tokens", v["tokens"]);
     assert!(ppl.is_finite() && ppl > 1.0 && ppl < 100.0, "{v}");
+
+    // Issue 11: QuaRot's rotation (dim 576 = 36·16, online Hadamard on the 1536 = 12·128 MLP) keeps the NLL.
+    let rot = dir.join("smol-rot.eqf");
+    ok(&["rotate", m.to_str().unwrap(), "-o", rot.to_str().unwrap()]);
+    let nll = |p: &Path| -> f64 {
+        let args = [
+            "eval",
+            p.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--chars",
+            "20000",
+            "--window",
+            "512",
+            "--max-tokens",
+            "1024",
+            "--json",
+        ];
+        let v: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    let (a, b) = (nll(&m), nll(&rot));
+    eprintln!("SmolLM2-135M NLL {a:.7}, rotated {b:.7}");
+    assert!((a - b).abs() < 1e-4, "rotated NLL {b} vs {a}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", rot.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(v["config"]["online_hadamard"], true);
+    assert_eq!(v["format_version"], "1.2");
 }
 
 #[test]
@@ -535,6 +562,7 @@ fn help_explains_every_flag() {
     for cmd in [
         &["import"][..],
         &["quantize"],
+        &["rotate"],
         &["run"],
         &["eval"],
         &["inspect"],

@@ -1268,6 +1268,23 @@ fn act_section_round_trips_and_marks_version_1_1() {
     );
 }
 
+/// QuaRot's int4 activations (mode 5) make the file 1.2, as does the
+/// ONLINE_HADAMARD config flag.
+#[test]
+fn int4_activations_mark_version_1_2() {
+    use edgeq_core::ActMode::*;
+    let file = file_with_acts(vec![
+        act(TensorRole::Wq, Int4Token, 0.9, vec![]),
+        act(TensorRole::Wk, Int8Token, 0.0, vec![]),
+    ]);
+    assert_eq!(rd_u16(&file, 10), 2);
+    let buf = Buf::aligned(&file);
+    let e = parse(buf.bytes()).unwrap();
+    let q = e.act_quant(TensorRole::Wq, 0).unwrap();
+    assert_eq!((q.mode, q.threshold), (Int4Token, 0.9));
+    assert_eq!(Int4Token.name(), "int4-token");
+}
+
 #[test]
 fn corrupt_act_sections_are_typed_errors() {
     use edgeq_core::ActMode::*;
@@ -1298,6 +1315,15 @@ fn corrupt_act_sections_are_typed_errors() {
     bad(&|b| wr_u32(b, rec(1) + 8, f32::NAN.to_bits()), "threshold");
     bad(&|b| wr_u32(b, rec(0) + 16, 1), "only LLM.int8");
     bad(&|b| wr_u32(b, s.offset, 3), "size");
+    // int4-token (mode 5) carries its clip ratio in (0, 1]
+    bad(&|b| b[rec(0) + 4] = 5, "clip ratio");
+    bad(
+        &|b| {
+            b[rec(0) + 4] = 5;
+            wr_u32(b, rec(0) + 8, 1.5f32.to_bits());
+        },
+        "clip ratio",
+    );
     // a checksum mismatch is caught before the contents are looked at
     let mut b = file.clone();
     b[rec(0) + 4] = 9;

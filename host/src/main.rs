@@ -119,10 +119,12 @@ struct CompareArgs {
     /// characters (disjoint from the evaluation slice).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Calibration samples for GPTQ / AWQ / int8-auto / smoothquant / llm-int8.
+    /// Calibration samples for GPTQ / AWQ / AdaRound / int8-auto / smoothquant / llm-int8.
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
-    /// Methods, comma-separated: rtn, gptq, awq, hqq (at each of --bits), int8 (per channel, RTN), int8-auto
+    /// Methods, comma-separated: rtn, gptq, awq, hqq, adaround (at each of --bits), quarot-rtn, quarot-gptq (QuaRot
+    /// rotation, then RTN / GPTQ weights, int8 activations per token: W4A8; -a4 suffix: int4 activations, W4A4),
+    /// int8 (per channel, RTN), int8-auto
     /// (per channel, symmetry decided per layer from calibration), smoothquant (W8A8), llm-int8 (W8A8 with f32
     /// outlier columns), fp8 (E4M3 per channel, activations per token), fp8-block (E4M3 128x128 blocks,
     /// activations per 128-group); each may take a mixed-precision policy after a colon:

@@ -1,6 +1,7 @@
 //! edgeq kernels: the matrix products the runtime executes, for every
 //! weight scheme. `scalar.rs` is the reference every SIMD kernel (one file
-//! per architecture, added alongside) is tested against.
+//! per architecture, added alongside) is tested against. `hadamard.rs` holds
+//! the normalized Walsh–Hadamard transform QuaRot's online rotation runs.
 //!
 //! Convention: a weight `W` is `[rows, cols]` (`[out, in]`); activations are
 //! `t` row-major vectors of `cols` floats; outputs are `t` vectors of `rows`.
