@@ -337,6 +337,40 @@ fn killed_quantize_never_leaves_a_partial_output() {
         std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
         "GPTQ with 1 and 2 threads gave different files"
     );
+    // Long jobs resume: a run stopped after block 2 leaves its state in
+    // OUT.partial/ (and no OUT); the next run continues from block 3 and
+    // writes the file an uninterrupted run writes, then removes the state.
+    let c = dir.join("c.eqf");
+    let partial = dir.join("c.eqf.partial");
+    let run = |stop: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeq"));
+        if let Some(s) = stop {
+            cmd.env("EDGEQ_TEST_STOP_AFTER_BLOCK", s);
+        }
+        cmd.args(["quantize", &m, "--method", "gptq", "--bits", "4", "--group", "32", "--sym"])
+            .args(["--calib", text.to_str().unwrap(), "--calib-samples", "8", "-o", c.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = run(Some("2"));
+    assert!(!o.status.success() && !c.exists() && partial.join("state.json").is_file());
+    let o = run(None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming from") && err.contains("blocks 0..3"), "{err}");
+    assert!(
+        std::fs::read(&c).unwrap() == std::fs::read(&a).unwrap(),
+        "the resumed run wrote a different file"
+    );
+    assert!(!partial.exists(), "the checkpoint is removed once the output is written");
+    // A checkpoint of other settings is not resumed from.
+    let _ = run(Some("1"));
+    let o = Command::new(env!("CARGO_BIN_EXE_edgeq"))
+        .args(["quantize", &m, "--method", "gptq", "--bits", "4", "--group", "64", "--sym"])
+        .args(["--calib", text.to_str().unwrap(), "--calib-samples", "8", "-o", c.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("resuming"));
 }
 
 /// `edgeq export` end to end: the GGUF imports back to the same tensors

@@ -655,7 +655,7 @@ impl From<Acts> for edgeq_runtime::Activations {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum PolicyPreset {
     All,
     MlpOnly,
@@ -1533,6 +1533,33 @@ fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) 
     }
 }
 
+/// What a resumable run must agree on with the checkpoint it continues:
+/// edgeq's version, the input file (path, size, modification time), the
+/// method and its settings, the policy, the rotation and the calibration
+/// tokens.
+fn run_key(a: &QuantizeArgs, ma: &methods::MethodArgs, calib: &edgeq_host::calib::data::CalibSet) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    calib.samples.hash(&mut h);
+    let meta = std::fs::metadata(&a.input).ok();
+    format!(
+        "edgeq {} | input {} {:?} {:?} | {ma:?} | skip {:?} override {:?} sandwich {} policy {:?} embed {} | rotate {} seed {} online {} | calib {:016x}",
+        env!("CARGO_PKG_VERSION"),
+        a.input.display(),
+        meta.as_ref().map(|m| m.len()),
+        meta.and_then(|m| m.modified().ok()),
+        a.skip,
+        a.overrides,
+        a.sandwich,
+        a.policy,
+        a.embed,
+        a.rotate,
+        a.rotate_seed,
+        !a.no_online_hadamard,
+        h.finish()
+    )
+}
+
 /// The model `quantize` works on: the input file, or with `--rotate` its
 /// QuaRot rotation (built in memory, f32).
 fn open_input(a: &QuantizeArgs) -> Result<(ModelFile, Option<edgeq_host::algo::quarot::RotateReport>)> {
@@ -1607,6 +1634,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         },
     };
     let pb = progress(0, &a.method);
+    let mut ckpts = Vec::new();
     let (entries, reports) = if a.method == "awq" {
         let cfg = edgeq_host::algo::awq::AwqConfig {
             duo_scaling: a.m.duo_scaling,
@@ -1615,7 +1643,13 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         };
         edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb)?
     } else {
-        methods::with_hooks(&ma, |hooks| edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb))?
+        // Resumable: the state after each block goes to OUT.partial/ (removed once OUT is written).
+        let ckpt = edgeq_host::calib::checkpoint::Checkpoint::new(&a.out, run_key(&a, &ma, &calib));
+        let r = methods::with_hooks(&ma, |hooks| {
+            edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb, Some(&ckpt))
+        })?;
+        ckpts.push(ckpt);
+        r
     };
     pb.finish_and_clear();
     // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
@@ -1630,6 +1664,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, acts, &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
+    ckpts.iter().for_each(|c| c.finish());
     let secs = t0.elapsed().as_secs_f64();
     let peak = edgeq_host::calib::pipeline::peak_rss_mb();
     for r in &reports {

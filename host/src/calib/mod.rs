@@ -1,7 +1,9 @@
 //! Calibration: the data (`data.rs`), the statistics observed on each
 //! linear layer's input (`stats.rs`), and the sequential block-by-block
-//! pipeline that quantizes a model with them (`pipeline.rs`).
+//! pipeline that quantizes a model with them (`pipeline.rs`), which
+//! resumes after the last finished block (`checkpoint.rs`).
 pub mod awq_pipeline;
+pub mod checkpoint;
 pub mod data;
 pub mod pipeline;
 pub mod prepare;

@@ -148,12 +148,15 @@ pub(crate) fn run_block<O: Observer>(
 
 /// Quantizes every linear layer the policy selects, block by block.
 /// Returns the new linear tensors (others are the caller's business).
+/// With a checkpoint, the state after each block is saved there, and a run
+/// finding a matching one continues after its last block.
 pub fn run(
     model: &Model<'_>,
     calib: &CalibSet,
     policy: &Policy,
     hooks: &MethodHooks<'_>,
     progress: &indicatif::ProgressBar,
+    ckpt: Option<&super::checkpoint::Checkpoint>,
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (rope, mut xs) = embed_samples(model, calib)?;
@@ -161,7 +164,24 @@ pub fn run(
     progress.set_length(c.n_layers as u64 * 5);
     let mut entries = Vec::new();
     let mut reports = Vec::new();
-    for l in 0..c.n_layers as usize {
+    let mut first = 0;
+    if let Some(ck) = ckpt {
+        let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
+        let resume = ck
+            .load(&lens, c.dim as usize)
+            .with_context(|| format!("cannot resume from {} (delete it to start over)", ck.dir.display()))?;
+        if let Some(r) = resume.filter(|r| r.next_block <= c.n_layers as usize) {
+            crate::log_line(
+                progress,
+                &format!("resuming from {}: blocks 0..{} already quantized", ck.dir.display(), r.next_block),
+            );
+            (first, entries, reports, xs) = (r.next_block, r.entries, r.reports, r.xs);
+            progress.inc(first as u64 * 5);
+        }
+    }
+    // A test hook: stop (as a crash would) after saving this block.
+    let stop_after: Option<usize> = std::env::var("EDGEQ_TEST_STOP_AFTER_BLOCK").ok().and_then(|v| v.parse().ok());
+    for l in first..c.n_layers as usize {
         let orig = model.block(l).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut hb = HostBlock { orig, cur: Vec::new() };
         for role in TensorRole::BLOCK_LINEARS {
@@ -300,6 +320,12 @@ pub fn run(
             let _ = run_block(model, &block, l, x, s.len(), &rope, &mut edgeq_runtime::NoObserver);
         });
         progress.inc(1);
+        if let Some(ck) = ckpt {
+            ck.save(l + 1, &entries, &reports, &xs)?;
+            if stop_after == Some(l) {
+                anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
+            }
+        }
     }
     Ok((entries, reports))
 }
