@@ -9,7 +9,7 @@ use edgeq_host::{
 };
 use edgeq_runtime::{arena_bytes_with, Sampler, SamplerConfig, Session, SessionOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -893,26 +893,35 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
 fn cmd_rotate(a: RotateArgs) -> Result<()> {
     let t0 = Instant::now();
     let f = ModelFile::open(&a.model)?;
-    let model = f.model()?;
-    let (bytes, rep) = edgeq_host::algo::quarot::rotate(&model.eqf, a.seed, !a.no_online_hadamard)
-        .with_context(|| format!("rotating {}", a.model.display()))?;
+    let (bytes, _) = rotate_model(&f, &a.model, a.seed, !a.no_online_hadamard)?;
     write_atomic(&a.out, &bytes)?;
-    for n in &rep.notes {
-        eprintln!("note: {n}");
-    }
     eprintln!(
-        "rotated {} -> {} ({:.2} MB, f32): dim {} = {}·2^m, seed {}, online Hadamard on ffn_down: {}{} in {:.2}s",
+        "rotated {} -> {} ({:.2} MB, f32) in {:.2}s",
         a.model.display(),
         a.out.display(),
         bytes.len() as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// QuaRot's rotation of `f` (named `path` in messages), with what it did on stderr.
+fn rotate_model(f: &ModelFile, path: &Path, seed: u64, online: bool) -> Result<(Vec<u8>, edgeq_host::algo::quarot::RotateReport)> {
+    let model = f.model()?;
+    let (bytes, rep) =
+        edgeq_host::algo::quarot::rotate(&model.eqf, seed, online).with_context(|| format!("rotating {}", path.display()))?;
+    eprintln!(
+        "QuaRot: residual stream rotated (dim {} = {}·2^m, seed {}), online Hadamard on ffn_down: {}{}",
         model.cfg.dim,
         rep.residual_k,
         rep.seed,
         if rep.online_hadamard { "yes" } else { "no" },
         if rep.untied_classifier { ", classifier untied" } else { "" },
-        t0.elapsed().as_secs_f64()
     );
-    Ok(())
+    for n in &rep.notes {
+        eprintln!("QuaRot: {n}");
+    }
+    Ok((bytes, rep))
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
@@ -1567,21 +1576,7 @@ fn open_input(a: &QuantizeArgs) -> Result<(ModelFile, Option<edgeq_host::algo::q
     if !a.rotate {
         return Ok((f, None));
     }
-    let t0 = Instant::now();
-    let model = f.model()?;
-    let (bytes, rep) = edgeq_host::algo::quarot::rotate(&model.eqf, a.rotate_seed, !a.no_online_hadamard)
-        .with_context(|| format!("rotating {}", a.input.display()))?;
-    eprintln!(
-        "QuaRot: residual stream rotated (dim {} = {}·2^m, seed {}), online Hadamard on ffn_down: {} ({:.2}s)",
-        model.cfg.dim,
-        rep.residual_k,
-        rep.seed,
-        if rep.online_hadamard { "yes" } else { "no" },
-        t0.elapsed().as_secs_f64()
-    );
-    for n in &rep.notes {
-        eprintln!("QuaRot: {n}");
-    }
+    let (bytes, rep) = rotate_model(&f, &a.input, a.rotate_seed, !a.no_online_hadamard)?;
     Ok((ModelFile::from_bytes(&a.input, &bytes), Some(rep)))
 }
 

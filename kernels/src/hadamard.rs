@@ -56,6 +56,16 @@ enum Construction {
     PaleyII(usize),
 }
 
+impl Construction {
+    /// The prime whose quadratic residues define the matrix (1 for Sylvester).
+    fn modulus(self) -> usize {
+        match self {
+            Construction::PaleyI(q) | Construction::PaleyII(q) => q,
+            Construction::Sylvester => 1,
+        }
+    }
+}
+
 fn construction(k: usize) -> Option<Construction> {
     if k == 1 || k == 2 {
         return Some(Construction::Sylvester);
@@ -142,11 +152,7 @@ fn entry(c: Construction, res: &[bool; MAX_K], i: usize, j: usize) -> i32 {
 /// construction here or an index is out of range.
 pub fn h_k(k: usize, i: usize, j: usize) -> Option<i32> {
     let c = construction(k).filter(|_| k <= MAX_K && i < k && j < k)?;
-    let q = match c {
-        Construction::PaleyI(q) | Construction::PaleyII(q) => q,
-        Construction::Sylvester => 1,
-    };
-    Some(entry(c, &residues(q), i, j))
+    Some(entry(c, &residues(c.modulus()), i, j))
 }
 
 /// In-place `x ← x·H/√n`, `n = x.len()`. Returns false (and leaves `x`
@@ -171,11 +177,7 @@ pub fn transform(x: &mut [f32]) -> bool {
     // Mixing across the K chunks: y[a'] = Σ_a x[a]·H_K[a][a'].
     if k > 1 {
         let c = construction(k).unwrap_or(Construction::Sylvester);
-        let q = match c {
-            Construction::PaleyI(q) | Construction::PaleyII(q) => q,
-            Construction::Sylvester => 1,
-        };
-        let res = residues(q);
+        let res = residues(c.modulus());
         let mut col = [0.0f32; MAX_K];
         for b in 0..p {
             for (a, v) in col[..k].iter_mut().enumerate() {
