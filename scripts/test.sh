@@ -5,31 +5,40 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-echo "== cargo fmt --check"
+# Each stage's wall time, printed as a table at the end (CI must stay well
+# under 45 minutes; this says where the time goes).
+T0=$SECONDS; LAST=$SECONDS; TIMES=()
+stage() {
+    if [ -n "${STAGE:-}" ]; then TIMES+=("$(printf '%6ds  %s' $((SECONDS - LAST)) "$STAGE")"); fi
+    STAGE="$1"; LAST=$SECONDS
+    echo "== $1"
+}
+trap 'stage end >/dev/null; echo "== stage times (total $((SECONDS - T0)) s)"; printf "%s\n" "${TIMES[@]}"' EXIT
+stage "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
+stage "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
 for t in thumbv7em-none-eabihf riscv32imac-unknown-none-elf aarch64-unknown-none x86_64-unknown-none; do
-    echo "== no_std build: $t"
+    stage "no_std build: $t"
     cargo build --release -p edgeq-core -p edgeq-kernels -p edgeq-runtime --target "$t"
 done
-echo "== no_std build with defmt: thumbv7em-none-eabihf"
+stage "no_std build with defmt: thumbv7em-none-eabihf"
 cargo build --release -p edgeq-runtime --features defmt --target thumbv7em-none-eabihf
-echo "== cargo test"
+stage "cargo test"
 cargo test --workspace --release --no-fail-fast
-echo "== edgeq-core with the firmware's small CRC table (same checksums)"
+stage "edgeq-core with the firmware's small CRC table (same checksums)"
 cargo test --release -p edgeq-core --features alloc,small-crc --test format --test miri_parse
-echo "== Miri (nightly): the EQF parser and the scalar kernels"
+stage "Miri (nightly): the EQF parser and the scalar kernels"
 scripts/miri.sh
-echo "== fuzz: every cargo-fuzz target for ${EDGEQ_FUZZ_SECONDS:-20} s (docs/RELIABILITY.md has the long runs)"
+stage "fuzz: every cargo-fuzz target for ${EDGEQ_FUZZ_SECONDS:-20} s (docs/RELIABILITY.md has the long runs)"
 scripts/fuzz.sh "${EDGEQ_FUZZ_SECONDS:-20}"
-echo "== SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
+stage "SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
 scripts/test-cross.sh
-echo "== firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"
+stage "firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"
 scripts/test-targets.sh
-echo "== edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under qemu-user"
+stage "edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under qemu-user"
 scripts/test-board-bench.sh
-echo "== C API: libedgeq.a (hosted and kernel-style bare metal) driven from C, checked against the host"
+stage "C API: libedgeq.a (hosted and kernel-style bare metal) driven from C, checked against the host"
 scripts/test-capi.sh
-echo "== GGUF export read back by llama.cpp's Python reader (gguf from PyPI)"
+stage "GGUF export read back by llama.cpp's Python reader (gguf from PyPI)"
 scripts/test-interop.sh
