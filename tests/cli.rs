@@ -683,7 +683,30 @@ fn stories260k_calibrated_methods_beat_rtn() {
         assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0);
     }
     ok(&["quantize", &m, "--method", "hqq", "--bits", "4", "--group", "32", "-o", &out("hqq")]);
-    let models = ["rtn", "gptq", "awq", "rtn_asym", "hqq"].map(out);
+    // GPTQ act-order with dynamic groups (the reference's default): stored
+    // with permuted columns (EQF 1.3), the runtime gathers the inputs.
+    let mut args = vec![
+        "quantize",
+        &m,
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "--sym",
+        "--act-order",
+    ];
+    args.extend(calib);
+    let ao = out("gptq_ao");
+    args.extend(["-o", &ao]);
+    ok(&args);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["inspect", &ao, "--json"])).unwrap();
+    assert_eq!(info["format_version"], "1.3", "{}", info["format_version"]);
+    let n_perm = info["input_perm_layers"].as_u64().unwrap();
+    assert!(n_perm >= 10, "most of the 35 linears get a real permutation, got {n_perm}");
+    assert!(ok(&["inspect", &ao]).contains("permuted input columns"));
+    let models = ["rtn", "gptq", "awq", "rtn_asym", "hqq", "gptq_ao"].map(out);
     let mut args = vec!["eval"];
     args.extend(models.iter().map(|s| s.as_str()));
     args.extend(["--text", t, "--chars", "6000", "--window", "256", "--max-tokens", "1024", "--json"]);
@@ -696,6 +719,13 @@ fn stories260k_calibrated_methods_beat_rtn() {
     assert!(nll[1] < nll[0], "GPTQ {} should beat RTN {}", nll[1], nll[0]);
     assert!(nll[2] < nll[0], "AWQ {} should beat RTN {}", nll[2], nll[0]);
     assert!(nll[4] < nll[3], "HQQ {} should beat RTN asym {}", nll[4], nll[3]);
+    eprintln!("NLL gptq act-order (dynamic groups) {:.4}", nll[5]);
+    assert!(nll[5] < nll[0], "GPTQ act-order {} should beat RTN {}", nll[5], nll[0]);
+    // A GGUF export dequantizes the permuted layers (GGUF has no g_idx) and still runs.
+    let gguf = dir.join("ao.gguf");
+    let exp: serde_json::Value = serde_json::from_str(&ok(&["export", &ao, "-o", gguf.to_str().unwrap(), "--json"])).unwrap();
+    let why: Vec<&str> = exp.as_array().unwrap().iter().filter_map(|r| r["why"].as_str()).collect();
+    assert!(why.iter().any(|w| w.contains("g_idx")), "{why:?}");
     // The side-by-side table.
     let mut args = vec!["eval"];
     args.extend(models.iter().map(|s| s.as_str()));

@@ -97,7 +97,6 @@ fn args(method: &str, group: usize, sym: bool) -> MethodArgs {
         blocksize: 128,
         hqq_axis: 1,
         hqq_iters: 20,
-        store: true,
         duo_scaling: false,
         clip: true,
         ada_iters: 200,

@@ -45,8 +45,12 @@ pub mod flags {
     /// (`edgeq_kernels::hadamard`), whose transpose is folded into the
     /// stored `ffn_down` weights. EQF 1.2.
     pub const ONLINE_HADAMARD: u32 = 1 << 3;
+    /// Some linear layers have a permuted input (GPTQ act-order): the file
+    /// has an INPUT_PERM section, and a session carves a gather buffer.
+    /// Set if and only if that section is present. EQF 1.3.
+    pub const INPUT_PERM: u32 = 1 << 4;
     /// Every flag bit this version knows.
-    pub const KNOWN: u32 = TIED_EMBEDDINGS | QKV_BIAS | ROPE_HALF | ONLINE_HADAMARD;
+    pub const KNOWN: u32 = TIED_EMBEDDINGS | QKV_BIAS | ROPE_HALF | ONLINE_HADAMARD | INPUT_PERM;
 }
 
 /// The CONFIG section, read in place (`#[repr(C)]`, 128 bytes, little-endian).
@@ -92,6 +96,10 @@ impl ModelConfig {
     }
     pub fn online_hadamard(&self) -> bool {
         self.flags & flags::ONLINE_HADAMARD != 0
+    }
+    /// Some linear inputs are permuted ([`flags::INPUT_PERM`]).
+    pub fn input_perm(&self) -> bool {
+        self.flags & flags::INPUT_PERM != 0
     }
     pub fn qkv_bias(&self) -> bool {
         self.flags & flags::QKV_BIAS != 0

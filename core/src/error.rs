@@ -91,6 +91,8 @@ pub enum FormatError {
     SchemeNotAllowed { tensor: TensorName },
     /// The ACT_QUANT section is inconsistent.
     BadActQuant(&'static str),
+    /// The INPUT_PERM section is inconsistent.
+    BadInputPerm(&'static str),
 }
 
 fn section_name(kind: u32) -> &'static str {
@@ -101,6 +103,7 @@ fn section_name(kind: u32) -> &'static str {
         4 => "TENSOR_DATA",
         5 => "METADATA",
         6 => "ACT_QUANT",
+        7 => "INPUT_PERM",
         _ => "unknown",
     }
 }
@@ -175,6 +178,10 @@ impl fmt::Display for FormatError {
             BadActQuant(why) => write!(
                 f,
                 "corrupt ACT_QUANT section (activation quantization): {why}; re-quantize the model, or drop the section to run with f32 activations"
+            ),
+            BadInputPerm(why) => write!(
+                f,
+                "corrupt INPUT_PERM section (act-order column permutations): {why}; re-copy or re-quantize the model"
             ),
         }
     }

@@ -1330,3 +1330,153 @@ fn corrupt_act_sections_are_typed_errors() {
     let buf = Buf::aligned(&b);
     assert!(matches!(parse(buf.bytes()), Err(FormatError::SectionChecksum { kind: 6, .. })));
 }
+
+fn file_with_perms(perms: &[(TensorRole, Vec<u32>)]) -> Vec<u8> {
+    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
+    for t in model_tensors() {
+        w.add(TensorEntry {
+            role: t.role,
+            layer: t.layer,
+            spec: t.spec,
+            rows: t.rows,
+            cols: t.cols,
+            data: t.data.clone(),
+        })
+        .unwrap();
+    }
+    for (role, p) in perms {
+        w.add_perm(*role, 0, p.clone()).unwrap();
+    }
+    w.finish()
+}
+
+/// A pseudo-random permutation of 0..n (Fisher–Yates with SplitMix64).
+fn shuffled(n: u32, seed: u64) -> Vec<u32> {
+    let mut rng = Rng(seed);
+    let mut p: Vec<u32> = (0..n).collect();
+    for i in (1..n as usize).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}
+
+/// GPTQ act-order layers: the INPUT_PERM section (kind 7, required), the
+/// config flag and version 1.3; q and k share one stored run.
+#[test]
+fn input_perms_round_trip_and_mark_version_1_3() {
+    let c = config();
+    let (pq, pd) = (shuffled(c.dim, 1), shuffled(c.hidden_dim, 2));
+    let file = file_with_perms(&[
+        (TensorRole::WDown, pd.clone()),
+        (TensorRole::Wq, pq.clone()),
+        (TensorRole::Wk, pq.clone()),
+    ]);
+    assert_eq!(rd_u16(&file, 10), 3);
+    let s = sec(&file, section::INPUT_PERM);
+    // 3 records, two runs (perm + inverse each): q and k share theirs.
+    assert_eq!(s.size, 16 + 8 * 3 + 4 * 2 * (c.dim + c.hidden_dim) as usize);
+    let flags_at = sec(&file, section::CONFIG).offset + 4;
+    assert_ne!(rd_u32(&file, flags_at) & edgeq_core::config::flags::INPUT_PERM, 0);
+    let buf = Buf::aligned(&file);
+    let e = parse(buf.bytes()).unwrap();
+    assert!(e.config().input_perm());
+    assert_eq!(e.input_perm(TensorRole::Wq, 0), Some(&pq[..]));
+    assert_eq!(e.input_perm(TensorRole::Wk, 0), Some(&pq[..]));
+    assert_eq!(e.input_perm(TensorRole::WDown, 0), Some(&pd[..]));
+    assert_eq!(e.input_perm(TensorRole::Wv, 0), None);
+    assert_eq!(e.perm_section().records().len(), 3);
+    // Without perms the flag is cleared and the file is unchanged.
+    assert_eq!(file_with_perms(&[]), build(&model_tensors(), b""));
+}
+
+#[test]
+fn writer_rejects_bad_perms() {
+    let c = config();
+    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
+    for t in model_tensors() {
+        w.add(TensorEntry {
+            role: t.role,
+            layer: t.layer,
+            spec: t.spec,
+            rows: t.rows,
+            cols: t.cols,
+            data: t.data.clone(),
+        })
+        .unwrap();
+    }
+    let mut dup = shuffled(c.dim, 3);
+    dup[1] = dup[0];
+    for (role, layer, p, what) in [
+        (TensorRole::Wq, 0, dup, "not a permutation"),
+        (TensorRole::Wq, 0, shuffled(c.dim - 1, 3), "not a permutation"),
+        (TensorRole::Wq, 1, shuffled(c.dim, 3), "not added"),
+        (TensorRole::AttnNorm, 0, shuffled(c.dim, 3), "linear"),
+        (TensorRole::TokEmbd, GLOBAL_LAYER, shuffled(c.dim, 3), "linear"),
+    ] {
+        match w.add_perm(role, layer, p) {
+            Err(edgeq_core::format::writer::WriteError::BadTensor { why, .. }) => assert!(why.contains(what), "{why}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    w.add_perm(TensorRole::Wq, 0, shuffled(c.dim, 3)).unwrap();
+    assert!(matches!(
+        w.add_perm(TensorRole::Wq, 0, shuffled(c.dim, 4)),
+        Err(edgeq_core::format::writer::WriteError::Duplicate { .. })
+    ));
+}
+
+#[test]
+fn corrupt_perm_sections_are_typed_errors() {
+    let c = config();
+    let file = file_with_perms(&[(TensorRole::Wq, shuffled(c.dim, 5)), (TensorRole::WDown, shuffled(c.hidden_dim, 6))]);
+    let s = sec(&file, section::INPUT_PERM);
+    let rec = |i: usize| s.offset + 16 + 8 * i;
+    let idx = s.offset + 16 + 16;
+    let flags_at = sec(&file, section::CONFIG).offset + 4;
+    let bad = |f: &dyn Fn(&mut Vec<u8>), what: &str| {
+        let mut b = file.clone();
+        f(&mut b);
+        fix_crcs(&mut b);
+        let buf = Buf::aligned(&b);
+        match parse(buf.bytes()) {
+            Err(FormatError::BadInputPerm(why)) => assert!(why.contains(what), "{why:?} should mention {what:?}"),
+            other => panic!("{what}: {:?}", other.err()),
+        }
+    };
+    // a repeated column (the inverse no longer matches)
+    bad(
+        &|b| {
+            let v = rd_u32(b, idx);
+            wr_u32(b, idx + 4, v)
+        },
+        "not a permutation",
+    );
+    bad(&|b| wr_u32(b, idx, 1_000_000), "not a permutation");
+    // a corrupt inverse
+    bad(&|b| wr_u32(b, idx + 4 * c.dim as usize, 7), "not a permutation");
+    bad(&|b| wr_u16(b, rec(1) + 2, TensorRole::Wq as u16), "sorted");
+    bad(&|b| wr_u16(b, rec(0) + 2, TensorRole::FfnNorm as u16), "not a block's linear");
+    bad(&|b| wr_u16(b, rec(0), 3), "does not have");
+    bad(&|b| wr_u32(b, rec(1) + 4, 2 * c.dim + 1), "past the index array");
+    bad(&|b| wr_u32(b, s.offset, 3), "size");
+    // the flag and the section come together
+    bad(
+        &|b| {
+            let v = rd_u32(b, flags_at);
+            wr_u32(b, flags_at, v & !edgeq_core::config::flags::INPUT_PERM)
+        },
+        "flag",
+    );
+    let plain = build(&model_tensors(), b"");
+    let mut b = plain.clone();
+    let at = sec(&b, section::CONFIG).offset + 4;
+    let v = rd_u32(&b, at);
+    wr_u32(&mut b, at, v | edgeq_core::config::flags::INPUT_PERM);
+    fix_crcs(&mut b);
+    let buf = Buf::aligned(&b);
+    assert!(matches!(parse(buf.bytes()), Err(FormatError::BadInputPerm(_))));
+    // a reader without the section kind would refuse, not skip: it is not optional
+    let flags = rd_u32(&file, s.rec + 4);
+    assert_eq!(flags & section::FLAG_OPTIONAL, 0);
+    assert!(format!("{}", FormatError::BadInputPerm("x")).contains("INPUT_PERM"));
+}

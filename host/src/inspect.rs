@@ -32,7 +32,8 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
             let key = act.map_or("f32/session", |a| a.mode.name());
             *activations.entry(key.to_string()).or_default() += 1;
         }
-        tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64, "activations": acts}));
+        let permuted = edgeq_core::TensorRole::from_u16(t.role).is_some_and(|r| model.eqf.input_perm(r, t.layer).is_some());
+        tensors.push(json!({"name": t.name_str(), "shape": [t.rows, t.cols], "scheme": spec, "bytes": t.size, "bpw": t.size as f64 * 8.0 / n as f64, "activations": acts, "input_perm": permuted}));
     }
     let metadata: serde_json::Value = serde_json::from_slice(model.eqf.metadata()).unwrap_or(serde_json::Value::Null);
     json!({
@@ -52,6 +53,7 @@ pub fn report(model: &Model<'_>, file_size: u64) -> serde_json::Value {
         "metadata": metadata,
         "format_version": format!("{}.{}", model.eqf.header().version_major, model.eqf.header().version_minor),
         "activations": activations,
+        "input_perm_layers": model.eqf.perm_section().records().len(),
         "tensors": tensors,
     })
 }
@@ -101,6 +103,12 @@ pub fn print_human(r: &serde_json::Value) -> std::io::Result<()> {
         let parts: Vec<String> = m.iter().map(|(k, v)| format!("{v} {k}")).collect();
         writeln!(out, "\nlinear-layer activations: {}", parts.join(", "))?;
     }
+    if let Some(n) = r["input_perm_layers"].as_u64().filter(|&n| n > 0) {
+        writeln!(
+            out,
+            "act-order layers stored with permuted input columns (GPTQ dynamic groups; the runtime gathers their input): {n}"
+        )?;
+    }
     writeln!(
         out,
         "\n{:<24} {:>14} {:<14} {:>10} {:>7}  activations",
@@ -116,7 +124,13 @@ pub fn print_human(r: &serde_json::Value) -> std::io::Result<()> {
             t["scheme"].as_str().unwrap_or(""),
             t["bytes"].as_u64().unwrap_or(0),
             t["bpw"].as_f64().unwrap_or(0.0),
-            t["activations"].as_str().unwrap_or("")
+            if t["input_perm"] == true {
+                format!("{} (input permuted)", t["activations"].as_str().unwrap_or(""))
+                    .trim_start()
+                    .to_string()
+            } else {
+                t["activations"].as_str().unwrap_or("").to_string()
+            }
         )?;
     }
     Ok(())

@@ -299,10 +299,13 @@ struct PrepareArgs {
 /// Method settings shared by `quantize` and `layer`.
 #[derive(clap::Args, Clone)]
 struct MethodFlags {
-    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act).
+    /// GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act). With groups, a group is
+    /// a run of that order (scattered columns, AutoGPTQ's g_idx): the layer is stored with its columns
+    /// reordered and an input permutation the runtime applies (EQF 1.3), unless --static-groups.
     #[arg(long)]
     act_order: bool,
-    /// GPTQ: fit each group's scale on the original weights before any update (makes act-order groups contiguous).
+    /// GPTQ: fit each group's scale on the original weights before any update (groups stay contiguous column
+    /// ranges, no permutation is stored).
     #[arg(long)]
     static_groups: bool,
     /// GPTQ: dampening, as a fraction of the mean Hessian diagonal added to the diagonal.
@@ -853,7 +856,7 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
         anyhow::ensure!(a.fp8.is_none(), "--act-bits is for integer weights; FP8 weights take --fp8-acts");
         acts = int_acts(&a, &model, &policy)?;
     }
-    let (bytes, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), acts, &pb)?;
+    let (bytes, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), Vec::new(), acts, &pb)?;
     pb.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     if a.json {
@@ -1532,7 +1535,6 @@ fn method_args(method: &str, bits: u32, group: i64, sym: bool, m: &MethodFlags) 
         blocksize: m.blocksize,
         hqq_axis: m.hqq_axis,
         hqq_iters: m.hqq_iters,
-        store: true,
         duo_scaling: m.duo_scaling,
         clip: !m.no_clip,
         ada_iters: m.ada_iters,
@@ -1630,13 +1632,14 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     };
     let pb = progress(0, &a.method);
     let mut ckpts = Vec::new();
-    let (entries, reports) = if a.method == "awq" {
+    let (entries, perms, reports) = if a.method == "awq" {
         let cfg = edgeq_host::algo::awq::AwqConfig {
             duo_scaling: a.m.duo_scaling,
             clip: !a.m.no_clip,
             ..Default::default()
         };
-        edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb)?
+        let (entries, reports) = edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb)?;
+        (entries, Vec::new(), reports)
     } else {
         // Resumable: the state after each block goes to OUT.partial/ (removed once OUT is written).
         let ckpt = edgeq_host::calib::checkpoint::Checkpoint::new(&a.out, run_key(&a, &ma, &calib));
@@ -1656,7 +1659,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         Vec::new()
     };
     let pb2 = progress(0, "finish");
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, acts, &pb2)?;
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, perms, acts, &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     ckpts.iter().for_each(|c| c.finish());
@@ -1826,7 +1829,7 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
     let done: std::collections::HashSet<(u16, u16)> = w8.entries.iter().map(|e| (e.layer, e.role as u16)).collect();
     let pb2 = progress(0, "finish");
     let n_acts = w8.acts.len();
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, w8.acts, &pb2)?;
+    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, Vec::new(), w8.acts, &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -1869,8 +1872,7 @@ fn cmd_layer(a: LayerArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let w = edgeq_host::npy::read(&a.weight)?;
-    let mut ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
-    ma.store = false; // research interface: dequantized weight only, act-order groups may interleave
+    let ma = method_args(&a.method, a.bits, a.group, a.sym, &a.m);
     let x = match &a.acts {
         Some(p) => Some(edgeq_host::npy::read(p)?),
         None if ma.needs_calibration() => anyhow::bail!("--method {} needs --acts X.npy", a.method),

@@ -20,8 +20,6 @@ pub struct MethodArgs {
     /// HQQ
     pub hqq_axis: usize,
     pub hqq_iters: usize,
-    /// The result will be stored in EQF (forces static groups with act-order).
-    pub store: bool,
     /// AWQ
     pub duo_scaling: bool,
     pub clip: bool,
@@ -75,8 +73,9 @@ fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &Hessian) -
     algo::ensure_finite(w, cols)?;
     let mut cfg = GptqConfig::new(a.grid);
     cfg.act_order = a.act_order;
-    // EQF groups are contiguous column ranges: act-order with groups needs static groups to be stored.
-    cfg.static_groups = a.static_groups || (a.act_order && a.grid.group > 0 && a.store);
+    // Act-order with dynamic groups scatters a group's columns: the layer is
+    // stored with its columns reordered and an input permutation (EQF 1.3).
+    cfg.static_groups = a.static_groups;
     cfg.percdamp = a.damp;
     cfg.blocksize = a.blocksize;
     cfg.damp_auto_increase = true;

@@ -1,7 +1,7 @@
 //! `edgeq quantize`: which tensors get which scheme (the policy), and the
 //! round-to-nearest (RTN) quantizer applied tensor by tensor with rayon.
 use anyhow::{bail, Context, Result};
-use edgeq_core::format::writer::{ActEntry, EqfWriter, TensorEntry};
+use edgeq_core::format::writer::{ActEntry, EqfWriter, PermEntry, TensorEntry};
 use edgeq_core::{ActMode, Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
 use globset::Glob;
 use rayon::prelude::*;
@@ -196,7 +196,9 @@ pub struct TensorReport {
     pub rel_err: f64,
 }
 
-/// Dequantizes a stored tensor to f32 (row-major).
+/// Dequantizes a stored tensor to f32 (row-major), in the model's column
+/// order: an act-order layer stored with permuted columns (INPUT_PERM) is
+/// put back, `W[:, perm[i]] = W'[:, i]`.
 pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
     let v = eqf.view(t).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (rows, cols) = (v.rows(), v.cols());
@@ -204,12 +206,34 @@ pub fn to_f32(eqf: &Eqf<'_>, t: &TensorRecord) -> Result<Vec<f32>> {
     for (r, row) in out.chunks_exact_mut(cols).enumerate() {
         v.dequantize_row(r, row);
     }
+    if let Some(perm) = TensorRole::from_u16(t.role).and_then(|role| eqf.input_perm(role, t.layer)) {
+        unpermute_cols(&mut out, cols, perm);
+    }
     Ok(out)
+}
+
+/// `w[:, perm[i]] = stored[:, i]` in place, row by row.
+pub fn unpermute_cols(w: &mut [f32], cols: usize, perm: &[u32]) {
+    let mut tmp = vec![0.0f32; cols];
+    for row in w.chunks_exact_mut(cols) {
+        for (i, &p) in perm.iter().enumerate() {
+            tmp[p as usize] = row[i];
+        }
+        row.copy_from_slice(&tmp);
+    }
 }
 
 /// RTN-quantizes every tensor the policy selects; returns the new file and a report.
 pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
-    quantize_rtn_except(eqf, policy, &std::collections::HashSet::new(), Vec::new(), Vec::new(), progress)
+    quantize_rtn_except(
+        eqf,
+        policy,
+        &std::collections::HashSet::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        progress,
+    )
 }
 
 /// FP8 activation records (`mode`) for every block linear the policy
@@ -278,11 +302,14 @@ pub fn quantize_rtn_except(
     policy: &Policy,
     done: &std::collections::HashSet<(u16, u16)>,
     done_entries: Vec<TensorEntry>,
+    done_perms: Vec<PermEntry>,
     acts: Vec<ActEntry>,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<u8>, Vec<TensorReport>)> {
     progress.set_length(eqf.tensors().len() as u64);
-    let results: Vec<Result<(TensorEntry, Option<TensorReport>)>> = eqf
+    // (entry, input permutation kept with its bytes, report)
+    type Out = (TensorEntry, Option<Vec<u32>>, Option<TensorReport>);
+    let results: Vec<Result<Out>> = eqf
         .tensors()
         .par_iter()
         .filter(|t| !done.contains(&(t.layer, t.role)))
@@ -301,7 +328,7 @@ pub fn quantize_rtn_except(
             let out = match target {
                 None => {
                     let data = eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    (entry(spec, data.to_vec()), None)
+                    (entry(spec, data.to_vec()), eqf.input_perm(role, t.layer).map(|p| p.to_vec()), None)
                 }
                 Some(to) => {
                     let w = to_f32(eqf, t)?;
@@ -319,7 +346,8 @@ pub fn quantize_rtn_except(
                         to: spec_name(&to),
                         rel_err,
                     };
-                    (entry(to, data), Some(rep))
+                    // to_f32 gave the model's column order: no permutation
+                    (entry(to, data), None, Some(rep))
                 }
             };
             progress.inc(1);
@@ -379,10 +407,21 @@ pub fn quantize_rtn_except(
         }
         w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    let mut perms = done_perms;
     for r in results {
-        let (e, rep) = r?;
+        let (e, perm, rep) = r?;
+        if let Some(perm) = perm {
+            perms.push(PermEntry {
+                role: e.role,
+                layer: e.layer,
+                perm,
+            });
+        }
         w.add(e).map_err(|e| anyhow::anyhow!("{e}"))?;
         reports.extend(rep);
+    }
+    for p in perms {
+        w.add_perm(p.role, p.layer, p.perm).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok((w.finish(), reports))
 }
@@ -448,5 +487,132 @@ pub fn spec_name(s: &QuantSpec) -> String {
         Block => format!("{}-b{}", s.scheme.name(), s.group),
         PerTensor if s.scheme.is_fp8() => format!("{}-t", s.scheme.name()),
         PerTensor => s.scheme.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod perm_tests {
+    use crate::algo::gptq::{gptq, GptqConfig, Hessian};
+    use crate::algo::Grid;
+    use crate::import::AlignedBytes;
+    use edgeq_core::format::writer::{EqfWriter, TensorEntry};
+    use edgeq_core::{Eqf, QuantSpec, TensorRole};
+    use edgeq_runtime::{Activations, MatmulOpts};
+
+    fn logits(eqf: &[u8], toks: &[u32]) -> Vec<f32> {
+        let b = AlignedBytes::from(eqf);
+        let m = edgeq_runtime::Model::from_bytes(b.as_bytes()).unwrap();
+        let mut arena = vec![0u8; edgeq_runtime::arena_bytes(&m.cfg, 16, 1)];
+        let mut s = edgeq_runtime::Session::new(&m, &mut arena, 16, 1).unwrap();
+        s.set_matmul(MatmulOpts {
+            acts: Activations::F32,
+            threads: 1,
+        });
+        let mut out = Vec::new();
+        for &t in toks {
+            out = s.step(t).unwrap().to_vec();
+        }
+        out
+    }
+
+    /// Copies `src` with `(role, layer 0)` replaced, and its permutation.
+    fn replaced(src: &Eqf<'_>, role: TensorRole, spec: QuantSpec, data: Vec<u8>, perm: Option<Vec<u32>>) -> Vec<u8> {
+        let mut w = EqfWriter::new(*src.config(), src.tokenizer_bytes().to_vec());
+        for t in src.tensors() {
+            let r = TensorRole::from_u16(t.role).unwrap();
+            let (spec, data) = if (r, t.layer) == (role, 0) {
+                (spec, data.clone())
+            } else {
+                (edgeq_core::format::record_spec(t).unwrap(), src.tensor_bytes(t).unwrap().to_vec())
+            };
+            w.add(TensorEntry {
+                role: r,
+                layer: t.layer,
+                spec,
+                rows: t.rows,
+                cols: t.cols,
+                data,
+            })
+            .unwrap();
+        }
+        if let Some(p) = perm {
+            w.add_perm(role, 0, p).unwrap();
+        }
+        w.finish()
+    }
+
+    /// A GPTQ act-order layer with dynamic groups stored permuted (EQF 1.3)
+    /// runs like the same weights stored densely in the model's order, and
+    /// `to_f32` puts its columns back; without the permutation the model
+    /// computes something else.
+    #[test]
+    fn act_order_layers_run_with_their_permutation() {
+        let f32_file = crate::tiny::model(7).unwrap().to_eqf().unwrap();
+        let b = AlignedBytes::from(&f32_file);
+        let src = Eqf::parse(b.as_bytes()).unwrap();
+        // One group (q: 32 columns) keeps the column order; ffn_down (64) has two.
+        let (_, _, none) = {
+            let t = src.find(TensorRole::Wq, 0).unwrap();
+            let w = super::to_f32(&src, t).unwrap();
+            let mut h = Hessian::new(t.cols as usize);
+            h.add_batch(&w, t.rows as usize);
+            let cfg = GptqConfig {
+                act_order: true,
+                ..GptqConfig::new(Grid {
+                    bits: 4,
+                    group: 32,
+                    sym: true,
+                })
+            };
+            gptq(&w, t.rows as usize, t.cols as usize, &h, &cfg)
+                .unwrap()
+                .0
+                .to_eqf_permuted()
+                .unwrap()
+        };
+        assert!(none.is_none());
+        for role in [TensorRole::WDown] {
+            let t = src.find(role, 0).unwrap();
+            let (rows, cols) = (t.rows as usize, t.cols as usize);
+            let w = super::to_f32(&src, t).unwrap();
+            // calibration inputs with very unequal channel energies: a real act-order permutation
+            let mut x = vec![0.0f32; 64 * cols];
+            for (i, v) in x.iter_mut().enumerate() {
+                let c = i % cols;
+                *v = (((i * 7919) % 997) as f32 / 498.5 - 1.0) * (1.0 + (c * 37 % cols) as f32 / 4.0);
+            }
+            let mut h = Hessian::new(cols);
+            h.add_batch(&x, 64);
+            let grid = Grid {
+                bits: 4,
+                group: 32,
+                sym: true,
+            };
+            let cfg = GptqConfig {
+                act_order: true,
+                ..GptqConfig::new(grid)
+            };
+            let (q, _) = gptq(&w, rows, cols, &h, &cfg).unwrap();
+            let (spec, data, perm) = q.to_eqf_permuted().unwrap();
+            let perm = perm.expect("permuted");
+            let permuted = replaced(&src, role, spec, data.clone(), Some(perm.clone()));
+            assert_eq!(u16::from_le_bytes([permuted[10], permuted[11]]), 3, "EQF 1.3");
+            let pb = AlignedBytes::from(&permuted);
+            let pe = Eqf::parse(pb.as_bytes()).unwrap();
+            let dense = super::to_f32(&pe, pe.find(role, 0).unwrap()).unwrap();
+            let reference = replaced(&src, role, QuantSpec::F32, bytemuck::cast_slice(&dense).to_vec(), None);
+            let toks = [1u32, 5, 9, 2, 7, 3];
+            let (a, r) = (logits(&permuted, &toks), logits(&reference, &toks));
+            let d = a.iter().zip(&r).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "{role:?}: permuted vs dense logits differ by {d}");
+            // The same bytes without the permutation are a different model.
+            let plain = replaced(&src, role, spec, data, None);
+            let d = logits(&plain, &toks)
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d > 1e-3, "{role:?}: the permutation must matter ({d})");
+        }
     }
 }

@@ -25,6 +25,9 @@ pub struct ArenaPlan {
     pub row: usize,
     /// Quantized activations of the widest linear input ([`edgeq_kernels::act_q8::words`]).
     pub qa: usize,
+    /// The gathered input of a permuted linear (`max_batch` vectors of the
+    /// widest input) when the model has INPUT_PERM layers, else 0.
+    pub xp: usize,
     pub logits: usize,
     /// K cache values (`n_layers · max_seq · kv_dim`), of [`ArenaPlan::kv`] precision.
     pub kcache: usize,
@@ -69,6 +72,7 @@ impl ArenaPlan {
             rope: b * c.rope_dim as usize,
             row: dim.max(qd).max(hid) + dim.max(qd).max(hid).div_ceil(32),
             qa: edgeq_kernels::act_q8::words(b, dim.max(qd).max(hid)),
+            xp: if c.input_perm() { b * dim.max(qd).max(hid) } else { 0 },
             logits: c.vocab_size as usize,
             kcache: values,
             vcache: values,
@@ -89,7 +93,7 @@ impl ArenaPlan {
             KvCache::F32 => self.kcache.saturating_add(self.vcache),
             _ => 0,
         };
-        (self.x + self.xb + self.xb2 + self.q + self.hb + self.hb2 + self.att + self.rope + self.row + self.qa + self.logits)
+        (self.x + self.xb + self.xb2 + self.q + self.hb + self.hb2 + self.att + self.rope + self.row + self.qa + self.xp + self.logits)
             .saturating_add(cache)
             .saturating_add(self.kv_new)
     }
@@ -212,6 +216,8 @@ pub struct Scratch<'r> {
     pub att: &'r mut [f32],
     pub row: &'r mut [f32],
     pub qa: &'r mut [f32],
+    /// The gathered input of a permuted linear (empty unless the model has some).
+    pub xp: &'r mut [f32],
     pub mm: MatmulOpts,
 }
 
@@ -261,6 +267,7 @@ impl<'r> Buffers<'r> {
                 att: take(rest, plan.att),
                 row: take(rest, plan.row),
                 qa: take(rest, plan.qa),
+                xp: take(rest, plan.xp),
                 mm: MatmulOpts::default(),
             },
             rope: take(rest, plan.rope),

@@ -62,6 +62,9 @@ pub struct Session<'m, 'a, 'r> {
 /// per token, SmoothQuant W8A8), [`ActMode::LlmInt8`] does the same on the
 /// regular columns and adds the outlier columns in f32 (LLM.int8()),
 /// [`ActMode::Int4Token`] quantizes per token to ±7 (QuaRot W4A4).
+///
+/// A layer stored with a column permutation (GPTQ act-order, EQF
+/// INPUT_PERM) multiplies the gathered input `xp[i] = x[perm[i]]`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     y: &mut [f32],
@@ -70,9 +73,27 @@ fn matmul(
     n: usize,
     row: &mut [f32],
     qa: &mut [f32],
+    xp: &mut [f32],
     mm: MatmulOpts,
     act: Option<ActQuant<'_>>,
+    perm: Option<&[u32]>,
 ) {
+    let cols = w.cols();
+    let x = match perm {
+        None => x,
+        Some(p) => {
+            // The loader checked the permutation and sized `xp` (config flag).
+            let (Some(xp), true) = (xp.get_mut(..n * cols), p.len() == cols && x.len() >= n * cols) else {
+                return;
+            };
+            for (dst, src) in xp.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+                for (d, &i) in dst.iter_mut().zip(p) {
+                    *d = src.get(i as usize).copied().unwrap_or(0.0);
+                }
+            }
+            &*xp
+        }
+    };
     #[cfg(feature = "act-quant")]
     if let Some(a) =
         act.filter(|a| matches!(a.mode, ActMode::Int8Token | ActMode::LlmInt8 | ActMode::Int4Token) && k::scalar_int::supported(w))
@@ -346,9 +367,9 @@ pub fn block_forward_kv<O: Observer>(
                 }
             }
         };
-        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.mm, w.act.wq);
-        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.mm, w.act.wk);
-        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.mm, w.act.wv);
+        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.xp, s.mm, w.act.wq, w.perm.wq);
+        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.xp, s.mm, w.act.wk, w.perm.wk);
+        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.xp, s.mm, w.act.wv, w.perm.wv);
         for i in 0..n {
             let (q, kk, vv) = (
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -453,7 +474,18 @@ pub fn block_forward_kv<O: Observer>(
         return ControlFlow::Break(());
     }
     fp8_acts(&mut s.xb[..n * qd], qd, w.act.wo);
-    matmul(&mut s.xb2[..n * dim], &w.wo, &s.xb[..n * qd], n, s.row, s.qa, s.mm, w.act.wo);
+    matmul(
+        &mut s.xb2[..n * dim],
+        &w.wo,
+        &s.xb[..n * qd],
+        n,
+        s.row,
+        s.qa,
+        s.xp,
+        s.mm,
+        w.act.wo,
+        w.perm.wo,
+    );
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
 
     // Feed-forward (SwiGLU).
@@ -465,8 +497,30 @@ pub fn block_forward_kv<O: Observer>(
     }
     fp8_acts(&mut s.xb[..n * dim], dim, w.act.w_gate);
     let h = &s.xb[..n * dim];
-    matmul(&mut s.hb[..n * hid], &w.w_gate, h, n, s.row, s.qa, s.mm, w.act.w_gate);
-    matmul(&mut s.hb2[..n * hid], &w.w_up, h, n, s.row, s.qa, s.mm, w.act.w_up);
+    matmul(
+        &mut s.hb[..n * hid],
+        &w.w_gate,
+        h,
+        n,
+        s.row,
+        s.qa,
+        s.xp,
+        s.mm,
+        w.act.w_gate,
+        w.perm.w_gate,
+    );
+    matmul(
+        &mut s.hb2[..n * hid],
+        &w.w_up,
+        h,
+        n,
+        s.row,
+        s.qa,
+        s.xp,
+        s.mm,
+        w.act.w_up,
+        w.perm.w_up,
+    );
     s.hb[..n * hid]
         .iter_mut()
         .zip(&s.hb2[..n * hid])
@@ -488,8 +542,10 @@ pub fn block_forward_kv<O: Observer>(
         n,
         s.row,
         s.qa,
+        s.xp,
         s.mm,
         w.act.w_down,
+        w.perm.w_down,
     );
     x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
     ControlFlow::Continue(())
@@ -633,10 +689,32 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {
-                matmul(&mut out[..n * vocab], &cls, &xb[..n * dim], n, b.s.row, b.s.qa, b.s.mm, None);
+                matmul(
+                    &mut out[..n * vocab],
+                    &cls,
+                    &xb[..n * dim],
+                    n,
+                    b.s.row,
+                    b.s.qa,
+                    &mut [],
+                    b.s.mm,
+                    None,
+                    None,
+                );
                 b.logits.copy_from_slice(&out[(n - 1) * vocab..n * vocab]);
             }
-            None => matmul(b.logits, &cls, &xb[(n - 1) * dim..n * dim], 1, b.s.row, b.s.qa, b.s.mm, None),
+            None => matmul(
+                b.logits,
+                &cls,
+                &xb[(n - 1) * dim..n * dim],
+                1,
+                b.s.row,
+                b.s.qa,
+                &mut [],
+                b.s.mm,
+                None,
+                None,
+            ),
         }
         self.pos += n;
         Ok(self.buf.logits)
@@ -689,7 +767,7 @@ mod tests {
                 acts: Activations::F32,
                 threads: 1,
             };
-            matmul(&mut y, &wv, &x, n, &mut row, &mut qa, mm, Some(a));
+            matmul(&mut y, &wv, &x, n, &mut row, &mut qa, &mut [], mm, Some(a), None);
             let dynamic = |j: usize| (0..n).any(|t| x[t * cols + j].abs() >= threshold);
             let is_out = |j: usize| mode == ActMode::LlmInt8 && (j == 40 || dynamic(j));
             if mode == ActMode::LlmInt8 {

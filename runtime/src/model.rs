@@ -29,6 +29,21 @@ pub struct Block<'a> {
     /// Run-time quantization of the linears' inputs (W8A8 layers; EQF
     /// ACT_QUANT section), `None` = as the session says.
     pub act: BlockActs<'a>,
+    /// Column permutations of the linears' inputs (GPTQ act-order; EQF
+    /// INPUT_PERM): stored column `i` multiplies `x[perm[i]]`.
+    pub perm: BlockPerms<'a>,
+}
+
+/// The input permutation of each linear of a block (`None`: columns in order).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockPerms<'a> {
+    pub wq: Option<&'a [u32]>,
+    pub wk: Option<&'a [u32]>,
+    pub wv: Option<&'a [u32]>,
+    pub wo: Option<&'a [u32]>,
+    pub w_gate: Option<&'a [u32]>,
+    pub w_down: Option<&'a [u32]>,
+    pub w_up: Option<&'a [u32]>,
 }
 
 /// The activation quantization of each linear of a block.
@@ -157,8 +172,23 @@ impl<'a> Model<'a> {
             w_down: act(TensorRole::WDown),
             w_up: act(TensorRole::WUp),
         };
+        #[cfg(not(feature = "input-perm"))]
+        let perm = BlockPerms::default();
+        #[cfg(feature = "input-perm")]
+        let perm = |role| self.eqf.input_perm(role, l16);
+        #[cfg(feature = "input-perm")]
+        let perm = BlockPerms {
+            wq: perm(TensorRole::Wq),
+            wk: perm(TensorRole::Wk),
+            wv: perm(TensorRole::Wv),
+            wo: perm(TensorRole::Wo),
+            w_gate: perm(TensorRole::WGate),
+            w_down: perm(TensorRole::WDown),
+            w_up: perm(TensorRole::WUp),
+        };
         Ok(Block {
             act,
+            perm,
             attn_norm: self.vector(TensorRole::AttnNorm, l16, dim)?,
             wq: lin(TensorRole::Wq, qd, dim)?,
             wk: lin(TensorRole::Wk, kvd, dim)?,

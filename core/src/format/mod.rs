@@ -8,8 +8,10 @@
 //! by (layer, role)), TENSOR_DATA (each tensor 64-byte aligned), and an
 //! optional METADATA section of UTF-8 JSON (provenance; readers may ignore)
 //! and the optional ACT_QUANT section ([`act`], activation quantization of
-//! W8A8 layers).
+//! W8A8 layers), and the INPUT_PERM section ([`perm`], the column order of
+//! GPTQ act-order layers).
 pub mod act;
+pub mod perm;
 mod reader;
 mod records;
 #[cfg(feature = "alloc")]

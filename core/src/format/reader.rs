@@ -35,6 +35,7 @@ pub struct Eqf<'a> {
     tensors: &'a [TensorRecord],
     data: &'a [u8],
     act: super::act::ActSection<'a>,
+    perm: super::perm::PermSection<'a>,
 }
 
 fn read<'a, T: bytemuck::Pod>(bytes: &'a [u8], off: u64, what: &'static str) -> Result<&'a T, FormatError> {
@@ -152,7 +153,7 @@ impl<'a> Eqf<'a> {
             align: 8,
         })?;
 
-        let mut found: [Option<&[u8]>; 7] = [None; 7];
+        let mut found: [Option<&[u8]>; 8] = [None; 8];
         for s in sections {
             let end = s
                 .offset
@@ -176,7 +177,10 @@ impl<'a> Eqf<'a> {
                 }
             }
             match s.kind {
-                1..=5 | section::ACT_QUANT if s.kind != section::ACT_QUANT || cfg!(feature = "act-quant") => {
+                1..=5 | section::ACT_QUANT | section::INPUT_PERM
+                    if (s.kind != section::ACT_QUANT || cfg!(feature = "act-quant"))
+                        && (s.kind != section::INPUT_PERM || cfg!(feature = "input-perm")) =>
+                {
                     let slot = &mut found[s.kind as usize];
                     if slot.is_some() {
                         return Err(FormatError::DuplicateSection { kind: s.kind });
@@ -209,7 +213,7 @@ impl<'a> Eqf<'a> {
             what: "tensor directory",
             align: 8,
         })?;
-        #[cfg_attr(not(feature = "act-quant"), allow(unused_mut))]
+        #[cfg_attr(not(any(feature = "act-quant", feature = "input-perm")), allow(unused_mut))]
         let mut eqf = Eqf {
             bytes,
             header,
@@ -219,6 +223,7 @@ impl<'a> Eqf<'a> {
             tensors,
             data,
             act: Default::default(),
+            perm: Default::default(),
         };
         eqf.validate_tensors(opts)?;
         #[cfg(feature = "act-quant")]
@@ -227,6 +232,18 @@ impl<'a> Eqf<'a> {
                 let role = TensorRole::from_u16(role)?;
                 eqf.find(role, layer).map(|t| t.cols)
             })?;
+        }
+        #[cfg(feature = "input-perm")]
+        if let Some(body) = found[section::INPUT_PERM as usize] {
+            eqf.perm = super::perm::PermSection::parse(body, |layer, role| {
+                let role = TensorRole::from_u16(role)?;
+                eqf.find(role, layer).map(|t| t.cols)
+            })?;
+        }
+        if config.input_perm() != found[section::INPUT_PERM as usize].is_some() {
+            return Err(FormatError::BadInputPerm(
+                "the config's INPUT_PERM flag and the INPUT_PERM section must come together",
+            ));
         }
         Ok(eqf)
     }
@@ -300,6 +317,16 @@ impl<'a> Eqf<'a> {
     /// How the input of a linear layer is quantized at run time, if at all.
     pub fn act_quant(&self, role: TensorRole, layer: u16) -> Option<super::act::ActQuant<'a>> {
         self.act.get(role, layer)
+    }
+    /// The INPUT_PERM section (empty when absent).
+    pub fn perm_section(&self) -> &super::perm::PermSection<'a> {
+        &self.perm
+    }
+    /// The column permutation of a linear layer's input (GPTQ act-order):
+    /// stored column `i` multiplies `x[perm[i]]`. `None`: columns in order.
+    pub fn input_perm(&self, role: TensorRole, layer: u16) -> Option<&'a [u32]> {
+        let cols = self.find(role, layer)?.cols;
+        self.perm.get(role, layer, cols)
     }
     pub fn tensors(&self) -> &'a [TensorRecord] {
         self.tensors

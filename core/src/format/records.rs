@@ -15,6 +15,9 @@ pub mod section {
     pub const METADATA: u32 = 5;
     /// Activation quantization of W8A8 layers ([`super::act`]), EQF 1.1.
     pub const ACT_QUANT: u32 = 6;
+    /// Column permutations of linear inputs ([`super::perm`], GPTQ
+    /// act-order), EQF 1.3. Required: written without `FLAG_OPTIONAL`.
+    pub const INPUT_PERM: u32 = 7;
     /// Section flag: readers that do not know this kind may skip it.
     pub const FLAG_OPTIONAL: u32 = 1;
 }

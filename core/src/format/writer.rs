@@ -48,7 +48,20 @@ pub struct EqfWriter {
     /// Activation quantization of W8A8 layers (the ACT_QUANT section,
     /// written when non-empty, which makes the file EQF 1.1).
     pub acts: Vec<ActEntry>,
+    /// Column permutations of linear inputs ([`EqfWriter::add_perm`]; the
+    /// INPUT_PERM section: when non-empty the writer sets the config's
+    /// `INPUT_PERM` flag and the file is EQF 1.3).
+    perms: Vec<PermEntry>,
     tensors: Vec<TensorEntry>,
+}
+
+/// A linear layer stored with permuted input columns ([`super::perm`]):
+/// stored column `i` multiplies input `x[perm[i]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermEntry {
+    pub role: TensorRole,
+    pub layer: u16,
+    pub perm: Vec<u32>,
 }
 
 /// How the runtime quantizes one linear layer's input ([`super::act`]).
@@ -75,6 +88,7 @@ impl EqfWriter {
             tokenizer,
             metadata: Vec::new(),
             acts: Vec::new(),
+            perms: Vec::new(),
             tensors: Vec::new(),
         }
     }
@@ -101,6 +115,38 @@ impl EqfWriter {
             return Err(WriteError::Duplicate { name });
         }
         self.tensors.push(t);
+        Ok(())
+    }
+
+    /// Marks an added block linear as stored with permuted input columns:
+    /// stored column `i` multiplies input `x[perm[i]]` (GPTQ act-order).
+    pub fn add_perm(&mut self, role: TensorRole, layer: u16, perm: Vec<u32>) -> Result<(), WriteError> {
+        let name = String::from(
+            TensorRecord {
+                name: canonical_name(role, layer),
+                ..bytemuck::Zeroable::zeroed()
+            }
+            .name_str(),
+        );
+        let bad = |why| WriteError::BadTensor { name: name.clone(), why };
+        let Some(t) = self.tensors.iter().find(|t| t.role == role && t.layer == layer) else {
+            return Err(bad("input permutation for a tensor that was not added"));
+        };
+        if !role.is_linear() || role == TensorRole::Output || layer == GLOBAL_LAYER {
+            return Err(bad("only a block's linear layers can have an input permutation"));
+        }
+        let mut seen = alloc::vec![false; t.cols as usize];
+        if perm.len() != t.cols as usize
+            || !perm
+                .iter()
+                .all(|&c| seen.get_mut(c as usize).is_some_and(|s| !core::mem::replace(s, true)))
+        {
+            return Err(bad("input permutation is not a permutation of 0..cols"));
+        }
+        if self.perms.iter().any(|p| p.role == role && p.layer == layer) {
+            return Err(WriteError::Duplicate { name });
+        }
+        self.perms.push(PermEntry { role, layer, perm });
         Ok(())
     }
 
@@ -142,9 +188,58 @@ impl EqfWriter {
         out
     }
 
+    /// The INPUT_PERM section body: records sorted by (layer, role); a
+    /// record whose permutation equals an earlier one of the same layer
+    /// (q/k/v share their input) shares its run.
+    fn perm_section(&mut self) -> Vec<u8> {
+        use super::perm::{PermHeader, PermRecord};
+        self.perms.sort_by_key(|p| (p.layer, p.role as u16));
+        let mut runs: Vec<(u16, &[u32], u32)> = Vec::new();
+        let mut records = Vec::new();
+        let mut indices: Vec<u32> = Vec::new();
+        for p in &self.perms {
+            let first = match runs.iter().find(|(l, r, _)| *l == p.layer && *r == &p.perm[..]) {
+                Some(&(_, _, first)) => first,
+                None => {
+                    let first = indices.len() as u32;
+                    indices.extend_from_slice(&p.perm);
+                    let mut inv = alloc::vec![0u32; p.perm.len()];
+                    for (i, &c) in p.perm.iter().enumerate() {
+                        if let Some(v) = inv.get_mut(c as usize) {
+                            *v = i as u32;
+                        }
+                    }
+                    indices.extend_from_slice(&inv);
+                    runs.push((p.layer, &p.perm[..], first));
+                    first
+                }
+            };
+            records.push(PermRecord {
+                layer: p.layer,
+                role: p.role as u16,
+                first,
+            });
+        }
+        let header = PermHeader {
+            n_records: records.len() as u32,
+            n_indices: indices.len() as u32,
+            reserved: [0; 2],
+        };
+        let mut out = bytemuck::bytes_of(&header).to_vec();
+        out.extend_from_slice(bytemuck::cast_slice(&records));
+        out.extend_from_slice(bytemuck::cast_slice(&indices));
+        out
+    }
+
     /// Serializes the whole file.
     pub fn finish(mut self) -> Vec<u8> {
         let act = self.act_section();
+        let perm = self.perm_section();
+        if self.perms.is_empty() {
+            self.config.flags &= !crate::config::flags::INPUT_PERM;
+        } else {
+            self.config.flags |= crate::config::flags::INPUT_PERM;
+        }
         self.tensors.sort_by_key(|t| (t.layer, t.role as u16));
         // TENSOR_DATA and the directory.
         let mut data = Vec::new();
@@ -181,6 +276,10 @@ impl EqfWriter {
         if !self.acts.is_empty() {
             sections.push((section::ACT_QUANT, section::FLAG_OPTIONAL, &act[..]));
         }
+        if !self.perms.is_empty() {
+            // Required: a reader that cannot apply the permutations must refuse the file.
+            sections.push((section::INPUT_PERM, 0, &perm[..]));
+        }
         sections.push((section::TENSOR_DATA, 0, &data[..]));
 
         let dir_end = 64 + 32 * sections.len() as u64;
@@ -203,8 +302,11 @@ impl EqfWriter {
             magic: MAGIC,
             version_major: VERSION_MAJOR,
             // 1.0 files stay byte-identical; the ACT_QUANT section is 1.1;
-            // QuaRot's online Hadamard and int4 activations are 1.2.
-            version_minor: if self.config.online_hadamard() || self.acts.iter().any(|a| a.mode == crate::ActMode::Int4Token) {
+            // QuaRot's online Hadamard and int4 activations are 1.2;
+            // act-order input permutations are 1.3.
+            version_minor: if !self.perms.is_empty() {
+                3
+            } else if self.config.online_hadamard() || self.acts.iter().any(|a| a.mode == crate::ActMode::Int4Token) {
                 2
             } else if self.acts.is_empty() {
                 VERSION_MINOR

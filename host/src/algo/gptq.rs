@@ -720,18 +720,36 @@ mod tests {
                 }
             }
         }
-        // Dynamic groups under act-order are not contiguous: refused.
-        let cfg = GptqConfig {
-            act_order: true,
-            ..GptqConfig::new(Grid {
-                bits: 4,
-                group: 32,
-                sym: true,
-            })
-        };
-        let (q, _) = gptq(&l.w, l.rows, l.cols, &h, &cfg).unwrap();
-        assert!(q.g_idx.is_some());
-        assert!(q.to_eqf().is_err());
+        // Dynamic groups under act-order are scattered: stored with the
+        // columns sorted by group and the permutation (EQF INPUT_PERM).
+        for sym in [true, false] {
+            let grid = Grid { bits: 4, group: 32, sym };
+            let cfg = GptqConfig {
+                act_order: true,
+                ..GptqConfig::new(grid)
+            };
+            let (q, _) = gptq(&l.w, l.rows, l.cols, &h, &cfg).unwrap();
+            assert!(q.g_idx.is_some());
+            assert!(q.to_eqf().is_err());
+            let (spec, bytes, perm) = q.to_eqf_permuted().unwrap();
+            let perm = perm.expect("a real permutation");
+            let g = q.g_idx.as_ref().unwrap();
+            for (i, &c) in perm.iter().enumerate() {
+                assert_eq!(g[c as usize] as usize, i / 32, "stored column {i} is in group {}", i / 32);
+            }
+            let aligned = crate::import::AlignedBytes::from(&bytes);
+            let v = edgeq_core::TensorView::new(spec, l.rows as u32, l.cols as u32, aligned.as_bytes()).unwrap();
+            let mut back = vec![0.0f32; l.rows * l.cols];
+            back.chunks_exact_mut(l.cols)
+                .enumerate()
+                .for_each(|(r, row)| v.dequantize_row(r, row));
+            crate::quantize::unpermute_cols(&mut back, l.cols, &perm);
+            let deq = q.dequantize();
+            for (i, (a, b)) in deq.iter().zip(&back).enumerate() {
+                let s = q.scales[(i / l.cols) * q.grid.n_groups(l.cols) + q.group_of(i % l.cols)];
+                assert!((a - b).abs() <= s * grid.maxq() * 2e-3 + 1e-6, "{i}: {a} vs {b}");
+            }
+        }
     }
 
     /// Rank-deficient calibration (n < cols): without damping the Cholesky

@@ -149,11 +149,62 @@ impl QuantizedLayer {
         out
     }
 
+    /// Stores a layer whose groups may be scattered (GPTQ act-order with
+    /// dynamic groups): columns are reordered so that each group is a
+    /// contiguous range, `W' = W[:, perm]` (stable: by group, then by column),
+    /// and `perm` comes back for the file's INPUT_PERM section (the runtime
+    /// gathers `x[perm]`). `None` when the columns keep their order.
+    pub fn to_eqf_permuted(&self) -> Result<(QuantSpec, Vec<u8>, Option<Vec<u32>>)> {
+        let Some(g_idx) = &self.g_idx else {
+            let (spec, bytes) = self.to_eqf()?;
+            return Ok((spec, bytes, None));
+        };
+        ensure!(
+            g_idx.len() == self.cols,
+            "g_idx has {} entries for {} columns",
+            g_idx.len(),
+            self.cols
+        );
+        let (gl, ng) = (self.grid.group_len(self.cols), self.grid.n_groups(self.cols));
+        let mut perm: Vec<u32> = (0..self.cols as u32).collect();
+        perm.sort_by_key(|&c| g_idx[c as usize]);
+        // Group g must then fill exactly the columns g·gl .. (g+1)·gl.
+        for (i, &c) in perm.iter().enumerate() {
+            ensure!(
+                g_idx[c as usize] as usize == i / gl && (i / gl) < ng,
+                "groups of unequal size (column {c} in group {}): cannot store them as contiguous groups",
+                g_idx[c as usize]
+            );
+        }
+        if perm.iter().enumerate().all(|(i, &c)| i == c as usize) {
+            let plain = QuantizedLayer {
+                g_idx: None,
+                ..self.clone()
+            };
+            let (spec, bytes) = plain.to_eqf()?;
+            return Ok((spec, bytes, None));
+        }
+        let mut codes = vec![0u8; self.codes.len()];
+        for (dst, src) in codes.chunks_exact_mut(self.cols).zip(self.codes.chunks_exact(self.cols)) {
+            for (d, &c) in dst.iter_mut().zip(&perm) {
+                *d = src[c as usize];
+            }
+        }
+        let stored = QuantizedLayer {
+            codes,
+            g_idx: None,
+            ..self.clone()
+        };
+        let (spec, bytes) = stored.to_eqf()?;
+        Ok((spec, bytes, Some(perm)))
+    }
+
     /// Stores the layer in EQF: same codes, f16 scale, f16 `min = −scale·zero`.
+    /// Layers with scattered groups go through [`QuantizedLayer::to_eqf_permuted`].
     pub fn to_eqf(&self) -> Result<(QuantSpec, Vec<u8>)> {
         ensure!(
             self.g_idx.is_none(),
-            "act-order groups are not contiguous: quantize with static groups to store the layer"
+            "act-order groups are not contiguous: store the layer with its column permutation (to_eqf_permuted)"
         );
         let spec = self.grid.spec()?;
         let l = spec

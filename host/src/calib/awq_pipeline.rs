@@ -83,6 +83,8 @@ impl Views {
             w_down: self.view(TensorRole::WDown),
             w_up: self.view(TensorRole::WUp),
             act: Default::default(),
+            // f32 weights in the model's column order
+            perm: Default::default(),
         }
     }
 }
@@ -166,16 +168,20 @@ pub fn run(
             ffn_norm: orig.ffn_norm.to_vec(),
             lin: Vec::new(),
         };
-        for (role, v) in [
-            (TensorRole::Wq, &orig.wq),
-            (TensorRole::Wk, &orig.wk),
-            (TensorRole::Wv, &orig.wv),
-            (TensorRole::Wo, &orig.wo),
-            (TensorRole::WGate, &orig.w_gate),
-            (TensorRole::WDown, &orig.w_down),
-            (TensorRole::WUp, &orig.w_up),
+        let p = &orig.perm;
+        for (role, v, perm) in [
+            (TensorRole::Wq, &orig.wq, p.wq),
+            (TensorRole::Wk, &orig.wk, p.wk),
+            (TensorRole::Wv, &orig.wv, p.wv),
+            (TensorRole::Wo, &orig.wo, p.wo),
+            (TensorRole::WGate, &orig.w_gate, p.w_gate),
+            (TensorRole::WDown, &orig.w_down, p.w_down),
+            (TensorRole::WUp, &orig.w_up, p.w_up),
         ] {
-            let (r, cc, w) = deq(v);
+            let (r, cc, mut w) = deq(v);
+            if let Some(perm) = perm {
+                crate::quantize::unpermute_cols(&mut w, cc, perm);
+            }
             crate::algo::ensure_finite(&w, cc).with_context(|| format!("tensor blk.{l}.{}", role.name()))?;
             fb.lin.push((role, r, cc, w));
         }

@@ -13,7 +13,7 @@
 use super::pipeline::LayerReport;
 use crate::model_file::write_atomic_with;
 use anyhow::{ensure, Context, Result};
-use edgeq_core::format::writer::TensorEntry;
+use edgeq_core::format::writer::{PermEntry, TensorEntry};
 use edgeq_core::TensorRole;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -28,6 +28,8 @@ pub struct Checkpoint {
 pub struct Resume {
     pub next_block: usize,
     pub entries: Vec<TensorEntry>,
+    /// Input permutations of the act-order layers among `entries`.
+    pub perms: Vec<PermEntry>,
     pub reports: Vec<LayerReport>,
     /// Inputs of block `next_block`, one per calibration sample.
     pub xs: Vec<Vec<f32>>,
@@ -66,17 +68,28 @@ impl Checkpoint {
             Ok(s)
         };
         let mut entries = Vec::new();
+        let mut perms = Vec::new();
         for t in v["tensors"].as_array().context("tensors")? {
             let spec = crate::quantize::parse_spec_name(t["spec"].as_str().context("spec")?)?;
             let len = t["len"].as_u64().context("len")? as usize;
-            entries.push(TensorEntry {
+            let e = TensorEntry {
                 role: TensorRole::from_u16(t["role"].as_u64().context("role")? as u16).context("role")?,
                 layer: t["layer"].as_u64().context("layer")? as u16,
                 spec,
                 rows: t["rows"].as_u64().context("rows")? as u32,
                 cols: t["cols"].as_u64().context("cols")? as u32,
                 data: take(len)?.to_vec(),
-            });
+            };
+            if let Some(p) = t.get("perm").filter(|p| !p.is_null()) {
+                let perm: Vec<u32> = serde_json::from_value(p.clone()).context("perm")?;
+                ensure!(perm.len() == e.cols as usize, "{}: bad input permutation", self.dir.display());
+                perms.push(PermEntry {
+                    role: e.role,
+                    layer: e.layer,
+                    perm,
+                });
+            }
+            entries.push(e);
         }
         let mut xs = Vec::with_capacity(sample_lens.len());
         for &n in sample_lens {
@@ -103,13 +116,21 @@ impl Checkpoint {
         Ok(Some(Resume {
             next_block,
             entries,
+            perms,
             reports,
             xs,
         }))
     }
 
     /// Saves the state before block `next_block`.
-    pub fn save(&self, next_block: usize, entries: &[TensorEntry], reports: &[LayerReport], xs: &[Vec<f32>]) -> Result<()> {
+    pub fn save(
+        &self,
+        next_block: usize,
+        entries: &[TensorEntry],
+        perms: &[PermEntry],
+        reports: &[LayerReport],
+        xs: &[Vec<f32>],
+    ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         let bin = format!("state-{next_block}.bin");
         write_atomic_with(&self.dir.join(&bin), |w| {
@@ -130,6 +151,7 @@ impl Checkpoint {
             "tensors": entries.iter().map(|e| json!({
                 "role": e.role as u16, "layer": e.layer, "spec": crate::quantize::spec_name(&e.spec),
                 "rows": e.rows, "cols": e.cols, "len": e.data.len(),
+                "perm": perms.iter().find(|p| (p.role, p.layer) == (e.role, e.layer)).map(|p| &p.perm),
             })).collect::<Vec<_>>(),
             "reports": reports,
         });
@@ -185,9 +207,22 @@ mod tests {
             details: Value::Null,
         };
         let xs = vec![vec![1.0f32, -2.5, 3.25, 0.0], vec![0.5, 0.25]];
-        ck.save(1, std::slice::from_ref(&e), std::slice::from_ref(&rep), &xs).unwrap();
-        ck.save(2, std::slice::from_ref(&e), std::slice::from_ref(&rep), &xs).unwrap();
+        let perm = PermEntry {
+            role: TensorRole::Wq,
+            layer: 0,
+            perm: (0..64).rev().collect(),
+        };
+        ck.save(1, std::slice::from_ref(&e), &[], std::slice::from_ref(&rep), &xs).unwrap();
+        ck.save(
+            2,
+            std::slice::from_ref(&e),
+            std::slice::from_ref(&perm),
+            std::slice::from_ref(&rep),
+            &xs,
+        )
+        .unwrap();
         let r = ck.load(&[2, 1], 2).unwrap().unwrap();
+        assert_eq!(r.perms, vec![perm]);
         assert_eq!(r.next_block, 2);
         assert_eq!(r.xs, xs);
         assert_eq!(r.entries[0].data, e.data);

@@ -13,10 +13,10 @@ use crate::algo::{output_rel_err, QuantizedLayer};
 use crate::import::AlignedBytes;
 use crate::quantize::Policy;
 use anyhow::{Context, Result};
-use edgeq_core::format::writer::TensorEntry;
+use edgeq_core::format::writer::{PermEntry, TensorEntry};
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
 use edgeq_runtime::arena::{Activations, ArenaPlan, Buffers, MatmulOpts};
-use edgeq_runtime::model::Block;
+use edgeq_runtime::model::{Block, BlockPerms};
 use edgeq_runtime::{block_forward_kv, rope_angles, Model, Observer};
 use rayon::prelude::*;
 use std::ops::ControlFlow;
@@ -69,20 +69,35 @@ const STAGES: [(TensorRole, &[TensorRole]); 4] = [
     (TensorRole::WDown, &[TensorRole::WDown]),
 ];
 
-/// The linears of one block as the pipeline holds them: current bytes
-/// (original, then quantized) and the original f32 weights.
+/// One linear as the pipeline holds it: role, spec, shape, current bytes
+/// (original, then quantized) and its input permutation (act-order).
+type Current = (TensorRole, QuantSpec, u32, u32, AlignedBytes, Option<Vec<u32>>);
+
+/// The linears of one block as the pipeline holds them.
 struct HostBlock<'a> {
     orig: Block<'a>,
-    cur: Vec<(TensorRole, QuantSpec, u32, u32, AlignedBytes)>,
+    cur: Vec<Current>,
 }
 
 impl<'a> HostBlock<'a> {
     fn view(&self, role: TensorRole) -> Result<TensorView<'_>> {
-        let (_, spec, rows, cols, bytes) = self.cur.iter().find(|c| c.0 == role).context("role")?;
+        let (_, spec, rows, cols, bytes, _) = self.cur.iter().find(|c| c.0 == role).context("role")?;
         TensorView::new(*spec, *rows, *cols, bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    fn perm(&self, role: TensorRole) -> Option<&[u32]> {
+        self.cur.iter().find(|c| c.0 == role).and_then(|c| c.5.as_deref())
     }
     fn block(&self) -> Result<Block<'_>> {
         Ok(Block {
+            perm: BlockPerms {
+                wq: self.perm(TensorRole::Wq),
+                wk: self.perm(TensorRole::Wk),
+                wv: self.perm(TensorRole::Wv),
+                wo: self.perm(TensorRole::Wo),
+                w_gate: self.perm(TensorRole::WGate),
+                w_down: self.perm(TensorRole::WDown),
+                w_up: self.perm(TensorRole::WUp),
+            },
             attn_norm: self.orig.attn_norm,
             wq: self.view(TensorRole::Wq)?,
             wk: self.view(TensorRole::Wk)?,
@@ -127,7 +142,12 @@ pub(crate) fn run_block<O: Observer>(
     obs: &mut O,
 ) -> ControlFlow<()> {
     let c = &model.cfg;
-    let plan = ArenaPlan::new(c, len, len);
+    // Blocks being quantized may hold act-order layers: room to gather their inputs.
+    let with_perm = edgeq_core::ModelConfig {
+        flags: c.flags | edgeq_core::config::flags::INPUT_PERM,
+        ..*c
+    };
+    let plan = ArenaPlan::new(&with_perm, len, len);
     let one_layer = ArenaPlan {
         kcache: len * c.kv_dim(),
         vcache: len * c.kv_dim(),
@@ -147,7 +167,8 @@ pub(crate) fn run_block<O: Observer>(
 }
 
 /// Quantizes every linear layer the policy selects, block by block.
-/// Returns the new linear tensors (others are the caller's business).
+/// Returns the new linear tensors (others are the caller's business) and
+/// the input permutations of act-order layers.
 /// With a checkpoint, the state after each block is saved there, and a run
 /// finding a matching one continues after its last block.
 pub fn run(
@@ -157,9 +178,10 @@ pub fn run(
     hooks: &MethodHooks<'_>,
     progress: &indicatif::ProgressBar,
     ckpt: Option<&super::checkpoint::Checkpoint>,
-) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
+) -> Result<(Vec<TensorEntry>, Vec<PermEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (rope, mut xs) = embed_samples(model, calib)?;
+    let mut perms = Vec::new();
     let t_start = std::time::Instant::now();
     progress.set_length(c.n_layers as u64 * 5);
     let mut entries = Vec::new();
@@ -175,7 +197,7 @@ pub fn run(
                 progress,
                 &format!("resuming from {}: blocks 0..{} already quantized", ck.dir.display(), r.next_block),
             );
-            (first, entries, reports, xs) = (r.next_block, r.entries, r.reports, r.xs);
+            (first, entries, perms, reports, xs) = (r.next_block, r.entries, r.perms, r.reports, r.xs);
             progress.inc(first as u64 * 5);
         }
     }
@@ -193,6 +215,7 @@ pub fn run(
                 t.rows,
                 t.cols,
                 AlignedBytes::from(model.eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?),
+                model.eqf.input_perm(role, l as u16).map(|p| p.to_vec()),
             ));
         }
         for (input_role, roles) in STAGES {
@@ -247,12 +270,9 @@ pub fn run(
                 .par_iter()
                 .map(|(role, t)| {
                     let t0 = std::time::Instant::now();
-                    let view = model.eqf.view(t).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let (rows, cols) = (view.rows(), view.cols());
-                    let mut w = vec![0.0f32; rows * cols];
-                    for (r, row) in w.chunks_exact_mut(cols).enumerate() {
-                        view.dequantize_row(r, row);
-                    }
+                    let (rows, cols) = (t.rows as usize, t.cols as usize);
+                    // the model's column order (an act-order input is put back)
+                    let w = crate::quantize::to_f32(&model.eqf, t)?;
                     crate::algo::ensure_finite(&w, cols).with_context(|| format!("tensor {}", t.name_str()))?;
                     let job = LayerJob {
                         name: t.name_str(),
@@ -288,10 +308,18 @@ pub fn run(
                 .collect();
             for r in results {
                 let (role, q, rep) = r?;
-                let (spec, bytes) = q.to_eqf().with_context(|| format!("storing {}", rep.tensor))?;
+                let (spec, bytes, perm) = q.to_eqf_permuted().with_context(|| format!("storing {}", rep.tensor))?;
                 let slot = hb.cur.iter_mut().find(|c| c.0 == role).context("role")?;
                 slot.1 = spec;
                 slot.4 = AlignedBytes::from(&bytes);
+                slot.5 = perm.clone();
+                if let Some(perm) = perm {
+                    perms.push(PermEntry {
+                        role,
+                        layer: l as u16,
+                        perm,
+                    });
+                }
                 entries.push(TensorEntry {
                     role,
                     layer: l as u16,
@@ -321,13 +349,13 @@ pub fn run(
         });
         progress.inc(1);
         if let Some(ck) = ckpt {
-            ck.save(l + 1, &entries, &reports, &xs)?;
+            ck.save(l + 1, &entries, &perms, &reports, &xs)?;
             if stop_after == Some(l) {
                 anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
             }
         }
     }
-    Ok((entries, reports))
+    Ok((entries, perms, reports))
 }
 
 /// Rotary angles for the longest sample, and every sample's embeddings

@@ -137,10 +137,15 @@ fn convert(eqf: &Eqf<'_>, t: &TensorRecord, name: &str, requant: Requant) -> Res
         let exact = spec.scheme.is_float(); // a quantized norm is widened: exact too
         return Ok((ty, encode(ty, &w)?, report(ty, exact || ty == GgmlType::F32, 0.0, String::new())));
     }
-    if let Some((ty, bytes)) = exact_blocks(&v) {
+    let permuted = eqf.input_perm(role, t.layer).is_some();
+    if let Some((ty, bytes)) = exact_blocks(&v).filter(|_| !permuted) {
         return Ok((ty, bytes, report(ty, true, 0.0, String::new())));
     }
-    let mut why = "the scheme has no exact GGUF type".to_string();
+    let mut why = if permuted {
+        "act-order columns stored permuted (GGUF has no g_idx)".to_string()
+    } else {
+        "the scheme has no exact GGUF type".to_string()
+    };
     let mut ty = match requant {
         Requant::To(ty) => ty,
         Requant::Auto if spec.scheme.code_bits() == 4 && spec.scheme.is_asym() => GgmlType::Q4_1,
@@ -151,7 +156,7 @@ fn convert(eqf: &Eqf<'_>, t: &TensorRecord, name: &str, requant: Requant) -> Res
         // Rows that are not whole blocks: llama.cpp cannot hold them in a block type.
         why = format!("{} columns are not a multiple of {}", v.cols(), ty.block_size());
         ty = GgmlType::F16;
-    } else if spec.scheme.is_int() && spec.granularity == Granularity::PerGroup && spec.group == 32 {
+    } else if !permuted && spec.scheme.is_int() && spec.granularity == Granularity::PerGroup && spec.group == 32 {
         why = format!("{} columns are not a multiple of 32", v.cols());
     }
     let w = crate::quantize::to_f32(eqf, t)?;

@@ -368,6 +368,11 @@ fn resolve(layout: Layout, specs: &[QuantSpec]) -> Layout {
 pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
     let c = *eqf.config();
     ensure!(
+        !c.input_perm(),
+        "this model has act-order layers stored with permuted columns (EQF 1.3 INPUT_PERM); writing them as \
+         GPTQ g_idx is not implemented yet: quantize with --static-groups (or without --act-order) to export"
+    );
+    ensure!(
         c.rope_dim == c.head_dim,
         "this model rotates {} of {} head dimensions (partial RoPE); Hugging Face's Llama rotates all of them",
         c.rope_dim,
