@@ -342,27 +342,52 @@ fn killed_quantize_never_leaves_a_partial_output() {
     // writes the file an uninterrupted run writes, then removes the state.
     let c = dir.join("c.eqf");
     let partial = dir.join("c.eqf.partial");
-    let run = |stop: Option<&str>| {
+    let quantize = |method: &[&str], out: &Path, stop: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeq"));
         if let Some(s) = stop {
             cmd.env("EDGEQ_TEST_STOP_AFTER_BLOCK", s);
         }
-        cmd.args(["quantize", &m, "--method", "gptq", "--bits", "4", "--group", "32", "--sym"])
-            .args(["--calib", text.to_str().unwrap(), "--calib-samples", "8", "-o", c.to_str().unwrap()])
+        cmd.args(["quantize", &m, "--bits", "4", "--group", "32", "--sym"])
+            .args(method)
+            .args([
+                "--calib",
+                text.to_str().unwrap(),
+                "--calib-samples",
+                "8",
+                "-o",
+                out.to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };
-    let o = run(Some("2"));
-    assert!(!o.status.success() && !c.exists() && partial.join("state.json").is_file());
-    let o = run(None);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("resuming from") && err.contains("blocks 0..3"), "{err}");
-    assert!(
-        std::fs::read(&c).unwrap() == std::fs::read(&a).unwrap(),
-        "the resumed run wrote a different file"
-    );
-    assert!(!partial.exists(), "the checkpoint is removed once the output is written");
+    // GPTQ (and with act-order, whose column permutations are saved too) and AWQ.
+    let gptq: &[&str] = &["--method", "gptq"];
+    for (method, reference) in [
+        (gptq, a.clone()),
+        (&["--method", "gptq", "--act-order"][..], dir.join("ref-ao.eqf")),
+        (&["--method", "awq"][..], dir.join("ref-awq.eqf")),
+    ] {
+        if !reference.exists() {
+            let o = quantize(method, &reference, None);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let o = quantize(method, &c, Some("2"));
+        assert!(
+            !o.status.success() && !c.exists() && partial.join("state.json").is_file(),
+            "{method:?}"
+        );
+        let o = quantize(method, &c, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("resuming from") && err.contains("blocks 0..3"), "{method:?}: {err}");
+        assert!(
+            std::fs::read(&c).unwrap() == std::fs::read(&reference).unwrap(),
+            "{method:?}: the resumed run wrote a different file"
+        );
+        assert!(!partial.exists(), "the checkpoint is removed once the output is written");
+        std::fs::remove_file(&c).unwrap();
+    }
+    let run = |stop: Option<&str>| quantize(gptq, &c, stop);
     // A checkpoint of other settings is not resumed from.
     let _ = run(Some("1"));
     let o = Command::new(env!("CARGO_BIN_EXE_edgeq"))
@@ -726,6 +751,26 @@ fn stories260k_calibrated_methods_beat_rtn() {
     let exp: serde_json::Value = serde_json::from_str(&ok(&["export", &ao, "-o", gguf.to_str().unwrap(), "--json"])).unwrap();
     let why: Vec<&str> = exp.as_array().unwrap().iter().filter_map(|r| r["why"].as_str()).collect();
     assert!(why.iter().any(|w| w.contains("g_idx")), "{why:?}");
+    // A GPTQ safetensors export writes the permuted layers as desc_act with
+    // their g_idx; importing it gives the same permuted layers back.
+    let hf = dir.join("ao-hf");
+    ok(&["export", &ao, "--format", "safetensors", "-o", hf.to_str().unwrap()]);
+    let qc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("quantize_config.json")).unwrap()).unwrap();
+    assert_eq!(qc["desc_act"], true, "{qc}");
+    let back = dir.join("ao-back.eqf");
+    let (success, _, err) = edgeq(&["import", hf.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    assert!(success, "{err}");
+    assert!(err.contains("desc_act"), "{err}");
+    let b: serde_json::Value = serde_json::from_str(&ok(&["inspect", back.to_str().unwrap(), "--json"])).unwrap();
+    // q/k/v/o come back permuted; stories260K's 172-wide FFN does not pack in
+    // GPTQ words and is exported dequantized (model column order, f16).
+    assert_eq!(b["input_perm_layers"].as_u64(), Some(n_perm.min(20)), "{n_perm}");
+    let run = |p: &str| ok(&["run", p, "-n", "24", "--temp", "0", "--kernels", "scalar"]);
+    assert_eq!(
+        run(&ao),
+        run(back.to_str().unwrap()),
+        "greedy text after a desc_act export + import"
+    );
     // The side-by-side table.
     let mut args = vec!["eval"];
     args.extend(models.iter().map(|s| s.as_str()));

@@ -41,6 +41,10 @@ fn main() -> Result<()> {
         put(&dir, "eqf_reader", &format!("tiny-{scheme}-acts.eqf"), &e)?;
         put(&dir, "session", &format!("tiny-{scheme}-acts.eqf"), &[&[0u8][..], &e].concat())?;
     }
+    // EQF 1.3: every block linear with permuted input columns (INPUT_PERM).
+    let e = tiny::with_perms(&tiny::eqf(1, "f32")?)?;
+    put(&dir, "eqf_reader", "tiny-f32-perms.eqf", &e)?;
+    put(&dir, "session", "tiny-f32-perms.eqf", &[&[0u8][..], &e].concat())?;
     // GGUF: the tiny model with every directly mapped matrix type.
     for scheme in ["f32", "f16", "q8-g32", "q4-g32", "q4a-g32"] {
         put(&dir, "gguf_reader", &format!("tiny-{scheme}.gguf"), &tiny::gguf(1, scheme)?)?;

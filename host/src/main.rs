@@ -1631,23 +1631,20 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         },
     };
     let pb = progress(0, &a.method);
-    let mut ckpts = Vec::new();
+    // Resumable: the state after each block goes to OUT.partial/ (removed once OUT is written).
+    let ckpt = edgeq_host::calib::checkpoint::Checkpoint::new(&a.out, run_key(&a, &ma, &calib));
     let (entries, perms, reports) = if a.method == "awq" {
         let cfg = edgeq_host::algo::awq::AwqConfig {
             duo_scaling: a.m.duo_scaling,
             clip: !a.m.no_clip,
             ..Default::default()
         };
-        let (entries, reports) = edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb)?;
+        let (entries, reports) = edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb, Some(&ckpt))?;
         (entries, Vec::new(), reports)
     } else {
-        // Resumable: the state after each block goes to OUT.partial/ (removed once OUT is written).
-        let ckpt = edgeq_host::calib::checkpoint::Checkpoint::new(&a.out, run_key(&a, &ma, &calib));
-        let r = methods::with_hooks(&ma, |hooks| {
+        methods::with_hooks(&ma, |hooks| {
             edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb, Some(&ckpt))
-        })?;
-        ckpts.push(ckpt);
-        r
+        })?
     };
     pb.finish_and_clear();
     // Everything the pipeline did not quantize goes through the RTN policy (embeddings, skipped layers).
@@ -1662,7 +1659,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, perms, acts, &pb2)?;
     pb2.finish_and_clear();
     write_atomic(&a.out, &bytes)?;
-    ckpts.iter().for_each(|c| c.finish());
+    ckpt.finish();
     let secs = t0.elapsed().as_secs_f64();
     let peak = edgeq_host::calib::pipeline::peak_rss_mb();
     for r in &reports {

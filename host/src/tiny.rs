@@ -5,7 +5,7 @@
 //! bytes.
 use crate::calib::data::SplitMix;
 use crate::import::ImportedModel;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use edgeq_core::{ModelConfig, QuantSpec, TensorRole};
 use edgeq_runtime::tokenizer::gpt2_byte_to_char;
 use safetensors::Dtype;
@@ -220,6 +220,47 @@ pub fn with_acts(eqf_bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(crate::quantize::quantize_rtn_except(&eqf, &keep, &none, Vec::new(), Vec::new(), acts, &indicatif::ProgressBar::hidden())?.0)
 }
 
+/// The f32 image `eqf_bytes` with every block linear stored with permuted
+/// input columns (EQF 1.3 INPUT_PERM): the same function, another layout.
+/// Columns are reversed and rotated by the layer index (q/k/v share one).
+pub fn with_perms(eqf_bytes: &[u8]) -> Result<Vec<u8>> {
+    use edgeq_core::format::writer::{EqfWriter, TensorEntry};
+    let bytes = crate::import::AlignedBytes::from(eqf_bytes);
+    let eqf = edgeq_core::Eqf::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
+    let mut perms = Vec::new();
+    for t in eqf.tensors() {
+        let role = edgeq_core::TensorRole::from_u16(t.role).context("role")?;
+        let spec = edgeq_core::format::record_spec(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut data = eqf.tensor_bytes(t).map_err(|e| anyhow::anyhow!("{e}"))?.to_vec();
+        if t.layer != edgeq_core::format::GLOBAL_LAYER && role.is_linear() {
+            anyhow::ensure!(spec == QuantSpec::F32, "with_perms takes an f32 model");
+            let cols = t.cols as usize;
+            let perm: Vec<u32> = (0..cols).map(|i| ((cols - 1 - i + t.layer as usize) % cols) as u32).collect();
+            let vals: Vec<f32> = crate::quantize::to_f32(&eqf, t)?;
+            let stored: Vec<f32> = vals
+                .chunks_exact(cols)
+                .flat_map(|row| perm.iter().map(|&c| row[c as usize]))
+                .collect();
+            data = bytemuck::cast_slice(&stored).to_vec();
+            perms.push((role, t.layer, perm));
+        }
+        w.add(TensorEntry {
+            role,
+            layer: t.layer,
+            spec,
+            rows: t.rows,
+            cols: t.cols,
+            data,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    for (role, layer, perm) in perms {
+        w.add_perm(role, layer, perm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(w.finish())
+}
+
 /// An HF tensor: name, shape, f32 values.
 pub struct HfTensor {
     pub name: String,
@@ -368,6 +409,28 @@ mod tests {
             out.push(t);
         }
         out
+    }
+
+    /// Every block linear stored with permuted columns: same logits (up to
+    /// the order of the sums), and `to_f32` gives the original weights back.
+    #[test]
+    fn permuted_layout_is_the_same_model() {
+        let f = model(5).unwrap().to_eqf().unwrap();
+        let p = with_perms(&f).unwrap();
+        let toks = [1u32, 4, 9, 16, 25];
+        let (a, b) = (last_logits(&f, &toks).unwrap(), last_logits(&p, &toks).unwrap());
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-4, "{d}");
+        let (fa, pa) = (AlignedBytes::from(&f), AlignedBytes::from(&p));
+        let (fe, pe) = (
+            edgeq_core::Eqf::parse(fa.as_bytes()).unwrap(),
+            edgeq_core::Eqf::parse(pa.as_bytes()).unwrap(),
+        );
+        assert_eq!(pe.perm_section().records().len(), 7 * LAYERS);
+        for t in fe.tensors() {
+            let q = pe.find(TensorRole::from_u16(t.role).unwrap(), t.layer).unwrap();
+            assert_eq!(crate::quantize::to_f32(&fe, t).unwrap(), crate::quantize::to_f32(&pe, q).unwrap());
+        }
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub fn run(
     grid: Grid,
     cfg: &AwqConfig,
     progress: &indicatif::ProgressBar,
+    ckpt: Option<&super::checkpoint::Checkpoint>,
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (dim, hid) = (c.dim as usize, c.hidden_dim as usize);
@@ -154,7 +155,25 @@ pub fn run(
     let t_start = std::time::Instant::now();
     progress.set_length(c.n_layers as u64);
     let (mut entries, mut reports) = (Vec::new(), Vec::new());
-    for l in 0..c.n_layers as usize {
+    // Resumable like the GPTQ pipeline: after each block the tensors, the
+    // reports and the next block's inputs are saved in the checkpoint.
+    let mut first = 0;
+    if let Some(ck) = ckpt {
+        let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
+        let resume = ck
+            .load(&lens, dim)
+            .with_context(|| format!("cannot resume from {} (delete it to start over)", ck.dir.display()))?;
+        if let Some(r) = resume.filter(|r| r.next_block <= c.n_layers as usize) {
+            crate::log_line(
+                progress,
+                &format!("resuming from {}: blocks 0..{} already searched", ck.dir.display(), r.next_block),
+            );
+            (first, entries, reports, xs) = (r.next_block, r.entries, r.reports, r.xs);
+            progress.inc(first as u64);
+        }
+    }
+    let stop_after: Option<usize> = std::env::var("EDGEQ_TEST_STOP_AFTER_BLOCK").ok().and_then(|v| v.parse().ok());
+    for l in first..c.n_layers as usize {
         let orig = model.block(l).map_err(|e| anyhow::anyhow!("{e}"))?;
         let deq = |v: &TensorView<'_>| {
             let mut w = vec![0.0f32; v.rows() * v.cols()];
@@ -475,6 +494,12 @@ pub fn run(
             ),
         );
         progress.inc(1);
+        if let Some(ck) = ckpt {
+            ck.save(l + 1, &entries, &[], &reports, &xs)?;
+            if stop_after == Some(l) {
+                anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
+            }
+        }
     }
     Ok((entries, reports))
 }

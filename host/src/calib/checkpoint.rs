@@ -106,7 +106,11 @@ impl Checkpoint {
                     tensor: r["tensor"].as_str().context("tensor")?.to_string(),
                     scheme: r["scheme"].as_str().context("scheme")?.to_string(),
                     rel_err: r["rel_err"].as_f64().context("rel_err")?,
-                    metric: if r["metric"] == "output" { "output" } else { "weight" },
+                    metric: match r["metric"].as_str() {
+                        Some("output") => "output",
+                        Some("output (scaled layer)") => "output (scaled layer)",
+                        _ => "weight",
+                    },
                     seconds: r["seconds"].as_f64().unwrap_or(0.0),
                     note: r["note"].as_str().unwrap_or("").to_string(),
                     details: r.get("details").cloned().unwrap_or(Value::Null),

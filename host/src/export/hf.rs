@@ -198,6 +198,9 @@ struct IntRows {
     codes: Vec<u8>,
     zeros: Vec<u8>,
     scales: Vec<f16>,
+    /// Group of each (checkpoint) column when an act-order layer's groups
+    /// are scattered (GPTQ `desc_act`); `None` = `k / group_len`.
+    g_idx: Option<Vec<u32>>,
 }
 
 impl IntRows {
@@ -218,6 +221,7 @@ impl IntRows {
             codes: Vec::with_capacity(rows * cols),
             zeros: Vec::with_capacity(rows * groups),
             scales: Vec::with_capacity(rows * groups),
+            g_idx: None,
         };
         for r in 0..rows {
             let codes = v.row_codes(r);
@@ -250,8 +254,27 @@ impl IntRows {
         }
         Ok(out)
     }
+    /// Puts an act-order layer stored with permuted columns (EQF
+    /// INPUT_PERM) back in the model's column order, with its `g_idx`.
+    fn unpermute_cols(&mut self, perm: &[u32]) {
+        let mut codes = vec![0u8; self.codes.len()];
+        for (dst, src) in codes.chunks_exact_mut(self.cols).zip(self.codes.chunks_exact(self.cols)) {
+            for (i, &k) in perm.iter().enumerate() {
+                dst[k as usize] = src[i];
+            }
+        }
+        let mut g_idx = vec![0u32; self.cols];
+        for (i, &k) in perm.iter().enumerate() {
+            g_idx[k as usize] = (i / self.group_len) as u32;
+        }
+        self.codes = codes;
+        self.g_idx = Some(g_idx);
+    }
+    fn group(&self, k: usize) -> usize {
+        self.g_idx.as_ref().map_or(k / self.group_len, |g| g[k] as usize)
+    }
     fn value(&self, r: usize, k: usize) -> f32 {
-        let g = r * self.groups + k / self.group_len;
+        let g = r * self.groups + self.group(k);
         self.scales[g].to_f32() * (self.codes[r * self.cols + k] as f32 - self.zeros[g] as f32)
     }
     fn permute_rows(&mut self, head_dim: usize) {
@@ -278,7 +301,7 @@ impl IntRows {
                 scales.push(self.scales[r * self.groups + g]);
             }
         }
-        let g_idx: Vec<i32> = (0..k).map(|c| (c / self.group_len) as i32).collect();
+        let g_idx: Vec<i32> = (0..k).map(|c| self.group(c) as i32).collect();
         vec![
             st(
                 format!("{m}.qweight"),
@@ -367,11 +390,6 @@ fn resolve(layout: Layout, specs: &[QuantSpec]) -> Layout {
 /// Converts a parsed EQF model into a Hugging Face model directory.
 pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
     let c = *eqf.config();
-    ensure!(
-        !c.input_perm(),
-        "this model has act-order layers stored with permuted columns (EQF 1.3 INPUT_PERM); writing them as \
-         GPTQ g_idx is not implemented yet: quantize with --static-groups (or without --act-order) to export"
-    );
     ensure!(
         c.rope_dim == c.head_dim,
         "this model rotates {} of {} head dimensions (partial RoPE); Hugging Face's Llama rotates all of them",
@@ -511,7 +529,12 @@ pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
                     continue;
                 }
                 let (mut ir, why) = if GptqGrid::of(&spec) == Some(grid) {
-                    (IntRows::from_view(&v)?, String::new())
+                    let mut ir = IntRows::from_view(&v)?;
+                    // act-order: the checkpoint's column order, groups as g_idx (desc_act)
+                    if let Some(perm) = eqf.input_perm(role, t.layer) {
+                        ir.unpermute_cols(perm);
+                    }
+                    (ir, String::new())
                 } else {
                     let bytes = AlignedBytes::from(&rtn(grid.spec(), rows, cols, &w)?);
                     let view = TensorView::new(grid.spec(), rows as u32, cols as u32, bytes.as_bytes())
@@ -540,7 +563,7 @@ pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
             }
             Layout::Fp8 => {
                 let requant;
-                let (view, why) = if spec == fp8_spec {
+                let (view, why) = if spec == fp8_spec && eqf.input_perm(role, t.layer).is_none() {
                     (v, String::new())
                 } else {
                     requant = AlignedBytes::from(&rtn(fp8_spec, rows, cols, &w)?);
@@ -636,7 +659,7 @@ pub fn export(eqf: &Eqf<'_>, opts: Options) -> Result<HfExport> {
                 "bits": grid.bits,
                 "group_size": if grid.group == 0 { -1 } else { grid.group as i64 },
                 "sym": grid.sym,
-                "desc_act": false,
+                "desc_act": c.input_perm(),
                 "static_groups": false,
                 "true_sequential": true,
                 "damp_percent": 0.01,

@@ -558,7 +558,18 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
                 }
                 _ => None,
             };
+            let quantized = match quantized {
+                Some(Converted::Permuted(inner, perm)) => {
+                    quant_notes.borrow_mut().push(format!(
+                        "note: {base}: act-order (desc_act) g_idx: stored with its columns sorted by group (EQF 1.3 input permutation)"
+                    ));
+                    m.perms.push(edgeq_core::format::writer::PermEntry { role, layer, perm });
+                    Some(*inner)
+                }
+                q => q,
+            };
             match quantized {
+                Some(Converted::Permuted(..)) => bail!("{base}: nested input permutation"),
                 Some(Converted::Exact(spec, bytes)) => {
                     m.push_encoded(role, layer, spec, rows, cols, bytes);
                     return Ok(());

@@ -151,6 +151,23 @@ pub enum Converted {
     /// Carried with a rounding (asym min); the note says what.
     Approx(QuantSpec, Vec<u8>, String),
     F32(Vec<f32>, String),
+    /// An act-order layer (`desc_act`, scattered `g_idx` groups) stored with
+    /// its columns sorted by group: the bytes are in that order, and
+    /// `perm[i]` is the checkpoint column of stored column `i` (EQF 1.3
+    /// INPUT_PERM; the runtime gathers the input).
+    Permuted(Box<Converted>, Vec<u32>),
+}
+
+/// The column order that makes `g_idx` groups contiguous ranges of
+/// `group_len` (stable: by group, then by column), if the groups have
+/// exactly those sizes (GPTQ's act-order groups do).
+fn contiguous_order(gi: &[usize], group_len: usize) -> Option<Vec<u32>> {
+    let mut perm: Vec<u32> = (0..gi.len() as u32).collect();
+    perm.sort_by_key(|&c| gi[c as usize]);
+    perm.iter()
+        .enumerate()
+        .all(|(i, &c)| gi[c as usize] == i / group_len)
+        .then_some(perm)
 }
 
 /// Writes an EQF integer tensor from unsigned codes (`rows`×`cols`), per-group
@@ -271,15 +288,36 @@ pub fn gptq(
     };
     let dequant = || (0..rows * cols).map(|i| value(i / cols, i % cols)).collect::<Vec<f32>>();
     let grid_ok = matches!(bits, 4 | 8) && (group <= 0 || group_len % 32 == 0);
-    if !trivial {
-        return Ok(Converted::F32(dequant(), "act-order (desc_act) g_idx: dequantized to f32".into()));
-    }
     if !grid_ok {
         return Ok(Converted::F32(
             dequant(),
             format!("{bits}-bit GPTQ in groups of {group}: no EQF grid, dequantized to f32"),
         ));
     }
+    let perm = if trivial { None } else { contiguous_order(&gi, group_len) };
+    if !trivial && perm.is_none() {
+        return Ok(Converted::F32(
+            dequant(),
+            "act-order (desc_act) g_idx with groups of unequal size: dequantized to f32".into(),
+        ));
+    }
+    // Act-order: columns sorted by group (stored order), groups now contiguous.
+    let codes = match &perm {
+        Some(p) => {
+            let mut c = vec![0u8; rows * cols];
+            for (dst, src) in c.chunks_exact_mut(cols).zip(codes.chunks_exact(cols)) {
+                for (d, &k) in dst.iter_mut().zip(p) {
+                    *d = src[k as usize];
+                }
+            }
+            c
+        }
+        None => codes,
+    };
+    let wrap = |c: Converted| match perm.clone() {
+        Some(p) => Converted::Permuted(Box::new(c), p),
+        None => c,
+    };
     let mid = 1u8 << (bits - 1);
     let sym = zeros.iter().all(|&z| z == mid);
     let spec = |s: Scheme| {
@@ -291,7 +329,7 @@ pub fn gptq(
     };
     if sym {
         let s = spec(if bits == 4 { Scheme::Q4Sym } else { Scheme::Q8Sym });
-        return Ok(Converted::Exact(s, int_bytes(s, rows, cols, &codes, &zeros, &scales_r, &[])?));
+        return Ok(wrap(Converted::Exact(s, int_bytes(s, rows, cols, &codes, &zeros, &scales_r, &[])?)));
     }
     let s = spec(if bits == 4 { Scheme::Q4Asym } else { Scheme::Q8Asym });
     let mins: Vec<f16> = scales_r
@@ -306,13 +344,13 @@ pub fn gptq(
         .all(|((s, &z), m)| m.to_f32() == -s.to_f32() * z as f32);
     let bytes = int_bytes(s, rows, cols, &codes, &zeros, &scales_r, &mins)?;
     if exact {
-        Ok(Converted::Exact(s, bytes))
+        Ok(wrap(Converted::Exact(s, bytes)))
     } else {
-        Ok(Converted::Approx(
+        Ok(wrap(Converted::Approx(
             s,
             bytes,
             "asymmetric GPTQ: min = −scale·zero rounded to f16".into(),
-        ))
+        )))
     }
 }
 
@@ -423,6 +461,11 @@ mod tests {
                 out
             }
             Converted::F32(v, _) => v.clone(),
+            Converted::Permuted(inner, perm) => {
+                let mut v = values(inner, rows, cols);
+                crate::quantize::unpermute_cols(&mut v, cols, perm);
+                v
+            }
         }
     }
 
@@ -460,14 +503,26 @@ mod tests {
     }
 
     #[test]
-    fn act_order_is_dequantized_with_its_g_idx() {
+    fn act_order_is_stored_permuted_with_its_g_idx() {
         let (qw, qz, sc) = layer(|g, _| 8 + g as u32, false);
+        // desc_act: groups of 32 scattered over the columns (even → 0, odd → 1)
         let g_idx: Vec<i32> = (0..64).map(|k| k % 2).collect();
         let c = gptq("m", 8, 64, 4, 32, false, &qw, &qz, &sc, Some(bytemuck::cast_slice(&g_idx))).unwrap();
-        let Converted::F32(v, why) = &c else { panic!("expected f32") };
-        assert!(why.contains("act-order"));
+        let Converted::Permuted(inner, perm) = &c else {
+            panic!("expected a permuted layer")
+        };
+        assert!(matches!(**inner, Converted::Exact(s, _) if s == QuantSpec::per_group(Scheme::Q4Asym, 32)));
+        assert_eq!(&perm[..4], &[0, 2, 4, 6]);
+        assert_eq!(&perm[32..34], &[1, 3]);
+        let v = values(&c, 8, 64);
         let s0 = f16::from_f32(0.5).to_f32();
         assert_eq!(v[1], s0 * (3.0 - 9.0)); // row 0, column 1: code 3, group 1 (zero 9)
+                                            // groups of unequal size cannot be made contiguous: f32
+        let g_idx: Vec<i32> = (0..64).map(|k| (k % 3 == 0) as i32).collect();
+        let c = gptq("m", 8, 64, 4, 32, false, &qw, &qz, &sc, Some(bytemuck::cast_slice(&g_idx))).unwrap();
+        let Converted::F32(v, why) = &c else { panic!("expected f32") };
+        assert!(why.contains("act-order"), "{why}");
+        assert_eq!(v[1], s0 * (3.0 - 8.0)); // column 1 is in group 0 here
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct ImportedModel {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Activation quantization the checkpoint declares (FP8 W8A8).
     pub acts: Vec<edgeq_core::format::writer::ActEntry>,
+    /// Input permutations of act-order layers (GPTQ `desc_act` checkpoints).
+    pub perms: Vec<edgeq_core::format::writer::PermEntry>,
 }
 
 impl ImportedModel {
@@ -41,6 +43,7 @@ impl ImportedModel {
             tensors: Vec::new(),
             metadata,
             acts: Vec::new(),
+            perms: Vec::new(),
         }
     }
 
@@ -70,6 +73,9 @@ impl ImportedModel {
         w.acts = self.acts;
         for t in self.tensors {
             w.add(t).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for p in self.perms {
+            w.add_perm(p.role, p.layer, p.perm).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let bytes = w.finish();
         // Self-check: what we write must be readable by the runtime.
