@@ -67,7 +67,7 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     for m in methods {
         match m.as_str() {
-            "rtn" | "gptq" | "awq" | "hqq" | "adaround" | "quarot-rtn" | "quarot-gptq" | "quarot-rtn-a4" | "quarot-gptq-a4" => {
+            "rtn" | "gptq" | "gptq-ao" | "awq" | "hqq" | "adaround" | "quarot-rtn" | "quarot-gptq" | "quarot-rtn-a4" | "quarot-gptq-a4" => {
                 // QuaRot: rotate, then the weight method, with per-token int8 (int4 with -a4) activations.
                 let (base, quarot, a) = match m.strip_prefix("quarot-") {
                     Some(rest) => match rest.strip_suffix("-a4") {
@@ -80,7 +80,15 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
                     if b != 4 && b != 8 {
                         bail!("--bits {b}: integer methods take 4 or 8");
                     }
+                    // gptq-ao: GPTQ with act-order (dynamic groups, stored with input permutations)
+                    let (base, act_order) = match base.strip_suffix("-ao") {
+                        Some(b) => (b, true),
+                        None => (base, false),
+                    };
                     let mut args = s(&["--method", base, "--bits", &b.to_string(), "--group", &group.to_string()]);
+                    if act_order {
+                        args.push("--act-order".into());
+                    }
                     if matches!(base, "gptq" | "awq" | "adaround") {
                         args.extend(s(&["--calib-samples", &calib_samples.to_string()]));
                     }
@@ -139,7 +147,7 @@ fn base_candidates(methods: &[String], bits: &[u32], group: i64, calib_samples: 
             }
             "f16" => {}
             other => {
-                bail!("--methods: unknown method '{other}' (rtn, gptq, awq, hqq, adaround, quarot-rtn, quarot-gptq, quarot-rtn-a4, quarot-gptq-a4, int8, int8-auto, smoothquant, llm-int8, fp8, fp8-block)")
+                bail!("--methods: unknown method '{other}' (rtn, gptq, gptq-ao, awq, hqq, adaround, quarot-rtn, quarot-gptq, quarot-rtn-a4, quarot-gptq-a4, int8, int8-auto, smoothquant, llm-int8, fp8, fp8-block)")
             }
         }
     }
@@ -167,7 +175,7 @@ pub fn f16_candidate() -> Candidate {
 pub fn fallback(c: &Candidate, n_layers: u32) -> Option<Candidate> {
     let mut next = c.clone();
     let has = |s: &str| c.fallback.split('+').any(|f| f == s);
-    if (c.method == "gptq" || c.method == "awq") && !has("more-calib") && !has("smaller-group") && !has("sandwich") {
+    if matches!(c.method.as_str(), "gptq" | "gptq-ao" | "awq") && !has("more-calib") && !has("smaller-group") && !has("sandwich") {
         let i = next.args.iter().position(|a| a == "--calib-samples")?;
         let n: usize = next.args[i + 1].parse().ok()?;
         next.args[i + 1] = (n * 2).to_string();
@@ -718,6 +726,11 @@ mod tests {
         );
         let more = fallback(&candidates(&["gptq".into()], &[4], 128, 64).unwrap()[0], 6).unwrap();
         assert!(more.args.windows(2).any(|w| w == ["--calib-samples", "128"]), "{:?}", more.args);
+        // gptq-ao: GPTQ with act-order, calibrated, on the same ladder
+        let ao = candidates(&["gptq-ao".into()], &[4], 128, 64).unwrap().remove(0);
+        assert_eq!(ao.name, "gptq-ao-w4-g128");
+        assert!(ao.args.contains(&"--act-order".to_string()) && ao.args.windows(2).any(|w| w == ["--method", "gptq"]));
+        assert!(fallback(&ao, 6).is_some_and(|n| n.name.ends_with("+more-calib")));
         let sandwich = fallback(&fallback(&candidates(&["rtn".into()], &[4], 32, 0).unwrap()[0], 6).unwrap(), 6);
         assert!(sandwich.is_some());
         let s = fallback(&candidates(&["rtn".into()], &[4], 32, 0).unwrap()[0], 6).unwrap();

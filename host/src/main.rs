@@ -122,7 +122,8 @@ struct CompareArgs {
     /// Calibration samples for GPTQ / AWQ / AdaRound / int8-auto / smoothquant / llm-int8.
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
-    /// Methods, comma-separated: rtn, gptq, awq, hqq, adaround (at each of --bits), quarot-rtn, quarot-gptq (QuaRot
+    /// Methods, comma-separated: rtn, gptq, gptq-ao (GPTQ with act-order), awq, hqq, adaround (at each of
+    /// --bits), quarot-rtn, quarot-gptq (QuaRot
     /// rotation, then RTN / GPTQ weights, int8 activations per token: W4A8; -a4 suffix: int4 activations, W4A4),
     /// int8 (per channel, RTN), int8-auto
     /// (per channel, symmetry decided per layer from calibration), smoothquant (W8A8), llm-int8 (W8A8 with f32
