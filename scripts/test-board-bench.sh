@@ -12,7 +12,8 @@
 #   scp target/riscv64gc-unknown-linux-gnu/release/edgeq board: # VisionFive 2, Milk-V, ...; RVV used when AT_HWCAP has V
 #
 # Installs what is missing (qemu-user, cross gcc, rustup targets) like
-# scripts/test-cross.sh.
+# scripts/test-cross.sh. EDGEQ_BOARD_PROFILE picks the cargo profile
+# (default release; CI uses board-check, which builds much faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -33,9 +34,10 @@ done
 
 check() { # name, qemu command, target, expected implementation
     local name=$1 qemu=$2 triple=$3 want=$4
-    echo "== $name: build edgeq for $triple"
-    cargo build --release -q -p edgeq-host --bin edgeq --target "$triple"
-    local bin="target/$triple/release/edgeq" log
+    local profile=${EDGEQ_BOARD_PROFILE:-release}
+    echo "== $name: build edgeq for $triple (profile $profile)"
+    cargo build --profile "$profile" -q -p edgeq-host --bin edgeq --target "$triple"
+    local bin="target/$triple/$profile/edgeq" log
     log=$(mktemp)
     echo "== $name: edgeq bench under $qemu (emulated: timings are not speeds)"
     # shellcheck disable=SC2086

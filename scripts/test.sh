@@ -37,7 +37,7 @@ scripts/test-cross.sh
 stage "firmware under QEMU system emulation against the host (Cortex-M4F, Cortex-M3, RV32)"
 scripts/test-targets.sh
 stage "edgeq bench cross-built for aarch64 / riscv64 Linux boards, run under qemu-user"
-scripts/test-board-bench.sh
+EDGEQ_BOARD_PROFILE=board-check scripts/test-board-bench.sh
 stage "C API: libedgeq.a (hosted and kernel-style bare metal) driven from C, checked against the host"
 scripts/test-capi.sh
 stage "GGUF export read back by llama.cpp's Python reader (gguf from PyPI)"
