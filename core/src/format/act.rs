@@ -59,14 +59,8 @@ impl ActMode {
     }
 }
 
-/// The section header (16 bytes).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
-pub struct ActHeader {
-    pub n_records: u32,
-    pub n_indices: u32,
-    pub reserved: [u32; 2],
-}
+/// The section header (16 bytes): n_records, n_indices, reserved[2].
+pub type ActHeader = super::table::TableHeader;
 
 /// One linear layer's activation quantization (20 bytes).
 #[repr(C)]
@@ -87,7 +81,6 @@ pub struct ActRecord {
     pub count: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ActHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ActRecord>() == 20);
 
 /// The activation quantization of one layer, borrowed from the file.
@@ -111,46 +104,12 @@ impl<'a> ActSection<'a> {
     /// width of the tensor a record refers to (None: no such tensor).
     pub fn parse(body: &'a [u8], cols_of: impl Fn(u16, u16) -> Option<u32>) -> Result<ActSection<'a>, FormatError> {
         let bad = FormatError::BadActQuant;
-        if body.len() < 16 {
-            return Err(bad("section shorter than its 16-byte header"));
-        }
-        let h: &ActHeader = bytemuck::try_from_bytes(&body[..16]).map_err(|_| FormatError::Misaligned {
-            what: "ACT_QUANT section",
-            align: 4,
-        })?;
-        let rec_end = (h.n_records as u64).checked_mul(20).and_then(|v| v.checked_add(16));
-        let end = rec_end.and_then(|r| (h.n_indices as u64).checked_mul(4).and_then(|v| v.checked_add(r)));
-        let (Some(rec_end), Some(end)) = (rec_end, end) else {
-            return Err(bad("record/index counts overflow"));
-        };
-        if end != body.len() as u64 {
-            return Err(bad("size is not 16 + 20·n_records + 4·n_indices"));
-        }
-        let cast = |b: &'a [u8]| {
-            bytemuck::try_cast_slice::<u8, u32>(b).map_err(|_| FormatError::Misaligned {
-                what: "ACT_QUANT indices",
-                align: 4,
-            })
-        };
-        let records: &[ActRecord] = bytemuck::try_cast_slice(&body[16..rec_end as usize]).map_err(|_| FormatError::Misaligned {
-            what: "ACT_QUANT records",
-            align: 4,
-        })?;
-        let indices = cast(&body[rec_end as usize..])?;
-        let mut prev: Option<(u16, u16)> = None;
+        let names = ["ACT_QUANT section", "ACT_QUANT records", "ACT_QUANT indices"];
+        let (records, indices): (&[ActRecord], _) = super::table::split(body, names, bad)?;
+        let n_indices = indices.len() as u32;
+        let mut prev = None;
         for r in records {
-            if prev.is_some_and(|p| p >= (r.layer, r.role)) {
-                return Err(bad("records are not sorted by (layer, role), or repeat"));
-            }
-            prev = Some((r.layer, r.role));
-            if !TensorRole::from_u16(r.role).is_some_and(|x| x.is_linear() && x != TensorRole::Output) || r.layer == super::GLOBAL_LAYER {
-                return Err(bad(
-                    "a record names a tensor that is not a block's linear layer (the classifier keeps f32 activations)",
-                ));
-            }
-            let Some(cols) = cols_of(r.layer, r.role) else {
-                return Err(bad("a record names a tensor the file does not have"));
-            };
+            let cols = super::table::linear_key(&mut prev, r.layer, r.role, &cols_of, bad)?;
             let mode = ActMode::from_u8(r.mode).ok_or(bad("unknown activation mode"))?;
             let llm = mode == ActMode::LlmInt8;
             if mode == ActMode::Int4Token {
@@ -163,7 +122,7 @@ impl<'a> ActSection<'a> {
             if !llm && r.count != 0 {
                 return Err(bad("only LLM.int8 records list outlier columns"));
             }
-            let end = r.first.checked_add(r.count).filter(|&e| e <= h.n_indices);
+            let end = r.first.checked_add(r.count).filter(|&e| e <= n_indices);
             let Some(end) = end else {
                 return Err(bad("outlier list runs past the index array"));
             };

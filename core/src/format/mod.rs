@@ -14,6 +14,7 @@ pub mod act;
 pub mod perm;
 mod reader;
 mod records;
+mod table;
 #[cfg(feature = "alloc")]
 pub mod writer;
 

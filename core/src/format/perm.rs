@@ -23,14 +23,8 @@ use super::records::TensorRole;
 use crate::error::FormatError;
 use bytemuck::{Pod, Zeroable};
 
-/// The section header (16 bytes).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
-pub struct PermHeader {
-    pub n_records: u32,
-    pub n_indices: u32,
-    pub reserved: [u32; 2],
-}
+/// The section header (16 bytes): n_records, n_indices, reserved[2].
+pub type PermHeader = super::table::TableHeader;
 
 /// One linear layer's input permutation (8 bytes).
 #[repr(C)]
@@ -42,7 +36,6 @@ pub struct PermRecord {
     pub first: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PermHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<PermRecord>() == 8);
 
 /// The parsed section: records and indices, validated.
@@ -57,40 +50,15 @@ impl<'a> PermSection<'a> {
     /// width of the tensor a record refers to (None: no such tensor).
     pub fn parse(body: &'a [u8], cols_of: impl Fn(u16, u16) -> Option<u32>) -> Result<PermSection<'a>, FormatError> {
         let bad = FormatError::BadInputPerm;
-        if body.len() < 16 {
-            return Err(bad("section shorter than its 16-byte header"));
-        }
-        let h: &PermHeader = bytemuck::try_from_bytes(&body[..16]).map_err(|_| FormatError::Misaligned {
-            what: "INPUT_PERM section",
-            align: 4,
-        })?;
-        let rec_end = (h.n_records as u64).checked_mul(8).and_then(|v| v.checked_add(16));
-        let end = rec_end.and_then(|r| (h.n_indices as u64).checked_mul(4).and_then(|v| v.checked_add(r)));
-        let (Some(rec_end), Some(end)) = (rec_end, end) else {
-            return Err(bad("record/index counts overflow"));
-        };
-        if end != body.len() as u64 {
-            return Err(bad("size is not 16 + 8·n_records + 4·n_indices"));
-        }
-        let misaligned = |what| FormatError::Misaligned { what, align: 4 };
-        let records: &[PermRecord] = bytemuck::try_cast_slice(&body[16..rec_end as usize]).map_err(|_| misaligned("INPUT_PERM records"))?;
-        let indices: &[u32] = bytemuck::try_cast_slice(&body[rec_end as usize..]).map_err(|_| misaligned("INPUT_PERM indices"))?;
-        let mut prev: Option<(u16, u16)> = None;
+        let names = ["INPUT_PERM section", "INPUT_PERM records", "INPUT_PERM indices"];
+        let (records, indices): (&[PermRecord], _) = super::table::split(body, names, bad)?;
+        let mut prev = None;
         for r in records {
-            if prev.is_some_and(|p| p >= (r.layer, r.role)) {
-                return Err(bad("records are not sorted by (layer, role), or repeat"));
-            }
-            prev = Some((r.layer, r.role));
-            if !TensorRole::from_u16(r.role).is_some_and(|x| x.is_linear() && x != TensorRole::Output) || r.layer == super::GLOBAL_LAYER {
-                return Err(bad("a record names a tensor that is not a block's linear layer"));
-            }
-            let Some(cols) = cols_of(r.layer, r.role) else {
-                return Err(bad("a record names a tensor the file does not have"));
-            };
+            let cols = super::table::linear_key(&mut prev, r.layer, r.role, &cols_of, bad)?;
             let run = (cols as u64)
                 .checked_mul(2)
                 .and_then(|n| n.checked_add(r.first as u64))
-                .filter(|&e| e <= h.n_indices as u64);
+                .filter(|&e| e <= indices.len() as u64);
             let Some(run_end) = run else {
                 return Err(bad("a permutation runs past the index array"));
             };

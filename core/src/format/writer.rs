@@ -156,43 +156,31 @@ impl EqfWriter {
 
     /// The ACT_QUANT section body (records sorted by (layer, role)).
     fn act_section(&mut self) -> Vec<u8> {
-        use super::act::{ActHeader, ActRecord};
+        use super::act::ActRecord;
         self.acts.sort_by_key(|a| (a.layer, a.role as u16));
-        let n_indices: usize = self.acts.iter().map(|a| a.outliers.len()).sum();
-        let header = ActHeader {
-            n_records: self.acts.len() as u32,
-            n_indices: n_indices as u32,
-            reserved: [0; 2],
-        };
-        let mut out = bytemuck::bytes_of(&header).to_vec();
-        let mut first = 0u32;
+        let mut records = Vec::with_capacity(self.acts.len());
+        let mut indices = Vec::new();
         for a in &self.acts {
-            let r = ActRecord {
+            records.push(ActRecord {
                 layer: a.layer,
                 role: a.role as u16,
                 mode: a.mode as u8,
                 reserved0: 0,
                 reserved1: 0,
                 threshold: a.threshold,
-                first,
+                first: indices.len() as u32,
                 count: a.outliers.len() as u32,
-            };
-            out.extend_from_slice(bytemuck::bytes_of(&r));
-            first += a.outliers.len() as u32;
+            });
+            indices.extend_from_slice(&a.outliers);
         }
-        for a in &self.acts {
-            for i in &a.outliers {
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-        }
-        out
+        super::table::write(&records, &indices)
     }
 
     /// The INPUT_PERM section body: records sorted by (layer, role); a
     /// record whose permutation equals an earlier one of the same layer
     /// (q/k/v share their input) shares its run.
     fn perm_section(&mut self) -> Vec<u8> {
-        use super::perm::{PermHeader, PermRecord};
+        use super::perm::PermRecord;
         self.perms.sort_by_key(|p| (p.layer, p.role as u16));
         let mut runs: Vec<(u16, &[u32], u32)> = Vec::new();
         let mut records = Vec::new();
@@ -220,15 +208,7 @@ impl EqfWriter {
                 first,
             });
         }
-        let header = PermHeader {
-            n_records: records.len() as u32,
-            n_indices: indices.len() as u32,
-            reserved: [0; 2],
-        };
-        let mut out = bytemuck::bytes_of(&header).to_vec();
-        out.extend_from_slice(bytemuck::cast_slice(&records));
-        out.extend_from_slice(bytemuck::cast_slice(&indices));
-        out
+        super::table::write(&records, &indices)
     }
 
     /// Serializes the whole file.
