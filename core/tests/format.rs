@@ -278,10 +278,9 @@ fn build(tensors: &[Src], metadata: &[u8]) -> Vec<u8> {
     build_with(tensors, metadata, Vec::new())
 }
 
-fn build_with(tensors: &[Src], metadata: &[u8], acts: Vec<edgeq_core::format::writer::ActEntry>) -> Vec<u8> {
+/// A writer holding `tensors`.
+fn writer_with(tensors: &[Src]) -> EqfWriter {
     let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
-    w.metadata = metadata.to_vec();
-    w.acts = acts;
     for t in tensors {
         w.add(TensorEntry {
             role: t.role,
@@ -293,6 +292,13 @@ fn build_with(tensors: &[Src], metadata: &[u8], acts: Vec<edgeq_core::format::wr
         })
         .unwrap();
     }
+    w
+}
+
+fn build_with(tensors: &[Src], metadata: &[u8], acts: Vec<edgeq_core::format::writer::ActEntry>) -> Vec<u8> {
+    let mut w = writer_with(tensors);
+    w.metadata = metadata.to_vec();
+    w.acts = acts;
     w.finish()
 }
 
@@ -1332,18 +1338,7 @@ fn corrupt_act_sections_are_typed_errors() {
 }
 
 fn file_with_perms(perms: &[(TensorRole, Vec<u32>)]) -> Vec<u8> {
-    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
-    for t in model_tensors() {
-        w.add(TensorEntry {
-            role: t.role,
-            layer: t.layer,
-            spec: t.spec,
-            rows: t.rows,
-            cols: t.cols,
-            data: t.data.clone(),
-        })
-        .unwrap();
-    }
+    let mut w = writer_with(&model_tensors());
     for (role, p) in perms {
         w.add_perm(*role, 0, p.clone()).unwrap();
     }
@@ -1392,18 +1387,7 @@ fn input_perms_round_trip_and_mark_version_1_3() {
 #[test]
 fn writer_rejects_bad_perms() {
     let c = config();
-    let mut w = EqfWriter::new(config(), TOKENIZER.to_vec());
-    for t in model_tensors() {
-        w.add(TensorEntry {
-            role: t.role,
-            layer: t.layer,
-            spec: t.spec,
-            rows: t.rows,
-            cols: t.cols,
-            data: t.data.clone(),
-        })
-        .unwrap();
-    }
+    let mut w = writer_with(&model_tensors());
     let mut dup = shuffled(c.dim, 3);
     dup[1] = dup[0];
     for (role, layer, p, what) in [
