@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Linux board benchmarks: cross-builds the `edgeq` CLI (whose `bench`
 # subcommand measures bandwidth, every kernel implementation and model
-# decode speed) for 64-bit ARM and RISC-V boards, and runs it under
+# decode speed) for 64-bit ARM and RISC-V boards, without the `png`
+# feature (compare then writes SVG plots only), and runs it under
 # qemu-user to check that it works. Timings under emulation are NOT speeds
 # and are not reported as such; run the binary on the board for numbers:
 #
@@ -36,7 +37,9 @@ check() { # name, qemu command, target, expected implementation
     local name=$1 qemu=$2 triple=$3 want=$4
     local profile=${EDGEQ_BOARD_PROFILE:-release}
     echo "== $name: build edgeq for $triple (profile $profile)"
-    cargo build --profile "$profile" -q -p edgeq-host --bin edgeq --target "$triple"
+    # (no `png` feature: a board has no use for `compare`'s PNG plots, and
+    # resvg's font stack is a third of the host's dependency build)
+    cargo build --profile "$profile" -q -p edgeq-host --no-default-features --bin edgeq --target "$triple"
     local bin="target/$triple/$profile/edgeq" log
     log=$(mktemp)
     echo "== $name: edgeq bench under $qemu (emulated: timings are not speeds)"

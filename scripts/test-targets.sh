@@ -132,17 +132,25 @@ run_variant() {
         esac
     done
     local model="$W/stories260K-$q.eqf" elf="$W/elf/$name.elf" log="$W/runs/$name.log" host="$W/runs/host-$q-$kv"
-    echo "== $name: build"
-    local feat=()
-    [ -n "$features" ] && feat=(--features "$features")
-    if ! (cd targets && EDGEQ_MODEL="$model" EDGEQ_TOKENS="$TOKENS" EDGEQ_MAX_SEQ="$MAX_SEQ" EDGEQ_ACTS="$ACTS" EDGEQ_KV="$kv" \
-        EDGEQ_FLASH="$flash_limit" EDGEQ_RAM="$ram_limit" EDGEQ_STACK="$stack" \
-        cargo build -q --profile "$profile" -p "edgeq-fw-$crate" --target "$triple" "${feat[@]}"); then
-        echo "FAIL $name: build"
-        FAIL=1
-        return
+    # Two build lanes with their own target directories (see PHASE below):
+    # lane a the Cortex-M4F builds, lane b RV32, Cortex-M3 and defmt.
+    local lane=b tdir=target-b
+    if [ "$triple" = thumbv7em-none-eabihf ] && [ "$features" != defmt ]; then lane=a tdir=target; fi
+    if [ "$PHASE" = build ] && [ "$lane" != "$LANE" ]; then return 0; fi
+    if [ "$PHASE" = build ] || [ ! -f "$elf" ]; then
+        echo "== $name: build"
+        local feat=()
+        [ -n "$features" ] && feat=(--features "$features")
+        if ! (cd targets && EDGEQ_MODEL="$model" EDGEQ_TOKENS="$TOKENS" EDGEQ_MAX_SEQ="$MAX_SEQ" EDGEQ_ACTS="$ACTS" EDGEQ_KV="$kv" \
+            EDGEQ_FLASH="$flash_limit" EDGEQ_RAM="$ram_limit" EDGEQ_STACK="$stack" CARGO_TARGET_DIR="$tdir" \
+            cargo build -q --profile "$profile" -p "edgeq-fw-$crate" --target "$triple" "${feat[@]}"); then
+            echo "FAIL $name: build"
+            FAIL=1
+            return
+        fi
+        cp "targets/$tdir/$triple/$profile/edgeq-fw-$crate" "$elf"
     fi
-    cp "targets/target/$triple/$profile/edgeq-fw-$crate" "$elf"
+    [ "$PHASE" = build ] && return 0
     echo "== $name: run ($qemu)"
     local t1 rc=0
     t1=$(date +%s%N)
@@ -228,17 +236,37 @@ ARM_M4="qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic -semihosti
 ARM_M3="qemu-system-arm -cpu cortex-m3 -machine mps2-an385 -nographic -semihosting-config enable=on,target=native -kernel"
 RV32="qemu-system-riscv32 -machine virt -bios none -nographic -kernel"
 
-run_variant cortex-m4f-q8 cortex-m4 thumbv7em-none-eabihf "" q8 "$ARM_M4"
-run_variant cortex-m4f-q4 cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4"
-run_variant cortex-m4f-q4-size cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size flash=256K
-run_variant cortex-m4f-q4-64k cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size kv=q8 flash=256K ram=64K stack=7K
-run_variant cortex-m4f-q4-heap cortex-m4 thumbv7em-none-eabihf heap q4 "$ARM_M4"
-run_variant cortex-m4f-q4-defmt cortex-m4 thumbv7em-none-eabihf defmt q4 "$ARM_M4" check=defmt
-run_variant cortex-m3-q4 cortex-m4 thumbv7m-none-eabi "" q4 "$ARM_M3"
-run_variant riscv32-q8 riscv32 riscv32imac-unknown-none-elf "" q8 "$RV32"
-run_variant riscv32-q4 riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32"
-run_variant riscv32-q4-heap riscv32 riscv32imac-unknown-none-elf heap q4 "$RV32"
-run_variant riscv32-q4-64k riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32" profile=size kv=q8 flash=256K ram=64K stack=7K
+variants() {
+    run_variant cortex-m4f-q8 cortex-m4 thumbv7em-none-eabihf "" q8 "$ARM_M4"
+    run_variant cortex-m4f-q4 cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4"
+    run_variant cortex-m4f-q4-size cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size flash=256K
+    run_variant cortex-m4f-q4-64k cortex-m4 thumbv7em-none-eabihf "" q4 "$ARM_M4" profile=size kv=q8 flash=256K ram=64K stack=7K
+    run_variant cortex-m4f-q4-heap cortex-m4 thumbv7em-none-eabihf heap q4 "$ARM_M4"
+    run_variant cortex-m4f-q4-defmt cortex-m4 thumbv7em-none-eabihf defmt q4 "$ARM_M4" check=defmt
+    run_variant cortex-m3-q4 cortex-m4 thumbv7m-none-eabi "" q4 "$ARM_M3"
+    run_variant riscv32-q8 riscv32 riscv32imac-unknown-none-elf "" q8 "$RV32"
+    run_variant riscv32-q4 riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32"
+    run_variant riscv32-q4-heap riscv32 riscv32imac-unknown-none-elf heap q4 "$RV32"
+    run_variant riscv32-q4-64k riscv32 riscv32imac-unknown-none-elf "" q4 "$RV32" profile=size kv=q8 flash=256K ram=64K stack=7K
+}
+
+# Phase 1 builds every firmware image in two lanes at once: each lane is one
+# cargo process with its own target directory (a single build with
+# codegen-units = 1 and fat LTO keeps one core busy, and cargo locks its
+# target directory). Phase 2 runs each image and checks it; an image that
+# failed to build in phase 1 is built again there, where the failure is
+# reported.
+rm -f "$W"/elf/*.elf
+echo "== building the firmware images (two lanes; logs in $W/runs/build-{a,b}.log)"
+tb=$(date +%s)
+(PHASE=build LANE=a variants) >"$W/runs/build-a.log" 2>&1 &
+lane_a=$!
+(PHASE=build LANE=b variants) >"$W/runs/build-b.log" 2>&1 &
+lane_b=$!
+wait "$lane_a" || true
+wait "$lane_b" || true
+echo "firmware images built in $(($(date +%s) - tb)) s"
+PHASE=run variants
 
 kb() { [[ "$1" =~ ^[0-9]+$ ]] && awk -v b="$1" 'BEGIN {printf "%.1f", b / 1024}' || echo "$1"; }
 {

@@ -150,6 +150,7 @@ pub fn layer_errors(path: &Path, series: &[(String, Vec<(String, f64)>)]) -> Res
 
 /// Rasterizes an SVG file to PNG (text in the system's fonts; a warning
 /// when the machine has none, since the labels would be missing).
+#[cfg(feature = "png")]
 pub fn svg_to_png(svg: &Path, png: &Path) -> Result<()> {
     let mut opt = resvg::usvg::Options::default();
     opt.fontdb_mut().load_system_fonts();
@@ -174,6 +175,17 @@ pub fn svg_to_png(svg: &Path, png: &Path) -> Result<()> {
     resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
     let bytes = pixmap.encode_png().map_err(|e| anyhow!("{}: {e}", png.display()))?;
     crate::model_file::write_atomic(png, &bytes)
+}
+
+/// Without the `png` feature: says so and writes nothing (the SVG is there).
+#[cfg(not(feature = "png"))]
+pub fn svg_to_png(svg: &Path, png: &Path) -> Result<()> {
+    eprintln!(
+        "note: {} not written (edgeq built without the `png` feature); {} has the plot",
+        png.display(),
+        svg.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

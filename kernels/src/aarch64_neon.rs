@@ -9,7 +9,9 @@
 //! row. Up to four tokens share each dequantized block; the operations for
 //! one token do not depend on how many share the pass. F16 weights convert
 //! with `FCVTL`/`FCVTL2` (base ARMv8.0 AdvSIMD, via `asm!` because the
-//! `float16x4_t` intrinsics are not stable), which is exact.
+//! `float16x4_t` intrinsics are not stable), which is exact; FP8 weights
+//! too, after a shift that makes each code an f16 (see `x86_avx2.rs`'s
+//! `fp8_matmul` for the trick and the scaling per region).
 use crate::support::f16_to_f32;
 use core::arch::aarch64::*;
 use core::ops::Range;
@@ -33,6 +35,10 @@ pub(crate) unsafe fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usi
         Scheme::Q8Asym => unsafe { int_matmul::<Q8Asym>(y, w, x, t, rows) },
         Scheme::F32 => unsafe { dense_matmul::<F32Rows>(y, w, x, t, rows) },
         Scheme::F16 => unsafe { dense_matmul::<F16Rows>(y, w, x, t, rows) },
+        // FP8 whose scale is constant over every 32-element block.
+        s if s.is_fp8() && (w.spec.granularity != edgeq_core::Granularity::Block || w.spec.group % BLOCK as u32 == 0) => unsafe {
+            fp8_matmul(y, w, x, t, rows)
+        },
         _ => crate::scalar::matmul(y, w, x, t, rows, scratch),
     }
 }
@@ -406,4 +412,129 @@ unsafe fn dense_row<D: DenseRows, const T: usize>(wr: &[D::E], x: &[f32], cols: 
         }
         out
     }
+}
+
+/// FP8 (E4M3 / E5M2) rows: each code widened to an f16 bit pattern (E5M2:
+/// `c << 8`, the value; E4M3: the sign-extended code `<< 7` with bit 14
+/// cleared, the value times 2⁻⁸) and converted with FCVTL; the products are
+/// summed unscaled over each region of constant scale, then multiplied by
+/// `scale · 2⁸` (E4M3) once per region. A block holding E4M3's NaN code
+/// (magnitude 0x7F, which the shift would read as 480) decodes to NaN.
+///
+/// # Safety
+/// `w` is FP8 with regions complete, its scale constant over each 32-column
+/// block; `x`/`y` as in [`matmul`].
+unsafe fn fp8_matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: Range<usize>) {
+    let (n_rows, cols) = (w.rows(), w.cols());
+    let e4m3 = w.scheme() == Scheme::Fp8E4M3;
+    for r in rows {
+        let codes = &w.row_codes(r)[..cols];
+        // SAFETY: `codes` is one row of `cols` codes, `xs` at least T·cols
+        // floats (`args_ok`).
+        token_passes!(y, x, t, n_rows, cols, r, |xs, T| unsafe {
+            fp8_row::<T>(codes, e4m3, w, r, xs, cols)
+        });
+    }
+}
+
+/// 32 FP8 codes at `cp` → 8×4 f32 (E4M3: the values times 2⁻⁸).
+///
+/// # Safety
+/// 32 readable bytes at `cp`.
+#[inline(always)]
+unsafe fn fp8_block(cp: *const u8, e4m3: bool) -> W {
+    // SAFETY: two 16-byte loads within the 32 bytes (contract); the rest
+    // are register-only NEON ops (NEON enabled at compile time).
+    unsafe {
+        let (c0, c1) = (vld1q_u8(cp), vld1q_u8(cp.add(16)));
+        if e4m3 {
+            let m = vdupq_n_u8(0x7F);
+            if vmaxvq_u8(vorrq_u8(vceqq_u8(vandq_u8(c0, m), m), vceqq_u8(vandq_u8(c1, m), m))) != 0 {
+                // NaN·x is NaN for every x: the block's dot products are NaN.
+                return [vdupq_n_f32(f32::NAN); 8];
+            }
+        }
+        let h = |c: uint8x8_t| -> uint16x8_t {
+            if e4m3 {
+                vandq_u16(
+                    vshlq_n_u16::<7>(vreinterpretq_u16_s16(vmovl_s8(vreinterpret_s8_u8(c)))),
+                    vdupq_n_u16(0xBF80),
+                )
+            } else {
+                vshll_n_u8::<8>(c)
+            }
+        };
+        let (a, b) = cvt_f16x8(h(vget_low_u8(c0)));
+        let (c, d) = cvt_f16x8(h(vget_high_u8(c0)));
+        let (e, f) = cvt_f16x8(h(vget_low_u8(c1)));
+        let (g, hh) = cvt_f16x8(h(vget_high_u8(c1)));
+        [a, b, c, d, e, f, g, hh]
+    }
+}
+
+/// # Safety
+/// `codes.len() ≥ cols`, `x.len() ≥ T·cols`.
+#[inline(always)]
+unsafe fn fp8_row<const T: usize>(codes: &[u8], e4m3: bool, w: &TensorView<'_>, r: usize, x: &[f32], cols: usize) -> [f32; T] {
+    let full = cols / BLOCK;
+    let pre = if e4m3 { 256.0 } else { 1.0 };
+    // Columns per region of constant scale: a block-scaling tile, or the row.
+    let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
+        w.spec.group as usize
+    } else {
+        usize::MAX
+    };
+    let (cp, xp) = (codes.as_ptr(), x.as_ptr());
+    let mut tile_of = 0;
+    // SAFETY: register-only NEON ops (NEON enabled at compile time).
+    let (mut acc, mut part) = unsafe { ([vdupq_n_f32(0.0); T], [vdupq_n_f32(0.0); T]) };
+    // Adds the finished region's sums, scaled by the scale of column c0.
+    let flush = |acc: &mut [float32x4_t; T], part: &mut [float32x4_t; T], c0: usize| {
+        let s = w.fp8_scale(r, c0) * pre;
+        for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+            // SAFETY: register-only NEON ops (NEON enabled at compile time).
+            unsafe {
+                *a = vfmaq_n_f32(*a, *p, s);
+                *p = vdupq_n_f32(0.0);
+            }
+        }
+    };
+    // SAFETY: full blocks read codes[b·32..+32] and x[i·cols + b·32..+32]
+    // in bounds (contract); the tail reads zero-padded copies (code 0 is 0).
+    unsafe {
+        for b in 0..full {
+            if (b * BLOCK) / tile != tile_of {
+                flush(&mut acc, &mut part, tile_of * tile);
+                tile_of = (b * BLOCK) / tile;
+            }
+            let wv = fp8_block(cp.add(b * BLOCK), e4m3);
+            for (i, p) in part.iter_mut().enumerate() {
+                *p = vaddq_f32(*p, block_dot(&wv, xp.add(i * cols + b * BLOCK)));
+            }
+        }
+        let e0 = full * BLOCK;
+        if e0 < cols {
+            if e0 / tile != tile_of {
+                flush(&mut acc, &mut part, tile_of * tile);
+                tile_of = e0 / tile;
+            }
+            let mut cb = [0u8; BLOCK];
+            cb[..cols - e0].copy_from_slice(&codes[e0..cols]);
+            let wv = fp8_block(cb.as_ptr(), e4m3);
+            for (i, p) in part.iter_mut().enumerate() {
+                let mut xb = [0.0f32; BLOCK];
+                xb[..cols - e0].copy_from_slice(&x[i * cols + e0..i * cols + cols]);
+                *p = vaddq_f32(*p, block_dot(&wv, xb.as_ptr()));
+            }
+        }
+    }
+    if cols > 0 {
+        flush(&mut acc, &mut part, tile_of.saturating_mul(tile).min(cols - 1));
+    }
+    let mut out = [0.0f32; T];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: register-only NEON op (NEON enabled at compile time).
+        *o = unsafe { vaddvq_f32(a) };
+    }
+    out
 }

@@ -21,7 +21,7 @@ use edgeq_core::{Scheme, TensorView};
 pub(crate) unsafe fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: Range<usize>, scratch: &mut [f32]) {
     let (n_rows, cols) = (w.rows(), w.cols());
     let s = w.scheme();
-    if !(s.is_int() || s == Scheme::F32 || s == Scheme::F16) {
+    if !(s.is_int() || s.is_fp8() || s == Scheme::F32 || s == Scheme::F16) {
         return crate::scalar::matmul(y, w, x, t, rows, scratch);
     }
     let f32_data = if s == Scheme::F32 { w.as_f32() } else { &[] };

@@ -66,7 +66,7 @@ pub(crate) unsafe fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usi
         Scheme::F32 => unsafe { dense_f32(y, w, x, t, rows) },
         Scheme::F16 if f16c => unsafe { dense_f16(y, w, x, t, rows) },
         // FP8 whose scale is constant over every 32-element block.
-        s if s.is_fp8() && (w.spec.granularity != edgeq_core::Granularity::Block || w.spec.group % BLOCK as u32 == 0) => unsafe {
+        s if s.is_fp8() && f16c && (w.spec.granularity != edgeq_core::Granularity::Block || w.spec.group % BLOCK as u32 == 0) => unsafe {
             fp8_matmul(y, w, x, t, rows)
         },
         _ => crate::scalar::matmul(y, w, x, t, rows, scratch),
@@ -419,100 +419,136 @@ unsafe fn dense_matmul<D: DenseRows>(y: &mut [f32], w: &TensorView<'_>, x: &[f32
     }
 }
 
-/// FP8 (E4M3 / E5M2) rows: each weight is `table[code] · scale` (one
-/// multiply, the reference's value exactly: the table holds `decode`'s
-/// values), 8 codes at a time through a gather from the 256-entry table.
+/// FP8 (E4M3 / E5M2) rows through F16C, 16 codes per conversion: an FP8
+/// code is the top of an f16 bit pattern. E5M2 is f16 with its low byte
+/// cut (`c << 8` is the value itself); E4M3's 7 magnitude bits shifted left
+/// by 7 land in f16's exponent and mantissa with a bias of 15 instead of 7,
+/// so the f16 is the value times 2⁻⁸ (subnormals included: every E4M3 value
+/// is exact in f16). Per 32 codes: two sign-extending widenings, two
+/// shift/mask pairs, four `vcvtph2ps`; the products are summed unscaled
+/// over each region of constant scale and multiplied by `scale · 2⁸` once
+/// (per row for per-tensor / per-channel scales, per tile for 128×128
+/// blocks). E4M3 has no infinity and one NaN magnitude (0x7F), which the
+/// f16 trick would read as 480: a block holding it decodes to NaN (a
+/// compare and a movemask per block).
 ///
 /// # Safety
 /// `w` is FP8 with regions complete, its scale constant over each 32-column
-/// block; `x`/`y` as in [`matmul`]; AVX2 + FMA available.
-#[target_feature(enable = "avx2,fma")]
+/// block; `x`/`y` as in [`matmul`]; AVX2, FMA and F16C available.
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fp8_matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: Range<usize>) {
     let (n_rows, cols) = (w.rows(), w.cols());
-    let table = edgeq_core::quant::fp8::table_of(w.scheme());
+    let e4m3 = w.scheme() == Scheme::Fp8E4M3;
     for r in rows {
         let codes = &w.row_codes(r)[..cols];
         // SAFETY: `codes` is one row of `cols` codes, `xs` at least T·cols
-        // floats (`args_ok`); AVX2 + FMA per this function's contract.
+        // floats (`args_ok`); AVX2, FMA and F16C per this function's contract.
         token_passes!(y, x, t, n_rows, cols, r, |xs, T| unsafe {
-            fp8_row::<T>(codes, table, w, r, xs, cols)
+            fp8_row::<T>(codes, e4m3, w, r, xs, cols)
         });
     }
 }
 
+/// 32 FP8 codes at `cp` → 4×8 f32: the value times 2⁻⁸ for E4M3, the value
+/// for E5M2 (see [`fp8_matmul`]).
+///
 /// # Safety
-/// `codes.len() ≥ cols`, `x.len() ≥ T·cols`; AVX2 + FMA available.
+/// 32 readable bytes at `cp`; AVX2 and F16C available.
 #[inline(always)]
-unsafe fn fp8_row<const T: usize>(codes: &[u8], table: &[f32; 256], w: &TensorView<'_>, r: usize, x: &[f32], cols: usize) -> [f32; T] {
-    let full = cols / BLOCK;
-    // SAFETY: gathers index the 256-entry table with byte codes (< 256);
-    // full blocks read codes[b·32..+32] and x[i·cols + b·32..+32] in bounds
-    // (contract); the tail reads zero-padded copies (code 0 decodes to 0).
+unsafe fn fp8_block(cp: *const u8, e4m3: bool) -> [__m256; 4] {
+    // SAFETY: one unaligned 32-byte load (contract); register-only ops.
     unsafe {
-        // E4M3 without the table: the code's 7 magnitude bits shifted to
-        // f32's exponent/mantissa position are the value times 2⁻¹²⁰ (f32
-        // subnormals included), so one exact multiply by 2¹²⁰ decodes it;
-        // the sign bit moves to bit 31 and the NaN code is blended in.
-        let e4m3 = core::ptr::eq(table, &edgeq_core::quant::fp8::E4M3_TABLE);
-        let (m7f, sbit, pow120, nan) = (
-            _mm256_set1_epi32(0x7F),
-            _mm256_set1_epi32(0x80),
-            _mm256_set1_ps(f32::from_bits((120 + 127) << 23)),
-            _mm256_set1_ps(f32::NAN),
-        );
-        // A macro, not a closure (closures do not inherit target features).
-        macro_rules! load {
-            ($cp:expr, $scale:expr) => {{
-                let (cp, scale): (*const u8, __m256) = ($cp, $scale);
-                let mut v = [_mm256_setzero_ps(); 4];
-                for (k, vk) in v.iter_mut().enumerate() {
-                    let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(8 * k) as *const __m128i));
-                    let d = if e4m3 {
-                        let mag = _mm256_and_si256(c, m7f);
-                        let bits = _mm256_or_si256(
-                            _mm256_slli_epi32::<20>(mag),
-                            _mm256_slli_epi32::<24>(_mm256_and_si256(c, sbit)),
-                        );
-                        let d = _mm256_mul_ps(_mm256_castsi256_ps(bits), pow120);
-                        _mm256_blendv_ps(d, nan, _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, m7f)))
-                    } else {
-                        _mm256_i32gather_ps::<4>(table.as_ptr(), c)
-                    };
-                    *vk = _mm256_mul_ps(d, scale);
-                }
-                v
-            }};
+        let c = _mm256_loadu_si256(cp as *const __m256i);
+        if e4m3 {
+            let mag = _mm256_and_si256(c, _mm256_set1_epi8(0x7F));
+            if _mm256_movemask_epi8(_mm256_cmpeq_epi8(mag, _mm256_set1_epi8(0x7F))) != 0 {
+                // A NaN weight makes every dot product with the block NaN
+                // (NaN·x is NaN for every x, 0 and ∞ included), as in the
+                // reference: no need to decode the rest.
+                return [_mm256_set1_ps(f32::NAN); 4];
+            }
         }
+        // A macro, not a closure (closures may not inherit target features).
+        macro_rules! half {
+            ($h:expr) => {
+                if e4m3 {
+                    // sign-extended: the sign lands in bit 15 (and bit 14, cleared)
+                    _mm256_and_si256(
+                        _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16($h)),
+                        _mm256_set1_epi16(0xBF80u16 as i16),
+                    )
+                } else {
+                    _mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16($h))
+                }
+            };
+        }
+        let (lo, hi) = (half!(_mm256_castsi256_si128(c)), half!(_mm256_extracti128_si256::<1>(c)));
+        [
+            _mm256_cvtph_ps(_mm256_castsi256_si128(lo)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(lo)),
+            _mm256_cvtph_ps(_mm256_castsi256_si128(hi)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(hi)),
+        ]
+    }
+}
+
+/// # Safety
+/// `codes.len() ≥ cols`, `x.len() ≥ T·cols`; AVX2, FMA and F16C available.
+#[inline(always)]
+unsafe fn fp8_row<const T: usize>(codes: &[u8], e4m3: bool, w: &TensorView<'_>, r: usize, x: &[f32], cols: usize) -> [f32; T] {
+    let full = cols / BLOCK;
+    // The decoded values are the weights' times 2⁻⁸ (E4M3) or 1 (E5M2).
+    let pre = if e4m3 { 256.0 } else { 1.0 };
+    // Columns per region of constant scale: a block-scaling tile, or the row.
+    let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
+        w.spec.group as usize
+    } else {
+        usize::MAX
+    };
+    // SAFETY: full blocks read codes[b·32..+32] and x[i·cols + b·32..+32]
+    // in bounds (contract); the tail reads zero-padded copies (code 0 is 0).
+    unsafe {
         let (cp, xp) = (codes.as_ptr(), x.as_ptr());
         let mut acc = [_mm256_setzero_ps(); T];
-        // The scale changes only at block-scaling tile edges (never for per
-        // tensor / per channel): look it up once per tile.
-        let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
-            w.spec.group as usize
-        } else {
-            usize::MAX
-        };
-        let (mut tile_of, mut sv) = (usize::MAX, _mm256_setzero_ps());
+        let mut part = [_mm256_setzero_ps(); T];
+        let mut tile_of = 0;
+        // Adds the finished region's sums, scaled by the scale of column c0.
+        macro_rules! flush {
+            ($c0:expr) => {{
+                let sv = _mm256_set1_ps(w.fp8_scale(r, $c0) * pre);
+                for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+                    *a = _mm256_fmadd_ps(*p, sv, *a);
+                    *p = _mm256_setzero_ps();
+                }
+            }};
+        }
         for b in 0..full {
             if (b * BLOCK) / tile != tile_of {
+                flush!(tile_of * tile);
                 tile_of = (b * BLOCK) / tile;
-                sv = _mm256_set1_ps(w.fp8_scale(r, b * BLOCK));
             }
-            let wv = load!(cp.add(b * BLOCK), sv);
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_add_ps(*a, block_dot(&wv, xp.add(i * cols + b * BLOCK)));
+            let wv = fp8_block(cp.add(b * BLOCK), e4m3);
+            for (i, p) in part.iter_mut().enumerate() {
+                *p = _mm256_add_ps(*p, block_dot(&wv, xp.add(i * cols + b * BLOCK)));
             }
         }
         let e0 = full * BLOCK;
         if e0 < cols {
+            if e0 / tile != tile_of {
+                flush!(tile_of * tile);
+                tile_of = e0 / tile;
+            }
             let mut cb = [0u8; BLOCK];
             cb[..cols - e0].copy_from_slice(&codes[e0..cols]);
-            let wv = load!(cb.as_ptr(), _mm256_set1_ps(w.fp8_scale(r, e0)));
-            for (i, a) in acc.iter_mut().enumerate() {
+            let wv = fp8_block(cb.as_ptr(), e4m3);
+            for (i, p) in part.iter_mut().enumerate() {
                 let mut xb = [0.0f32; BLOCK];
                 xb[..cols - e0].copy_from_slice(&x[i * cols + e0..i * cols + cols]);
-                *a = _mm256_add_ps(*a, block_dot(&wv, xb.as_ptr()));
+                *p = _mm256_add_ps(*p, block_dot(&wv, xb.as_ptr()));
             }
+        }
+        if cols > 0 {
+            flush!(tile_of.saturating_mul(tile).min(cols - 1));
         }
         let mut out = [0.0f32; T];
         for (o, a) in out.iter_mut().zip(acc) {
