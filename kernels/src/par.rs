@@ -17,12 +17,17 @@ use std::sync::Mutex;
 /// saves (a fork-join on spinning workers costs ~1–2 µs).
 const MIN_BYTES_PER_THREAD: u64 = 32 * 1024;
 
-fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
+/// The row ranges `threads` threads split `w` into: `None` when it runs on
+/// one thread (a small matrix, or a format whose rows cannot be sliced:
+/// FP8, whose block scales span rows).
+pub fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
     let rows = w.rows();
     let bytes = w.layout.total_bytes.max(1);
     let by_size = (bytes / MIN_BYTES_PER_THREAD).max(1) as usize;
     let n = threads.min(by_size).min(rows.div_ceil(16));
-    if n <= 1 || w.row_slice(0, 0).is_none() {
+    // (a one-row probe: an empty slice is not a tensor, so `row_slice(0, 0)`
+    // is always `None`, which once kept every product on one thread)
+    if n <= 1 || w.row_slice(0, 1).is_none() {
         return None;
     }
     let per = rows.div_ceil(n).div_ceil(16) * 16;

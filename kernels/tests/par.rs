@@ -24,6 +24,9 @@ fn parallel_equals_serial() {
         let off = buf.as_ptr().align_offset(64);
         quantize(spec, rows as u32, cols as u32, &data(rows * cols, 1), &mut buf[off..off + len]).unwrap();
         let w = TensorView::new(spec, rows as u32, cols as u32, &buf[off..off + len]).unwrap();
+        // the products below really are split: 2 threads, 2 ranges of whole 16-row chunks
+        assert_eq!(par::ranges(&w, 2), Some(vec![(0, 272), (272, 520)]), "{spec:?}");
+        assert_eq!(par::ranges(&w, 1), None);
         for t in [1usize, 3] {
             let x = data(t * cols, t as u32 + 7);
             let mut scratch = vec![0.0; cols];
