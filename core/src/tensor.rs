@@ -124,11 +124,18 @@ impl<'a> TensorView<'a> {
     }
 
     /// The rows `r0..r1` as a view of their own (for splitting a product
-    /// across threads): integer and plain float schemes, `None` for FP8 (its
-    /// scales are not per row) or a range outside the tensor.
+    /// across threads); `None` for an empty or out-of-range slice, and for
+    /// FP8 block scaling when `r0` is not on a tile edge (a tile's scale
+    /// covers `group` rows).
     pub fn row_slice(&self, r0: usize, r1: usize) -> Option<TensorView<'a>> {
+        use crate::scheme::Granularity;
         let l = &self.layout;
-        if r0 > r1 || r1 > l.rows as usize || self.spec.scheme.is_fp8() {
+        if r0 > r1 || r1 > l.rows as usize {
+            return None;
+        }
+        let fp8 = self.spec.scheme.is_fp8();
+        let tile = self.spec.group as usize;
+        if fp8 && self.spec.granularity == Granularity::Block && (tile == 0 || r0 % tile != 0) {
             return None;
         }
         let n = (r1 - r0) as u32;
@@ -138,6 +145,13 @@ impl<'a> TensorView<'a> {
         let g = l.groups_per_row as usize;
         let scales = match self.scales {
             Scales::F16(s) => Scales::F16(s.get(r0 * g..r1 * g)?),
+            // FP8: one scale, one per row, or one per tile of `tile` rows
+            Scales::F32(s) => Scales::F32(match self.spec.granularity {
+                Granularity::PerTensor => s,
+                Granularity::PerChannel => s.get(r0..r1)?,
+                Granularity::Block => s.get(r0 / tile * g..r1.div_ceil(tile) * g)?,
+                Granularity::PerGroup => return None,
+            }),
             other => other,
         };
         let mins = if self.mins.is_empty() {

@@ -1,6 +1,7 @@
 //! Row-parallel matrix products (feature `threads`, with `std`), on the
 //! spinning [`spin_pool`](crate::spin_pool) — see there for why not rayon.
-//! Rows are split into `threads` contiguous ranges of whole 16-row chunks;
+//! Rows are split into `threads` contiguous ranges of whole 16-row chunks
+//! (whole tiles for FP8 block scaling);
 //! each range runs the single-threaded kernel on its own row view
 //! ([`TensorView::row_slice`]), so results are bit-identical to
 //! [`crate::matmul`] / [`crate::matmul_q8`] for any thread count.
@@ -18,19 +19,24 @@ use std::sync::Mutex;
 const MIN_BYTES_PER_THREAD: u64 = 32 * 1024;
 
 /// The row ranges `threads` threads split `w` into: `None` when it runs on
-/// one thread (a small matrix, or a format whose rows cannot be sliced:
-/// FP8, whose block scales span rows).
+/// one thread (a small matrix). Ranges are whole 16-row chunks, or whole
+/// tiles for FP8 block scaling (a tile's scale covers `group` rows).
 pub fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>> {
     let rows = w.rows();
     let bytes = w.layout.total_bytes.max(1);
     let by_size = (bytes / MIN_BYTES_PER_THREAD).max(1) as usize;
-    let n = threads.min(by_size).min(rows.div_ceil(16));
+    let chunk = if w.spec.scheme.is_fp8() && w.spec.granularity == edgeq_core::Granularity::Block {
+        (w.spec.group as usize).max(1)
+    } else {
+        16
+    };
+    let n = threads.min(by_size).min(rows.div_ceil(chunk));
     // (a one-row probe: an empty slice is not a tensor, so `row_slice(0, 0)`
     // is always `None`, which once kept every product on one thread)
     if n <= 1 || w.row_slice(0, 1).is_none() {
         return None;
     }
-    let per = rows.div_ceil(n).div_ceil(16) * 16;
+    let per = rows.div_ceil(n).div_ceil(chunk) * chunk;
     let rs: Vec<_> = (0..n)
         .map(|k| (k * per, ((k + 1) * per).min(rows)))
         .filter(|(a, b)| a < b)

@@ -1,7 +1,7 @@
 //! Row-parallel products equal the single-threaded ones bit for bit.
 #![cfg(feature = "threads")]
 use edgeq_core::quant::quantize;
-use edgeq_core::{QuantSpec, Scheme, TensorView};
+use edgeq_core::{Granularity, QuantSpec, Scheme, TensorView};
 use edgeq_kernels::{act_q8, par, Q8Acts};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -18,14 +18,31 @@ fn parallel_equals_serial() {
         QuantSpec::per_group(Scheme::Q8Asym, 64),
         QuantSpec::float(Scheme::F32),
         QuantSpec::float(Scheme::F16),
+        QuantSpec {
+            scheme: Scheme::Fp8E4M3,
+            granularity: Granularity::PerChannel,
+            group: 0,
+        },
+        QuantSpec {
+            scheme: Scheme::Fp8E5M2,
+            granularity: Granularity::PerTensor,
+            group: 0,
+        },
+        QuantSpec {
+            scheme: Scheme::Fp8E4M3,
+            granularity: Granularity::Block,
+            group: 128,
+        },
     ] {
         let len = spec.layout(rows as u32, cols as u32).unwrap().total_bytes as usize;
         let mut buf = vec![0u8; len + 64];
         let off = buf.as_ptr().align_offset(64);
         quantize(spec, rows as u32, cols as u32, &data(rows * cols, 1), &mut buf[off..off + len]).unwrap();
         let w = TensorView::new(spec, rows as u32, cols as u32, &buf[off..off + len]).unwrap();
-        // the products below really are split: 2 threads, 2 ranges of whole 16-row chunks
-        assert_eq!(par::ranges(&w, 2), Some(vec![(0, 272), (272, 520)]), "{spec:?}");
+        // the products below really are split: 2 threads, 2 ranges of whole
+        // 16-row chunks (whole 128-row tiles for FP8 block scaling)
+        let split = if spec.granularity == Granularity::Block { 384 } else { 272 };
+        assert_eq!(par::ranges(&w, 2), Some(vec![(0, split), (split, 520)]), "{spec:?}");
         assert_eq!(par::ranges(&w, 1), None);
         for t in [1usize, 3] {
             let x = data(t * cols, t as u32 + 7);
