@@ -193,6 +193,30 @@ fn f16_scale_conversion_exact() {
     }
 }
 
+/// `c` one-hot activation vectors (the identity): token `i` reads column `i`.
+fn identity(c: usize) -> Vec<f32> {
+    let mut x = vec![0.0f32; c * c];
+    for i in 0..c {
+        x[i * c + i] = 1.0;
+    }
+    x
+}
+
+/// The outputs `y` of [`identity`] activations read the weights of `rows`
+/// exactly as `dequantize_row` gives them (== : the sign of a zero may
+/// differ).
+fn assert_reads_weights(w: &TensorView<'_>, y: &[f32], rows: core::ops::Range<usize>, what: &str) {
+    let (n_rows, c) = (w.rows(), w.cols());
+    let mut row = vec![0.0f32; c];
+    for r in rows {
+        w.dequantize_row(r, &mut row);
+        for i in 0..c {
+            let v = y[i * n_rows + r];
+            assert!(v == row[i], "{what}: w[{r}][{i}] = {v:e}, reference {:e}", row[i]);
+        }
+    }
+}
+
 /// One-hot activations read single weights: the dequantized values must be
 /// bit-identical to `dequantize_row` (every column, every scheme, groups,
 /// partial last block), which also runs t in passes of 4 plus a remainder.
@@ -209,25 +233,11 @@ fn dequantization_bit_exact() {
                 let o = Owned::new(spec_of(scheme, group), rows, cols, &src);
                 let w = o.view();
                 let c = cols as usize;
-                let mut x = vec![0.0f32; c * c];
-                for i in 0..c {
-                    x[i * c + i] = 1.0;
-                }
+                let x = identity(c);
                 let mut y = vec![0.0f32; c * rows as usize];
                 let mut scratch = vec![0.0f32; c];
                 matmul(&mut y, &w, &x, c, 0..rows as usize, &mut scratch);
-                let mut row = vec![0.0f32; c];
-                for r in 0..rows as usize {
-                    w.dequantize_row(r, &mut row);
-                    for i in 0..c {
-                        let v = y[i * rows as usize + r];
-                        assert!(
-                            v == row[i],
-                            "{scheme:?} g{group} cols {cols}: w[{r}][{i}] = {v:e}, reference {:e}",
-                            row[i]
-                        );
-                    }
-                }
+                assert_reads_weights(&w, &y, 0..rows as usize, &format!("{scheme:?} g{group} cols {cols}"));
             }
         }
     }
@@ -314,10 +324,7 @@ fn fp8_every_code() {
             let w = o.view();
             let c = cols as usize;
             let mut scratch = vec![0.0f32; c];
-            let mut x = vec![0.0f32; c * c];
-            for i in 0..c {
-                x[i * c + i] = 1.0;
-            }
+            let x = identity(c);
             let mut y = vec![0.0f32; c * rows as usize];
             matmul(&mut y, &w, &x, c, 0..rows as usize, &mut scratch);
             let mut y_ref = vec![0.0f32; c * rows as usize];
@@ -328,19 +335,7 @@ fn fp8_every_code() {
                     "{scheme:?} g{group}: row 0 token {i}"
                 );
             }
-            let mut row = vec![0.0f32; c];
-            for r in 1..rows as usize {
-                w.dequantize_row(r, &mut row);
-                for i in 0..c {
-                    let v = y[i * rows as usize + r];
-                    assert!(
-                        v == row[i],
-                        "{scheme:?} g{group}: w[{r}][{i}] (code {:#04x}) = {v:e}, reference {:e}",
-                        w.row_codes(r)[i],
-                        row[i]
-                    );
-                }
-            }
+            assert_reads_weights(&w, &y, 1..rows as usize, &format!("{scheme:?} g{group}"));
             let xr = lcg_vec(group as u64 + 5, 3 * c, 2.0);
             let mut y_ref = vec![0.0f32; 3 * rows as usize];
             let mut y = y_ref.clone();
