@@ -479,11 +479,7 @@ unsafe fn fp8_row<const T: usize>(codes: &[u8], e4m3: bool, w: &TensorView<'_>, 
     let full = cols / BLOCK;
     let pre = if e4m3 { 256.0 } else { 1.0 };
     // Columns per region of constant scale: a block-scaling tile, or the row.
-    let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
-        w.spec.group as usize
-    } else {
-        usize::MAX
-    };
+    let tile = crate::support::fp8_tile(w).unwrap_or(usize::MAX);
     let (cp, xp) = (codes.as_ptr(), x.as_ptr());
     let mut tile_of = 0;
     // SAFETY: register-only NEON ops (NEON enabled at compile time).

@@ -25,11 +25,7 @@ pub fn ranges(w: &TensorView<'_>, threads: usize) -> Option<Vec<(usize, usize)>>
     let rows = w.rows();
     let bytes = w.layout.total_bytes.max(1);
     let by_size = (bytes / MIN_BYTES_PER_THREAD).max(1) as usize;
-    let chunk = if w.spec.scheme.is_fp8() && w.spec.granularity == edgeq_core::Granularity::Block {
-        (w.spec.group as usize).max(1)
-    } else {
-        16
-    };
+    let chunk = crate::support::fp8_tile(w).map_or(16, |t| t.max(1));
     let n = threads.min(by_size).min(rows.div_ceil(chunk));
     // (a one-row probe: an empty slice is not a tensor, so `row_slice(0, 0)`
     // is always `None`, which once kept every product on one thread)

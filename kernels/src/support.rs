@@ -86,3 +86,11 @@ pub fn q8_args_ok(y: &[f32], w: &TensorView<'_>, a: &crate::Q8Acts<'_>, rows: &c
         && rows.start <= rows.end
         && a.t.checked_mul(n_rows).is_some_and(|n| y.len() >= n)
 }
+
+/// FP8 block scaling: the tile edge (one scale per `tile`×`tile` block, so
+/// the scale is constant over `tile` columns and `tile` rows); `None` for
+/// every other scheme and granularity (FP8 per tensor / per channel: one
+/// scale over the whole row).
+pub fn fp8_tile(w: &TensorView<'_>) -> Option<usize> {
+    (w.spec.scheme.is_fp8() && w.spec.granularity == edgeq_core::Granularity::Block).then_some(w.spec.group as usize)
+}

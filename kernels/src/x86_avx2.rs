@@ -500,11 +500,7 @@ unsafe fn fp8_row<const T: usize>(codes: &[u8], e4m3: bool, w: &TensorView<'_>, 
     // The decoded values are the weights' times 2⁻⁸ (E4M3) or 1 (E5M2).
     let pre = if e4m3 { 256.0 } else { 1.0 };
     // Columns per region of constant scale: a block-scaling tile, or the row.
-    let tile = if w.spec.granularity == edgeq_core::Granularity::Block {
-        w.spec.group as usize
-    } else {
-        usize::MAX
-    };
+    let tile = crate::support::fp8_tile(w).unwrap_or(usize::MAX);
     // SAFETY: full blocks read codes[b·32..+32] and x[i·cols + b·32..+32]
     // in bounds (contract); the tail reads zero-padded copies (code 0 is 0).
     unsafe {
