@@ -13,8 +13,12 @@
 //!   lane (= `128·Σa`).
 //!
 //! The lanes are exact integers; `acc = fma(s·d, lanes, acc)` per block and
-//! token, a horizontal sum per row, plus the asym `m·dsum` terms summed in
-//! a scalar accumulator in block order (see [`crate::scalar_int`]).
+//! token, with the `m·dsum` terms (asym; Q4 sym's `−8·s·dsum`) in a third
+//! vector accumulator, one horizontal sum per row (see
+//! [`crate::scalar_int`]). Rows go in groups of 8 blocks whose scales are
+//! converted and multiplied in registers (no per-row scratch: on the
+//! 576-column rows of a small model the scratch cost as much as the dot
+//! products).
 use crate::act_q8::{block_scale, Q8Acts, QK};
 use crate::support::f16_to_f32;
 use crate::x86_avx2::hsum;
@@ -233,31 +237,10 @@ entry!(q4_asym_f16c, Q4Asym, true, "avx2,fma,f16c");
 entry!(q8_sym_f16c, Q8Sym, true, "avx2,fma,f16c");
 entry!(q8_asym_f16c, Q8Asym, true, "avx2,fma,f16c");
 
-/// Blocks whose scales are expanded at once (stack arrays of this size).
-const CHUNK: usize = 64;
-
-/// Per-call stack scratch of the row kernels (allocated once per call, not
-/// per row: initialising it per row costs more than a short row's work).
-struct RowScratch {
-    /// Weight scale per block of the chunk (8 zeros of padding past it).
-    s: [f32; CHUNK + 8],
-    /// Min per block (asym), or −8·s (Q4 sym); padded like `s`.
-    m: [f32; CHUNK + 8],
-    /// Per token `c_b = s·d_b`: one per block (`int_row`), or
-    /// `[c_b ×4, c_b+1 ×4]` per pair (`q4_row`).
-    c: [[f32; 4 * (CHUNK + 8)]; MAX_T],
-}
-
 #[inline(always)]
 unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>) {
     let n_rows = w.rows();
     let Scales::F16(scales) = w.scales else { return };
-    let mut sc = RowScratch {
-        s: [0.0; CHUNK + 8],
-        m: [0.0; CHUNK + 8],
-        c: [[0.0; 4 * (CHUNK + 8)]; MAX_T],
-    };
-    let sc = &mut sc;
     for r in rows {
         let mut i0 = 0;
         while i0 < a.t {
@@ -268,17 +251,17 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
             unsafe {
                 if B::BYTES == 16 {
                     match n {
-                        1 => out[..1].copy_from_slice(&q4_row::<B, F16C, 1>(w, scales, r, a, i0, sc)),
-                        2 => out[..2].copy_from_slice(&q4_row::<B, F16C, 2>(w, scales, r, a, i0, sc)),
-                        3 => out[..3].copy_from_slice(&q4_row::<B, F16C, 3>(w, scales, r, a, i0, sc)),
-                        _ => out.copy_from_slice(&q4_row::<B, F16C, 4>(w, scales, r, a, i0, sc)),
+                        1 => out[..1].copy_from_slice(&q4_row::<B, F16C, 1>(w, scales, r, a, i0)),
+                        2 => out[..2].copy_from_slice(&q4_row::<B, F16C, 2>(w, scales, r, a, i0)),
+                        3 => out[..3].copy_from_slice(&q4_row::<B, F16C, 3>(w, scales, r, a, i0)),
+                        _ => out.copy_from_slice(&q4_row::<B, F16C, 4>(w, scales, r, a, i0)),
                     }
                 } else {
                     match n {
-                        1 => out[..1].copy_from_slice(&int_row::<B, F16C, 1>(w, scales, r, a, i0, sc)),
-                        2 => out[..2].copy_from_slice(&int_row::<B, F16C, 2>(w, scales, r, a, i0, sc)),
-                        3 => out[..3].copy_from_slice(&int_row::<B, F16C, 3>(w, scales, r, a, i0, sc)),
-                        _ => out.copy_from_slice(&int_row::<B, F16C, 4>(w, scales, r, a, i0, sc)),
+                        1 => out[..1].copy_from_slice(&int_row::<B, F16C, 1>(w, scales, r, a, i0)),
+                        2 => out[..2].copy_from_slice(&int_row::<B, F16C, 2>(w, scales, r, a, i0)),
+                        3 => out[..3].copy_from_slice(&int_row::<B, F16C, 3>(w, scales, r, a, i0)),
+                        _ => out.copy_from_slice(&int_row::<B, F16C, 4>(w, scales, r, a, i0)),
                     }
                 }
             }
@@ -290,79 +273,12 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
     }
 }
 
-/// f16 → f32 of `n` consecutive values (exact either way; at most `dst.len()`).
-///
-/// # Safety
-/// `src` valid for `n` reads; F16C available when `F16C`.
-#[inline(always)]
-unsafe fn widen<const F16C: bool>(src: *const half::f16, n: usize, dst: &mut [f32]) {
-    let n = n.min(dst.len());
-    let mut j = 0;
-    if F16C {
-        while j + 8 <= n {
-            // SAFETY: 8 readable halves at `src + j` (j + 8 ≤ n); the
-            // store stays inside `dst` (j + 8 ≤ n ≤ dst.len()).
-            unsafe {
-                let h = _mm_loadu_si128(src.add(j) as *const __m128i);
-                _mm256_storeu_ps(dst.as_mut_ptr().add(j), _mm256_cvtph_ps(h));
-            }
-            j += 8;
-        }
-    }
-    while j < n {
-        // SAFETY: j < n readable halves.
-        dst[j] = f16_to_f32(unsafe { (*src.add(j)).to_bits() });
-        j += 1;
-    }
-}
-
-/// Weight scale (and, with `mins`, min) of each block `b0..b0+nb` of a row
-/// into `s[..nb]` (`m[..nb]`): vector-converted when groups are single
-/// blocks, one per group otherwise.
-///
-/// # Safety
-/// `sp` (and `mins`) hold the row's `⌈(b0+nb)/bpg⌉` groups; `nb ≤ s.len(),
-/// m.len()`; F16C available when `F16C`.
-#[inline(always)]
-unsafe fn chunk_scales<const F16C: bool>(
-    sp: *const half::f16,
-    mins: Option<*const half::f16>,
-    b0: usize,
-    nb: usize,
-    bpg: usize,
-    s: &mut [f32],
-    m: &mut [f32],
-) {
-    // SAFETY: reads groups (b0 + j) / bpg < ⌈(b0+nb)/bpg⌉ (contract).
-    unsafe {
-        if bpg == 1 {
-            widen::<F16C>(sp.add(b0), nb, s);
-            if let Some(mp) = mins {
-                widen::<F16C>(mp.add(b0), nb, m);
-            }
-        } else {
-            // One conversion per group, filled over its blocks (a per-channel
-            // row is one group: converting per block cost 1.6x the product).
-            let n = nb.min(s.len()).min(m.len());
-            let mut j = 0;
-            while j < n {
-                let g = (b0 + j) / bpg;
-                let end = ((g + 1) * bpg - b0).min(n);
-                s[j..end].fill(f16_to_f32((*sp.add(g)).to_bits()));
-                if let Some(mp) = mins {
-                    m[j..end].fill(f16_to_f32((*mp.add(g)).to_bits()));
-                }
-                j = end;
-            }
-        }
-    }
-}
-
-/// Row `r` against tokens `i0..i0+T`: per chunk of blocks, the weight
-/// scales `s` (and mins `m`) are expanded per block, `c_b = s·d_b` and the
-/// `m·dsum_b` terms are vectorized per token, then every block's integer
-/// lanes are accumulated as `acc = fma(c_b, lanes, acc)` into two
-/// accumulators (even and odd blocks of the chunk) to hide FMA latency.
+/// Row `r` against tokens `i0..i0+T`, in groups of 8 blocks: the group's
+/// weight scales (and mins) are converted at once (`group8`), `c_b = s·d_b`
+/// is one multiply per token, each block's `c_b` is an in-lane broadcast of
+/// it, and the block's integer lanes are accumulated as
+/// `acc = fma(c_b, lanes, acc)` into two accumulators (even and odd blocks)
+/// to hide FMA latency; asym's `m·dsum_b` terms are one FMA per group.
 /// The operations for one token do not depend on `T`.
 ///
 /// # Safety
@@ -375,16 +291,16 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
     r: usize,
     a: &Q8Acts<'_>,
     i0: usize,
-    sc: &mut RowScratch,
 ) -> [f32; T] {
     let gpr = w.layout.groups_per_row as usize;
     let bpg = w.layout.group_len as usize / QK;
     let blocks = a.blocks;
-    let RowScratch { s, m, c } = sc;
     // SAFETY: row `r`'s codes start at r·stride and hold gpr·bpg ≥ blocks
     // blocks; scales/mins hold gpr entries per row (groups g < gpr are
     // read: g = b / bpg for b < blocks); activation blocks (i, b) for
-    // i < t, b < blocks lie inside the carved slices.
+    // i < t, b < blocks lie inside the carved slices; activation meta is
+    // read 8 entries from b0 (a multiple of 8) < blocks ≤ bs, and bs is a
+    // multiple of 8.
     unsafe {
         let wp = w.codes.as_ptr().add(r * w.layout.row_stride as usize);
         let sp = scales.as_ptr().add(r * gpr);
@@ -395,58 +311,125 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         let mut macc = [_mm256_setzero_ps(); T];
         let mut b0 = 0;
         while b0 < blocks {
-            let nb = (blocks - b0).min(CHUNK);
-            // Per-block weight scales (and mins) of this chunk.
-            chunk_scales::<F16C>(sp, if B::ASYM { Some(mp) } else { None }, b0, nb, bpg, s, m);
-            s[nb..nb + 8].fill(0.0);
-            m[nb..nb + 8].fill(0.0);
+            let nb = (blocks - b0).min(8);
+            // Lanes past the row are zeros (`group8`).
+            let s8 = group8::<F16C>(sp, b0, nb, bpg);
+            let m8 = if B::ASYM {
+                group8::<F16C>(mp, b0, nb, bpg)
+            } else {
+                _mm256_setzero_ps()
+            };
+            let mut clo = [_mm256_setzero_ps(); T];
+            let mut chi = [_mm256_setzero_ps(); T];
             for k in 0..T {
-                // Meta entries are padded to a multiple of 8 (zeros).
                 let km = (i0 + k) * a.bs + b0;
-                let mut j = 0;
-                while j < nb {
-                    let cv = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(j)), _mm256_loadu_ps(ad.add(km + j)));
-                    _mm256_storeu_ps(c[k].as_mut_ptr().add(j), cv);
-                    if B::ASYM {
-                        macc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr().add(j)), _mm256_loadu_ps(ads.add(km + j)), macc[k]);
+                let c8 = _mm256_mul_ps(s8, _mm256_loadu_ps(ad.add(km)));
+                if B::ASYM {
+                    macc[k] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(ads.add(km)), macc[k]);
+                }
+                clo[k] = _mm256_permute2f128_ps::<0x00>(c8, c8);
+                chi[k] = _mm256_permute2f128_ps::<0x11>(c8, c8);
+            }
+            // Block j of the group; `$imm` broadcasts lane j % 4 of a half.
+            macro_rules! block {
+                ($j:expr, $imm:literal, $acc:expr) => {{
+                    let b = b0 + $j;
+                    let wv = B::load(wp.add(b * B::BYTES));
+                    for k in 0..T {
+                        let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
+                        let p = B::dot(wv, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
+                        let c = _mm256_permute_ps::<$imm>(if $j < 4 { clo[k] } else { chi[k] });
+                        $acc[k] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(p), $acc[k]);
                     }
-                    j += 8;
+                }};
+            }
+            if nb == 8 {
+                block!(0, 0x00, acc0);
+                block!(1, 0x55, acc1);
+                block!(2, 0xaa, acc0);
+                block!(3, 0xff, acc1);
+                block!(4, 0x00, acc0);
+                block!(5, 0x55, acc1);
+                block!(6, 0xaa, acc0);
+                block!(7, 0xff, acc1);
+            } else {
+                // The row's last group: blocks alternate as above.
+                if nb > 0 {
+                    block!(0, 0x00, acc0);
+                }
+                if nb > 1 {
+                    block!(1, 0x55, acc1);
+                }
+                if nb > 2 {
+                    block!(2, 0xaa, acc0);
+                }
+                if nb > 3 {
+                    block!(3, 0xff, acc1);
+                }
+                if nb > 4 {
+                    block!(4, 0x00, acc0);
+                }
+                if nb > 5 {
+                    block!(5, 0x55, acc1);
+                }
+                if nb > 6 {
+                    block!(6, 0xaa, acc0);
                 }
             }
-            // Integer dot products, two blocks per step.
-            let mut j = 0;
-            while j + 2 <= nb {
-                let b = b0 + j;
-                let wv0 = B::load(wp.add(b * B::BYTES));
-                let wv1 = B::load(wp.add((b + 1) * B::BYTES));
-                for k in 0..T {
-                    let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
-                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
-                    let p1 = B::dot(wv1, _mm256_loadu_si256(ac.add((kb + 1) * QK) as *const __m256i), *asum.add(km + 1));
-                    acc0[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j]), _mm256_cvtepi32_ps(p0), acc0[k]);
-                    acc1[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j + 1]), _mm256_cvtepi32_ps(p1), acc1[k]);
-                }
-                j += 2;
-            }
-            if j < nb {
-                let b = b0 + j;
-                let wv0 = B::load(wp.add(b * B::BYTES));
-                for k in 0..T {
-                    let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
-                    let p0 = B::dot(wv0, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
-                    acc0[k] = _mm256_fmadd_ps(_mm256_broadcast_ss(&c[k][j]), _mm256_cvtepi32_ps(p0), acc0[k]);
-                }
-            }
-            b0 += nb;
+            b0 += 8;
         }
         let mut out = [0.0f32; T];
         for k in 0..T {
-            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k]));
-            if B::ASYM {
-                out[k] += hsum(macc[k]);
-            }
+            out[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc0[k], acc1[k]), macc[k]));
         }
         out
+    }
+}
+
+/// f16 values of blocks `b0..b0+nb` (`1 ≤ nb ≤ 8`, lanes past `nb` zero) as 8
+/// f32: a scale (or min) per block, read from one f16 per group.
+///
+/// # Safety
+/// `p` holds the row's `⌈(b0+nb)/bpg⌉` groups; F16C available when `F16C`.
+#[inline(always)]
+unsafe fn group8<const F16C: bool>(p: *const half::f16, b0: usize, nb: usize, bpg: usize) -> __m256 {
+    // SAFETY: reads groups (b0 + j) / bpg, j < nb (contract); register ops.
+    unsafe {
+        if F16C && bpg == 1 && nb == 8 {
+            return _mm256_cvtph_ps(_mm_loadu_si128(p.add(b0) as *const __m128i));
+        }
+        if F16C && nb == 8 && bpg == 2 {
+            // g64: [s0 s0 s1 s1 s2 s2 s3 s3].
+            let x = _mm_loadl_epi64(p.add(b0 / 2) as *const __m128i);
+            return _mm256_cvtph_ps(_mm_unpacklo_epi16(x, x));
+        }
+        if F16C && nb == 8 && bpg == 4 {
+            // g128: [s0 ×4, s1 ×4].
+            let x = _mm_cvtsi32_si128((p.add(b0 / 4) as *const i32).read_unaligned());
+            let x = _mm_unpacklo_epi16(x, x);
+            return _mm256_cvtph_ps(_mm_unpacklo_epi32(x, x));
+        }
+        let (mut g, mut k) = (b0 / bpg, b0 % bpg);
+        if F16C && nb == 8 && k + 8 <= bpg {
+            // One group over the 8 blocks (g256 and wider, per channel).
+            return _mm256_cvtph_ps(_mm_set1_epi16((*p.add(g)).to_bits() as i16));
+        }
+        // The row's last group, and other group lengths: the f16 bits per
+        // block, zeros past `nb`.
+        let mut h = [0u16; 8];
+        for hj in h.iter_mut().take(nb) {
+            *hj = (*p.add(g)).to_bits();
+            k += 1;
+            if k == bpg {
+                (g, k) = (g + 1, 0);
+            }
+        }
+        if F16C {
+            _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i))
+        } else {
+            let v = h.map(f16_to_f32);
+            _mm256_loadu_ps(v.as_ptr())
+        }
     }
 }
 
@@ -455,10 +438,13 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
 /// both) and high nibbles (16..32) meet the activations' pair layout, so
 /// one `vpmaddubsw` per nibble half and one `vpmaddwd` give 8 i32 lanes,
 /// 0..4 for block `b` and 4..8 for block `b+1`, scaled by
-/// `[c_b ×4, c_b+1 ×4]`. Sym's `−8·Σa` and asym's `m·Σa` terms are
-/// `k_b · dsum_b` (`k = −8·s` or `m`), accumulated 8 blocks per FMA. Two
-/// accumulators alternate pairs. The operations for one token do not depend
-/// on `T`.
+/// `[c_b ×4, c_b+1 ×4]`. The row goes in groups of 8 blocks: their scales
+/// are converted at once, `c = s·d` is one multiply per token, and each
+/// pair's `[c_b ×4, c_b+1 ×4]` is one in-lane permute of it (registers
+/// only: no per-row scratch, which dominated short rows). Sym's `−8·Σa` and
+/// asym's `m·Σa` terms are `k_b · dsum_b` (`k = −8·s` or `m`), one FMA per
+/// group. Two accumulators alternate pairs. The operations for one token do
+/// not depend on `T`.
 ///
 /// # Safety
 /// As [`int_row`], for a Q4 scheme.
@@ -469,16 +455,16 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
     r: usize,
     a: &Q8Acts<'_>,
     i0: usize,
-    sc: &mut RowScratch,
 ) -> [f32; T] {
     let gpr = w.layout.groups_per_row as usize;
     let bpg = w.layout.group_len as usize / QK;
     let blocks = a.blocks;
     let np = blocks.div_ceil(2);
-    let RowScratch { s, m: kk, c: c2 } = sc;
     // SAFETY: as in `int_row`; in addition the pair layout of token i holds
     // np·64 bytes, and a weight load of 32 bytes at block b is only made
-    // when b + 1 < blocks (the last odd block loads 16 bytes).
+    // when b + 1 < blocks (the last odd block loads 16 bytes). Activation
+    // meta is read 8 entries from b0 (a multiple of 8) < blocks ≤ bs, and
+    // bs is a multiple of 8.
     unsafe {
         let wp = w.codes.as_ptr().add(r * w.layout.row_stride as usize);
         let sp = scales.as_ptr().add(r * gpr);
@@ -486,90 +472,90 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
         let (ap, ad, ads) = (a.pairs.as_ptr(), a.scales.as_ptr(), a.dsums.as_ptr());
         let mask = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        let spread = [
-            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-            _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-            _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
-            _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7),
-        ];
+        // In-lane picks: [x0 ×4 | x1 ×4] and [x2 ×4 | x3 ×4] of a vector
+        // whose two halves both hold x0..x4.
+        let pick = [_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)];
         let mut acc0 = [_mm256_setzero_ps(); T];
         let mut acc1 = [_mm256_setzero_ps(); T];
         let mut kacc = [_mm256_setzero_ps(); T];
         let mut b0 = 0;
         while b0 < blocks {
-            let nb = (blocks - b0).min(CHUNK);
-            {
-                chunk_scales::<F16C>(sp, if B::ASYM { Some(mp) } else { None }, b0, nb, bpg, s, kk);
-                if !B::ASYM {
-                    for j in 0..nb {
-                        kk[j] = -8.0 * s[j];
-                    }
-                }
-                s[nb..nb + 8].fill(0.0);
-                kk[nb..nb + 8].fill(0.0);
-            }
+            let nb = (blocks - b0).min(8);
+            // Lanes past the row are zeros (`group8`), so the padded
+            // activation meta entries (zeros) never meet an inf scale.
+            let s8 = group8::<F16C>(sp, b0, nb, bpg);
+            let k8 = if B::ASYM {
+                group8::<F16C>(mp, b0, nb, bpg)
+            } else {
+                _mm256_mul_ps(s8, _mm256_set1_ps(-8.0))
+            };
+            // Per token: c for blocks 0..4 of the group in both halves, and
+            // for blocks 4..8.
+            let mut clo = [_mm256_setzero_ps(); T];
+            let mut chi = [_mm256_setzero_ps(); T];
             for k in 0..T {
-                // Meta entries are padded to a multiple of 8 (zeros).
                 let km = (i0 + k) * a.bs + b0;
-                let mut j = 0;
-                while j < nb {
-                    let (dv, dsv) = (_mm256_loadu_ps(ad.add(km + j)), _mm256_loadu_ps(ads.add(km + j)));
-                    let cv = _mm256_mul_ps(_mm256_loadu_ps(s.as_ptr().add(j)), dv);
-                    for (q, idx) in spread.iter().enumerate() {
-                        _mm256_storeu_ps(c2[k].as_mut_ptr().add(4 * j + 8 * q), _mm256_permutevar8x32_ps(cv, *idx));
-                    }
-                    kacc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(kk.as_ptr().add(j)), dsv, kacc[k]);
-                    j += 8;
-                }
+                let c8 = _mm256_mul_ps(s8, _mm256_loadu_ps(ad.add(km)));
+                kacc[k] = _mm256_fmadd_ps(k8, _mm256_loadu_ps(ads.add(km)), kacc[k]);
+                clo[k] = _mm256_permute2f128_ps::<0x00>(c8, c8);
+                chi[k] = _mm256_permute2f128_ps::<0x11>(c8, c8);
             }
-            // One pair: 32 bytes of nibbles (16 for a last odd block). A
-            // macro, not a closure: closures do not inherit the enclosing
+            // Pair q of the group (blocks b0+2q, b0+2q+1). A macro, not a
+            // closure: closures do not inherit the enclosing
             // `target_feature`, and their intrinsics would not inline.
             macro_rules! pair {
-                ($j:expr, $wv:expr, $acc:expr) => {{
-                    let (j, wv): (usize, __m256i) = ($j, $wv);
+                ($q:expr, $wv:expr, $acc:expr) => {{
+                    let (q, wv): (usize, __m256i) = ($q, $wv);
                     let lo = _mm256_and_si256(wv, mask);
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask);
                     for k in 0..T {
-                        let pp = ap.add(((i0 + k) * np + (b0 + j) / 2) * 2 * QK);
+                        let pp = ap.add(((i0 + k) * np + b0 / 2 + q) * 2 * QK);
                         let s16 = _mm256_add_epi16(
                             _mm256_maddubs_epi16(lo, _mm256_loadu_si256(pp as *const __m256i)),
                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256(pp.add(QK) as *const __m256i)),
                         );
                         let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                        $acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(c2[k].as_ptr().add(4 * j)), lanes, $acc[k]);
+                        let c = _mm256_permutevar_ps(if q < 2 { clo[k] } else { chi[k] }, pick[q % 2]);
+                        $acc[k] = _mm256_fmadd_ps(c, lanes, $acc[k]);
                     }
                 }};
             }
-            // Pairs alternate between the accumulators: pairs 0, 2, ... of
-            // the chunk into acc0, 1, 3, ... into acc1.
-            let full = if b0 + nb == blocks { nb / 2 * 2 } else { nb };
-            let mut j = 0;
-            while j + 4 <= full {
-                let w0 = _mm256_loadu_si256(wp.add((b0 + j) * 16) as *const __m256i);
-                let w1 = _mm256_loadu_si256(wp.add((b0 + j + 2) * 16) as *const __m256i);
-                pair!(j, w0, acc0);
-                pair!(j + 2, w1, acc1);
-                j += 4;
+            macro_rules! load {
+                ($q:expr) => {
+                    _mm256_loadu_si256(wp.add((b0 + 2 * $q) * 16) as *const __m256i)
+                };
             }
-            if j + 2 <= full {
-                pair!(j, _mm256_loadu_si256(wp.add((b0 + j) * 16) as *const __m256i), acc0);
-                j += 2;
-            }
-            if j < nb {
-                // The row's last block, alone (its pair partner is zeros).
-                let wv = _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(wp.add((b0 + j) * 16) as *const __m128i));
-                if (j / 2) % 2 == 0 {
-                    pair!(j, wv, acc0);
-                } else {
-                    pair!(j, wv, acc1);
+            if nb == 8 {
+                pair!(0, load!(0), acc0);
+                pair!(1, load!(1), acc1);
+                pair!(2, load!(2), acc0);
+                pair!(3, load!(3), acc1);
+            } else {
+                // The row's last group: whole pairs, then a last odd block
+                // alone (its pair partner is zeros).
+                let mut q = 0;
+                while 2 * q + 2 <= nb {
+                    if q % 2 == 0 {
+                        pair!(q, load!(q), acc0);
+                    } else {
+                        pair!(q, load!(q), acc1);
+                    }
+                    q += 1;
+                }
+                if 2 * q < nb {
+                    let wv = _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(wp.add((b0 + 2 * q) * 16) as *const __m128i));
+                    if q % 2 == 0 {
+                        pair!(q, wv, acc0);
+                    } else {
+                        pair!(q, wv, acc1);
+                    }
                 }
             }
-            b0 += nb;
+            b0 += 8;
         }
         let mut out = [0.0f32; T];
         for k in 0..T {
-            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k])) + hsum(kacc[k]);
+            out[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc0[k], acc1[k]), kacc[k]));
         }
         out
     }
