@@ -13,8 +13,8 @@
 //!   lane (= `128·Σa`).
 //!
 //! The lanes are exact integers; `acc = fma(s·d, lanes, acc)` per block and
-//! token, with the `m·dsum` terms (asym; Q4 sym's `−8·s·dsum`) in a third
-//! vector accumulator, one horizontal sum per row (see
+//! token, with the `m·dsum` terms (asym; Q4 sym's `−8·s·dsum`) folded into
+//! the same accumulators once per 8 blocks, one horizontal sum per row (see
 //! [`crate::scalar_int`]). Rows go in groups of 8 blocks whose scales are
 //! converted and multiplied in registers (no per-row scratch: on the
 //! 576-column rows of a small model the scratch cost as much as the dot
@@ -278,7 +278,8 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
 /// is one multiply per token, each block's `c_b` is an in-lane broadcast of
 /// it, and the block's integer lanes are accumulated as
 /// `acc = fma(c_b, lanes, acc)` into two accumulators (even and odd blocks)
-/// to hide FMA latency; asym's `m·dsum_b` terms are one FMA per group.
+/// to hide FMA latency; asym's `m·dsum_b` terms are one FMA per group into
+/// the first (a separate accumulator would spill at four tokens).
 /// The operations for one token do not depend on `T`.
 ///
 /// # Safety
@@ -308,7 +309,6 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         let (ac, ad, asum, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.sums.as_ptr(), a.dsums.as_ptr());
         let mut acc0 = [_mm256_setzero_ps(); T];
         let mut acc1 = [_mm256_setzero_ps(); T];
-        let mut macc = [_mm256_setzero_ps(); T];
         let mut b0 = 0;
         while b0 < blocks {
             let nb = (blocks - b0).min(8);
@@ -325,7 +325,7 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
                 let km = (i0 + k) * a.bs + b0;
                 let c8 = _mm256_mul_ps(s8, _mm256_loadu_ps(ad.add(km)));
                 if B::ASYM {
-                    macc[k] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(ads.add(km)), macc[k]);
+                    acc0[k] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(ads.add(km)), acc0[k]);
                 }
                 clo[k] = _mm256_permute2f128_ps::<0x00>(c8, c8);
                 chi[k] = _mm256_permute2f128_ps::<0x11>(c8, c8);
@@ -380,7 +380,7 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         }
         let mut out = [0.0f32; T];
         for k in 0..T {
-            out[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc0[k], acc1[k]), macc[k]));
+            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k]));
         }
         out
     }
@@ -443,7 +443,7 @@ unsafe fn group8<const F16C: bool>(p: *const half::f16, b0: usize, nb: usize, bp
 /// pair's `[c_b ×4, c_b+1 ×4]` is one in-lane permute of it (registers
 /// only: no per-row scratch, which dominated short rows). Sym's `−8·Σa` and
 /// asym's `m·Σa` terms are `k_b · dsum_b` (`k = −8·s` or `m`), one FMA per
-/// group. Two accumulators alternate pairs. The operations for one token do
+/// group into the first accumulator. Two accumulators alternate pairs. The operations for one token do
 /// not depend on `T`.
 ///
 /// # Safety
@@ -477,7 +477,6 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
         let pick = [_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)];
         let mut acc0 = [_mm256_setzero_ps(); T];
         let mut acc1 = [_mm256_setzero_ps(); T];
-        let mut kacc = [_mm256_setzero_ps(); T];
         let mut b0 = 0;
         while b0 < blocks {
             let nb = (blocks - b0).min(8);
@@ -496,7 +495,7 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
             for k in 0..T {
                 let km = (i0 + k) * a.bs + b0;
                 let c8 = _mm256_mul_ps(s8, _mm256_loadu_ps(ad.add(km)));
-                kacc[k] = _mm256_fmadd_ps(k8, _mm256_loadu_ps(ads.add(km)), kacc[k]);
+                acc0[k] = _mm256_fmadd_ps(k8, _mm256_loadu_ps(ads.add(km)), acc0[k]);
                 clo[k] = _mm256_permute2f128_ps::<0x00>(c8, c8);
                 chi[k] = _mm256_permute2f128_ps::<0x11>(c8, c8);
             }
@@ -555,7 +554,7 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
         }
         let mut out = [0.0f32; T];
         for k in 0..T {
-            out[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc0[k], acc1[k]), kacc[k]));
+            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k]));
         }
         out
     }
