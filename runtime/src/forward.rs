@@ -116,6 +116,35 @@ fn matmul(
     k::matmul(y, w, x, n, 0..w.rows(), row);
 }
 
+/// Products of one token's input `x` (n = 1) in one fork-join, with
+/// `then` on each thread's rows of jobs 0 and 1 (SwiGLU) — see
+/// `k::par::matmul_q8_fused`; bit-identical to one [`matmul`] per job
+/// (then `then`). `false` when that path does not apply (one thread, f32
+/// activations, a prompt, a scheme without integer kernels): the caller then
+/// runs [`matmul`] per job.
+#[cfg(feature = "threads")]
+fn fused(jobs: &mut [k::par::Job<'_, '_>], x: &[f32], n: usize, qa: &mut [f32], mm: MatmulOpts, then: Option<&k::par::Then<'_>>) -> bool {
+    if n != 1 || mm.threads <= 1 || mm.acts != Activations::Q8 || !jobs.iter().all(|(_, w)| k::scalar_int::supported(w)) {
+        return false;
+    }
+    let Some(mut a) = jobs.first().and_then(|(_, w)| k::Q8Acts::carve(qa, 1, w.cols())) else {
+        return false;
+    };
+    a.quantize(x) && k::par::matmul_q8_fused(mm.threads, jobs, &a, then)
+}
+
+#[cfg(not(feature = "threads"))]
+fn fused(
+    _: &mut [(&mut [f32], &TensorView<'_>)],
+    _: &[f32],
+    _: usize,
+    _: &mut [f32],
+    _: MatmulOpts,
+    _: Option<&dyn Fn(&mut [f32], &[f32])>,
+) -> bool {
+    false
+}
+
 fn matmul_q8(y: &mut [f32], w: &TensorView<'_>, a: &k::Q8Acts<'_>, mm: MatmulOpts) {
     #[cfg(feature = "threads")]
     if mm.threads > 1 {
@@ -367,9 +396,14 @@ pub fn block_forward_kv<O: Observer>(
                 }
             }
         };
-        matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.xp, s.mm, w.act.wq, w.perm.wq);
-        matmul(k_new, &w.wk, h, n, s.row, s.qa, s.xp, s.mm, w.act.wk, w.perm.wk);
-        matmul(v_new, &w.wv, h, n, s.row, s.qa, s.xp, s.mm, w.act.wv, w.perm.wv);
+        let plain = w.act.wq.is_none() && w.act.wk.is_none() && w.act.wv.is_none();
+        let plain = plain && w.perm.wq.is_none() && w.perm.wk.is_none() && w.perm.wv.is_none();
+        let jobs = &mut [(&mut s.q[..n * qd], &w.wq), (&mut *k_new, &w.wk), (&mut *v_new, &w.wv)];
+        if !(plain && fused(jobs, h, n, s.qa, s.mm, None)) {
+            matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.xp, s.mm, w.act.wq, w.perm.wq);
+            matmul(k_new, &w.wk, h, n, s.row, s.qa, s.xp, s.mm, w.act.wk, w.perm.wk);
+            matmul(v_new, &w.wv, h, n, s.row, s.qa, s.xp, s.mm, w.act.wv, w.perm.wv);
+        }
         for i in 0..n {
             let (q, kk, vv) = (
                 &mut s.q[i * qd..(i + 1) * qd],
@@ -497,34 +531,36 @@ pub fn block_forward_kv<O: Observer>(
     }
     fp8_acts(&mut s.xb[..n * dim], dim, w.act.w_gate);
     let h = &s.xb[..n * dim];
-    matmul(
-        &mut s.hb[..n * hid],
-        &w.w_gate,
-        h,
-        n,
-        s.row,
-        s.qa,
-        s.xp,
-        s.mm,
-        w.act.w_gate,
-        w.perm.w_gate,
-    );
-    matmul(
-        &mut s.hb2[..n * hid],
-        &w.w_up,
-        h,
-        n,
-        s.row,
-        s.qa,
-        s.xp,
-        s.mm,
-        w.act.w_up,
-        w.perm.w_up,
-    );
-    s.hb[..n * hid]
-        .iter_mut()
-        .zip(&s.hb2[..n * hid])
-        .for_each(|(g, u)| *g = silu(*g) * u);
+    let swiglu = |g: &mut [f32], u: &[f32]| g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u);
+    let plain = w.act.w_gate.is_none() && w.act.w_up.is_none() && w.perm.w_gate.is_none() && w.perm.w_up.is_none();
+    let jobs = &mut [(&mut s.hb[..n * hid], &w.w_gate), (&mut s.hb2[..n * hid], &w.w_up)];
+    if !(plain && fused(jobs, h, n, s.qa, s.mm, Some(&swiglu))) {
+        matmul(
+            &mut s.hb[..n * hid],
+            &w.w_gate,
+            h,
+            n,
+            s.row,
+            s.qa,
+            s.xp,
+            s.mm,
+            w.act.w_gate,
+            w.perm.w_gate,
+        );
+        matmul(
+            &mut s.hb2[..n * hid],
+            &w.w_up,
+            h,
+            n,
+            s.row,
+            s.qa,
+            s.xp,
+            s.mm,
+            w.act.w_up,
+            w.perm.w_up,
+        );
+        swiglu(&mut s.hb[..n * hid], &s.hb2[..n * hid]);
+    }
     if c.online_hadamard() {
         // QuaRot: x·H/√hidden online; ffn_down stores W·H/√hidden (checked supported at load).
         s.hb[..n * hid].chunks_exact_mut(hid).for_each(|t| {
