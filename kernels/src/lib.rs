@@ -56,7 +56,15 @@
 //! padding products, which are exactly ±0, is exact), of which a path has at
 //! most `n − 1`; so each result is within `γ_n·Σ|w_c·x_c|` of the exact sum
 //! (Higham, *Accuracy and Stability*, §3.1), plus, with gradual underflow, at
-//! most `2⁻¹⁵⁰` per product. Both sides obey it, hence the factor 2. Every
+//! most `2⁻¹⁵⁰` per product. Both sides obey it, hence the factor 2.
+//!
+//! FP8 weights are the exception to bit-exact dequantization on the x86
+//! (F16C) and NEON paths: a code converts exactly to the f16 of
+//! `value·2⁻⁸`, the products with `x` are summed, and the scale (`s·2⁸`) is
+//! applied once per region of constant scale. Each term then carries one
+//! more rounding (the scale's), so the bound holds with `γ_{n+1}` in place
+//! of `γ_n`, and the underflow term is `n · 2⁻¹⁴⁸ · max(1, 2⁸·max|s|)`
+//! (the reference rounds `value·s` first: also `n + 1` roundings). Every
 //! implementation's result for token `i` is independent of `t` and of the
 //! row range (the same operations run for one token or four), so batched
 //! prefill and one-token decode agree bit for bit on a given machine.
