@@ -319,11 +319,11 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         let mut b0 = 0;
         while b0 < blocks {
             let nb = (blocks - b0).min(8);
-            // Lanes past the row are zeros (`group8`).
             // The weight codes `PF` bytes ahead (four cache lines per group).
             for l in 0..4 {
                 _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(b0 * B::BYTES + PF + 64 * l) as *const i8);
             }
+            // Lanes past the row are zeros (`group8`).
             let s8 = group8::<F16C>(sp, b0, nb, bpg);
             let m8 = if B::ASYM {
                 group8::<F16C>(mp, b0, nb, bpg)
@@ -491,11 +491,11 @@ unsafe fn q4_row<B: WBlock, const F16C: bool, const T: usize>(
         let mut b0 = 0;
         while b0 < blocks {
             let nb = (blocks - b0).min(8);
-            // Lanes past the row are zeros (`group8`), so the padded
-            // activation meta entries (zeros) never meet an inf scale.
             // The weight codes `PF` bytes ahead (two cache lines per group).
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(b0 * 16 + PF) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(b0 * 16 + PF + 64) as *const i8);
+            // Lanes past the row are zeros (`group8`), so the padded
+            // activation meta entries (zeros) never meet an inf scale.
             let s8 = group8::<F16C>(sp, b0, nb, bpg);
             let k8 = if B::ASYM {
                 group8::<F16C>(mp, b0, nb, bpg)
