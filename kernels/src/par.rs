@@ -116,23 +116,24 @@ pub type Job<'y, 'w> = (&'y mut [f32], &'w TensorView<'w>);
 /// Epilogue of [`matmul_q8_fused`] on one thread's rows of jobs 0 and 1.
 pub type Then<'a> = dyn Fn(&mut [f32], &[f32]) + Sync + 'a;
 
-/// Products of the same one-token activations in one fork-join instead of
-/// one each (q, k and v; gate and up): thread `k` computes the `k`-th of
-/// `threads` row ranges (whole 16-row chunks) of every job, then, when
-/// given, `then(its rows of job 0's output, the same rows of job 1's)` —
-/// SwiGLU on its own rows, so the elementwise work is split too. A decode
-/// step of a small model is ~200 products of 10–100 µs, where each
-/// fork-join (~1–2 µs) and each product too small to split (SmolLM2's k
-/// and v) count. Each row is computed by the single-threaded kernel, so
-/// the results equal [`crate::matmul_q8`] per job (then `then` over all
-/// rows) bit for bit.
+/// Products of the same activations in one fork-join instead of one each
+/// (q, k and v; gate and up): thread `k` computes the `k`-th of `threads`
+/// row ranges (whole 16-row chunks) of every job, then, when given,
+/// `then(its rows of job 0's output, the same rows of job 1's)` — SwiGLU on
+/// its own rows, so the elementwise work is split too. A decode step of a
+/// small model is ~200 products of 10–100 µs, where each fork-join
+/// (~1–2 µs) and each product too small to split (SmolLM2's k and v)
+/// count. With one token the threads write `y` in place; with several
+/// (prefill) each computes `[t][its rows]` buffers (`then` runs on those:
+/// the same elements) that are copied into `y` afterwards. Each row is
+/// computed by the single-threaded kernel, so the results equal
+/// [`crate::matmul_q8`] per job (then `then` over all of it) bit for bit.
 ///
-/// Returns `false`, writing nothing, unless `a` holds one token, every job
-/// fits (`support::q8_args_ok`) and can be split by rows, and — with
-/// `then` — jobs 0 and 1 have the same rows.
+/// Returns `false`, writing nothing, unless `threads > 1`, every job fits
+/// (`support::q8_args_ok`) and can be split by rows, and — with `then` —
+/// jobs 0 and 1 have the same rows.
 pub fn matmul_q8_fused(threads: usize, jobs: &mut [Job<'_, '_>], a: &Q8Acts<'_>, then: Option<&Then<'_>>) -> bool {
-    let ok = a.t == 1
-        && threads > 1
+    let ok = threads > 1
         && jobs
             .iter()
             .all(|(y, w)| crate::support::q8_args_ok(y, w, a, &(0..w.rows())) && w.row_slice(0, 1).is_some())
@@ -144,33 +145,73 @@ pub fn matmul_q8_fused(threads: usize, jobs: &mut [Job<'_, '_>], a: &Q8Acts<'_>,
         let per = rows.div_ceil(threads).div_ceil(16) * 16;
         ((k * per).min(rows), ((k + 1) * per).min(rows))
     };
-    // Thread k's slices of every output.
-    let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(jobs.len())).collect();
-    let mut views: Vec<&TensorView<'_>> = Vec::with_capacity(jobs.len());
-    for (y, w) in jobs.iter_mut() {
-        let rows = w.rows();
-        let mut rest = &mut y[..rows];
-        for (k, part) in parts.iter_mut().enumerate() {
-            let (r0, r1) = range(rows, k);
-            let (mine, tail) = core::mem::take(&mut rest).split_at_mut(r1 - r0);
-            part.push(mine);
-            rest = tail;
+    let views: Vec<&TensorView<'_>> = jobs.iter().map(|(_, w)| *w).collect();
+    // Thread k's rows of job j: `work(k, j, out)` into `out` ([t][rows]).
+    let work = |k: usize, w: &TensorView<'_>, out: &mut [f32]| {
+        let (r0, r1) = range(w.rows(), k);
+        if let Some(v) = w.row_slice(r0, r1).filter(|_| r0 < r1) {
+            crate::matmul_q8(out, &v, a, 0..r1 - r0);
         }
-        views.push(*w);
+    };
+    if a.t == 1 {
+        // Thread k's slices of every output, written in place.
+        let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(jobs.len())).collect();
+        for (y, w) in jobs.iter_mut() {
+            let rows = w.rows();
+            let mut rest = &mut y[..rows];
+            for (k, part) in parts.iter_mut().enumerate() {
+                let (r0, r1) = range(rows, k);
+                let (mine, tail) = core::mem::take(&mut rest).split_at_mut(r1 - r0);
+                part.push(mine);
+                rest = tail;
+            }
+        }
+        let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
+        spin_pool::global(threads).run(&|k| {
+            let Some(part) = parts.get(k) else { return };
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            for (w, out) in views.iter().zip(part.iter_mut()) {
+                work(k, w, out);
+            }
+            if let (Some(f), [g, u, ..]) = (then, &mut part[..]) {
+                f(g, u);
+            }
+        });
+        return true;
     }
-    let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
+    let t = a.t;
+    let parts: Vec<Mutex<Vec<Vec<f32>>>> = (0..threads)
+        .map(|k| {
+            Mutex::new(
+                views
+                    .iter()
+                    .map(|w| {
+                        let (r0, r1) = range(w.rows(), k);
+                        vec![0.0f32; t * (r1 - r0)]
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
     spin_pool::global(threads).run(&|k| {
         let Some(part) = parts.get(k) else { return };
         let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
         for (w, out) in views.iter().zip(part.iter_mut()) {
-            let (r0, r1) = range(w.rows(), k);
-            if let Some(v) = w.row_slice(r0, r1).filter(|_| r0 < r1) {
-                crate::matmul_q8(out, &v, a, 0..r1 - r0);
-            }
+            work(k, w, out);
         }
         if let (Some(f), [g, u, ..]) = (then, &mut part[..]) {
             f(g, u);
         }
     });
+    for (k, part) in parts.into_iter().enumerate() {
+        let part = part.into_inner().unwrap_or_else(|e| e.into_inner());
+        for ((y, w), p) in jobs.iter_mut().zip(&part) {
+            let (rows, (r0, r1)) = (w.rows(), range(w.rows(), k));
+            let n = r1 - r0;
+            for i in 0..t {
+                y[i * rows + r0..i * rows + r1].copy_from_slice(&p[i * n..(i + 1) * n]);
+            }
+        }
+    }
     true
 }

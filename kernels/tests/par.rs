@@ -77,8 +77,8 @@ fn parallel_equals_serial() {
 }
 
 /// `matmul_q8_fused` equals one `matmul_q8` per job (then the epilogue) bit
-/// for bit, with jobs of different heights (one smaller than a thread's
-/// share), and refuses what it cannot run.
+/// for bit, for one token and for several, with jobs of different heights
+/// (one smaller than a thread's share), and refuses what it cannot run.
 #[test]
 fn fused_equals_one_product_per_job() {
     let cols = 576;
@@ -98,45 +98,42 @@ fn fused_equals_one_product_per_job() {
         .iter()
         .map(|(b, off, len, spec, rows)| TensorView::new(*spec, *rows as u32, cols as u32, &b[*off..off + len]).unwrap())
         .collect();
-    let x = data(cols, 9);
-    let mut abuf = vec![0.0; act_q8::words(1, cols)];
-    let mut a = Q8Acts::carve(&mut abuf, 1, cols).unwrap();
-    assert!(a.quantize(&x));
-    let want: Vec<Vec<f32>> = views
-        .iter()
-        .map(|w| {
-            let mut y = vec![0.0f32; w.rows()];
-            edgeq_kernels::matmul_q8(&mut y, w, &a, 0..w.rows());
-            y
-        })
-        .collect();
     let glu = |g: &mut [f32], u: &[f32]| g.iter_mut().zip(u).for_each(|(g, u)| *g = *g * 0.5 - u);
-    for threads in [2, 3, 8] {
-        let mut ys: Vec<Vec<f32>> = views.iter().map(|w| vec![f32::NAN; w.rows()]).collect();
-        let [y0, y1, y2] = &mut ys[..] else { unreachable!() };
-        let mut jobs = [(&mut y0[..], &views[0]), (&mut y1[..], &views[1]), (&mut y2[..], &views[2])];
-        assert!(par::matmul_q8_fused(threads, &mut jobs, &a, Some(&glu)));
+    let same = |p: &[f32], q: &[f32]| p.len() == q.len() && p.iter().zip(q).all(|(a, b)| a.to_bits() == b.to_bits());
+    for t in [1usize, 3] {
+        let x = data(t * cols, 9);
+        let mut abuf = vec![0.0; act_q8::words(t, cols)];
+        let mut a = Q8Acts::carve(&mut abuf, t, cols).unwrap();
+        assert!(a.quantize(&x));
+        let want: Vec<Vec<f32>> = views
+            .iter()
+            .map(|w| {
+                let mut y = vec![0.0f32; t * w.rows()];
+                edgeq_kernels::matmul_q8(&mut y, w, &a, 0..w.rows());
+                y
+            })
+            .collect();
         let mut g = want[0].clone();
         glu(&mut g, &want[1]);
-        let same = |p: &[f32], q: &[f32]| p.iter().zip(q).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same(&ys[0], &g) && same(&ys[1], &want[1]) && same(&ys[2], &want[2]),
-            "threads={threads}"
-        );
+        for threads in [2, 3, 8] {
+            let mut ys: Vec<Vec<f32>> = views.iter().map(|w| vec![f32::NAN; t * w.rows()]).collect();
+            let [y0, y1, y2] = &mut ys[..] else { unreachable!() };
+            let mut jobs = [(&mut y0[..], &views[0]), (&mut y1[..], &views[1]), (&mut y2[..], &views[2])];
+            assert!(par::matmul_q8_fused(threads, &mut jobs, &a, Some(&glu)));
+            assert!(
+                same(&ys[0], &g) && same(&ys[1], &want[1]) && same(&ys[2], &want[2]),
+                "t={t} threads={threads}"
+            );
+        }
+        // An epilogue over jobs of different heights, or one thread: refused.
+        let mut y0 = vec![0.0f32; t * 1536];
+        let mut y2 = vec![0.0f32; t * 24];
+        assert!(!par::matmul_q8_fused(
+            2,
+            &mut [(&mut y0[..], &views[0]), (&mut y2[..], &views[2])],
+            &a,
+            Some(&glu)
+        ));
+        assert!(!par::matmul_q8_fused(1, &mut [(&mut y0[..], &views[0])], &a, None));
     }
-    // An epilogue over jobs of different heights, one thread, or two tokens: refused.
-    let mut y0 = vec![0.0f32; 1536];
-    let mut y2 = [0.0f32; 24];
-    assert!(!par::matmul_q8_fused(
-        2,
-        &mut [(&mut y0[..], &views[0]), (&mut y2[..], &views[2])],
-        &a,
-        Some(&glu)
-    ));
-    assert!(!par::matmul_q8_fused(1, &mut [(&mut y0[..], &views[0])], &a, None));
-    let mut abuf2 = vec![0.0; act_q8::words(2, cols)];
-    let mut a2 = Q8Acts::carve(&mut abuf2, 2, cols).unwrap();
-    assert!(a2.quantize(&data(2 * cols, 4)));
-    let mut y = vec![0.0f32; 2 * 1536];
-    assert!(!par::matmul_q8_fused(2, &mut [(&mut y[..], &views[0])], &a2, None));
 }

@@ -116,18 +116,18 @@ fn matmul(
     k::matmul(y, w, x, n, 0..w.rows(), row);
 }
 
-/// Products of one token's input `x` (n = 1) in one fork-join, with
+/// Products of one input `x` (`n` tokens) in one fork-join, with
 /// `then` on each thread's rows of jobs 0 and 1 (SwiGLU) — see
 /// `k::par::matmul_q8_fused`; bit-identical to one [`matmul`] per job
 /// (then `then`). `false` when that path does not apply (one thread, f32
-/// activations, a prompt, a scheme without integer kernels): the caller then
+/// activations, a scheme without integer kernels): the caller then
 /// runs [`matmul`] per job.
 #[cfg(feature = "threads")]
 fn fused(jobs: &mut [k::par::Job<'_, '_>], x: &[f32], n: usize, qa: &mut [f32], mm: MatmulOpts, then: Option<&k::par::Then<'_>>) -> bool {
-    if n != 1 || mm.threads <= 1 || mm.acts != Activations::Q8 || !jobs.iter().all(|(_, w)| k::scalar_int::supported(w)) {
+    if mm.threads <= 1 || mm.acts != Activations::Q8 || !jobs.iter().all(|(_, w)| k::scalar_int::supported(w)) {
         return false;
     }
-    let Some(mut a) = jobs.first().and_then(|(_, w)| k::Q8Acts::carve(qa, 1, w.cols())) else {
+    let Some(mut a) = jobs.first().and_then(|(_, w)| k::Q8Acts::carve(qa, n, w.cols())) else {
         return false;
     };
     a.quantize(x) && k::par::matmul_q8_fused(mm.threads, jobs, &a, then)
