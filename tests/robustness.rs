@@ -237,11 +237,12 @@ fn activation_records_run_close_to_f32_activations() {
     }
 }
 
-/// Two threads (with one fork-join for q, k, v and one for gate and up with
-/// SwiGLU on each thread's rows) give the one-thread logits bit for bit,
-/// for a prompt and for the decode steps after it, with quantized and f32
-/// activations. The tiny model's k and v have 16 rows, so the second
-/// thread's share of them is empty.
+/// Two and three threads (one fork-join for q, k, v and one for gate and up
+/// with SwiGLU on each thread's rows; attention heads split across threads)
+/// give the one-thread logits bit for bit, for a prompt and for the decode
+/// steps after it, with quantized and f32 activations and every KV cache
+/// precision. The tiny model's k and v have 16 rows, so the second
+/// thread's share of them is empty; 4 heads over 3 threads split unevenly.
 #[test]
 fn two_threads_give_bit_identical_logits() {
     use edgeq_runtime::{arena_bytes_with, Activations, KvCache, MatmulOpts, SessionOptions};
@@ -249,11 +250,11 @@ fn two_threads_give_bit_identical_logits() {
         let eqf = tiny::eqf(5, scheme).unwrap();
         let buf = AlignedBytes::from(&eqf);
         let model = Model::from_bytes(buf.as_bytes()).unwrap();
-        let run = |acts: Activations, threads: usize| -> Vec<Vec<u32>> {
+        let run = |acts: Activations, kv: KvCache, threads: usize| -> Vec<Vec<u32>> {
             let (seq, batch) = (24, 8);
-            let mut arena = vec![0u64; arena_bytes_with(&model.cfg, seq, batch, KvCache::F32).div_ceil(8)];
+            let mut arena = vec![0u64; arena_bytes_with(&model.cfg, seq, batch, kv).div_ceil(8)];
             let opts = SessionOptions {
-                kv: KvCache::F32,
+                kv,
                 matmul: MatmulOpts { acts, threads },
             };
             let mut s = Session::with_options(&model, bytemuck::cast_slice_mut(&mut arena), seq, batch, opts).unwrap();
@@ -264,13 +265,23 @@ fn two_threads_give_bit_identical_logits() {
             }
             out
         };
-        for acts in [Activations::Q8, Activations::F32] {
-            let one = run(acts, 1);
+        for (acts, kv) in [
+            (Activations::Q8, KvCache::F32),
+            (Activations::F32, KvCache::F32),
+            (Activations::Q8, KvCache::F16),
+            (Activations::Q8, KvCache::Q8),
+        ] {
+            let one = run(acts, kv, 1);
             assert!(
                 one.iter().flatten().all(|&b| f32::from_bits(b).is_finite()),
                 "{scheme}: non-finite logits"
             );
-            assert!(one == run(acts, 2), "{scheme} {acts:?}: two threads differ from one");
+            for threads in [2, 3] {
+                assert!(
+                    one == run(acts, kv, threads),
+                    "{scheme} {acts:?} {kv:?}: {threads} threads differ from one"
+                );
+            }
         }
     }
 }

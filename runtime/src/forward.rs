@@ -329,6 +329,125 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + libm::expf(-x))
 }
 
+/// Shapes shared by every head's attention.
+#[derive(Clone, Copy)]
+struct AttnGeometry {
+    /// Floats per cached position (all kv heads).
+    kvd: usize,
+    hd: usize,
+    n_kv: usize,
+    /// 1/√head_dim.
+    scale: f32,
+}
+
+/// One query head against kv head `g` at positions `0..=p` (causal): scores
+/// `q·k·scale` into `att` (`p + 1` floats), softmax, `out = Σ att_t · v_t`.
+fn attend(q: &[f32], kv: &KvBufs<'_>, g: usize, p: usize, att: &mut [f32], out: &mut [f32], geo: AttnGeometry) {
+    let AttnGeometry { kvd, hd, n_kv, scale } = geo;
+    let kvh = g * hd;
+    let att = &mut att[..=p];
+    match kv {
+        KvBufs::F32 { k: kc, .. } => {
+            for (t, a) in att.iter_mut().enumerate() {
+                *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            }
+        }
+        KvBufs::F16 { k: kc, .. } => {
+            for (t, a) in att.iter_mut().enumerate() {
+                *a = kv::dot_f16(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            }
+        }
+        KvBufs::Q8 { k: kc, ks, .. } => {
+            for ((t, a), sk) in att.iter_mut().enumerate().zip(ks.iter().skip(g).step_by(n_kv)) {
+                *a = sk.to_f32() * kv::dot_i8(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            }
+        }
+    }
+    softmax(att);
+    out.fill(0.0);
+    match kv {
+        KvBufs::F32 { v: vc, .. } => {
+            for (t, &a) in att.iter().enumerate() {
+                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            }
+        }
+        KvBufs::F16 { v: vc, .. } => {
+            for (t, &a) in att.iter().enumerate() {
+                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v.to_f32());
+            }
+        }
+        KvBufs::Q8 { v: vc, vs, .. } => {
+            for ((t, &a), sv) in att.iter().enumerate().zip(vs.iter().skip(g).step_by(n_kv)) {
+                let w = a * sv.to_f32();
+                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
+                out.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v as f32);
+            }
+        }
+    }
+}
+
+/// The heads split across `mm.threads` threads (each its own contiguous
+/// heads of every token and its own scores buffer): the same [`attend`]
+/// calls, so the same results. `false` (nothing done) with one thread or
+/// without the `threads` feature.
+#[allow(clippy::too_many_arguments)]
+fn attend_threaded(
+    q: &[f32],
+    kv: &KvBufs<'_>,
+    xb: &mut [f32],
+    n: usize,
+    pos: usize,
+    n_heads: usize,
+    kv_mul: usize,
+    geo: AttnGeometry,
+    mm: MatmulOpts,
+) -> bool {
+    #[cfg(feature = "threads")]
+    if mm.threads > 1 && n_heads > 1 {
+        extern crate alloc;
+        use alloc::{vec, vec::Vec};
+        let threads = mm.threads.min(n_heads);
+        let (hd, qd) = (geo.hd, n_heads * geo.hd);
+        let per = n_heads.div_ceil(threads);
+        // Thread k: heads k·per.., as one slice per token.
+        let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(n)).collect();
+        for tok in xb[..n * qd].chunks_exact_mut(qd) {
+            let mut rest = tok;
+            for part in parts.iter_mut() {
+                let take = (per * hd).min(rest.len());
+                let (mine, tail) = core::mem::take(&mut rest).split_at_mut(take);
+                part.push(mine);
+                rest = tail;
+            }
+        }
+        let parts: Vec<std::sync::Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(std::sync::Mutex::new).collect();
+        k::spin_pool::global(threads).run(&|t| {
+            let Some(part) = parts.get(t) else { return };
+            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+            let mut att = vec![0.0f32; pos + n];
+            for (i, out) in part.iter_mut().enumerate() {
+                for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                    let h = t * per + j;
+                    attend(
+                        &q[i * qd + h * hd..i * qd + (h + 1) * hd],
+                        kv,
+                        h / kv_mul,
+                        pos + i,
+                        &mut att,
+                        o,
+                        geo,
+                    );
+                }
+            }
+        });
+        return true;
+    }
+    let _ = (q, kv, xb, n, pos, n_heads, kv_mul, geo, mm);
+    false
+}
+
 /// One decoder block on `n` tokens at positions `pos..pos+n`, in place on
 /// `x` (`n·dim`). `kc`/`vc` are this block's caches (`max_seq·kv_dim`, rows
 /// `0..pos` already filled); `rope` holds [`rope_angles`] for the positions;
@@ -452,55 +571,16 @@ pub fn block_forward_kv<O: Observer>(
             }
         }
     }
-    // Causal grouped-query attention over the cache, into xb.
+    // Causal grouped-query attention over the cache, into xb: head h of
+    // token i reads kv head h / kv_mul at positions 0..=pos+i.
     let scale = 1.0 / libm::sqrtf(hd as f32);
-    for i in 0..n {
-        let p = pos + i;
-        for h in 0..n_heads {
-            let q = &s.q[i * qd + h * hd..i * qd + (h + 1) * hd];
-            let g = h / kv_mul;
-            let kvh = g * hd;
-            let att = &mut s.att[..=p];
-            match &kv {
-                KvBufs::F32 { k: kc, .. } => {
-                    for (t, a) in att.iter_mut().enumerate() {
-                        *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
-                    }
-                }
-                KvBufs::F16 { k: kc, .. } => {
-                    for (t, a) in att.iter_mut().enumerate() {
-                        *a = kv::dot_f16(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
-                    }
-                }
-                KvBufs::Q8 { k: kc, ks, .. } => {
-                    for ((t, a), sk) in att.iter_mut().enumerate().zip(ks.iter().skip(g).step_by(n_kv)) {
-                        *a = sk.to_f32() * kv::dot_i8(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
-                    }
-                }
-            }
-            softmax(att);
-            let out = &mut s.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
-            out.fill(0.0);
-            match &kv {
-                KvBufs::F32 { v: vc, .. } => {
-                    for (t, &a) in att.iter().enumerate() {
-                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                        out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
-                    }
-                }
-                KvBufs::F16 { v: vc, .. } => {
-                    for (t, &a) in att.iter().enumerate() {
-                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                        out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v.to_f32());
-                    }
-                }
-                KvBufs::Q8 { v: vc, vs, .. } => {
-                    for ((t, &a), sv) in att.iter().enumerate().zip(vs.iter().skip(g).step_by(n_kv)) {
-                        let w = a * sv.to_f32();
-                        let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                        out.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v as f32);
-                    }
-                }
+    let geo = AttnGeometry { kvd, hd, n_kv, scale };
+    if !attend_threaded(&s.q[..n * qd], &kv, &mut s.xb[..n * qd], n, pos, n_heads, kv_mul, geo, s.mm) {
+        for i in 0..n {
+            for h in 0..n_heads {
+                let q = &s.q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                let out = &mut s.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
+                attend(q, &kv, h / kv_mul, pos + i, &mut s.att[..=pos + i], out, geo);
             }
         }
     }
