@@ -133,15 +133,12 @@ fn fused(jobs: &mut [k::par::Job<'_, '_>], x: &[f32], n: usize, qa: &mut [f32], 
     a.quantize(x) && k::par::matmul_q8_fused(mm.threads, jobs, &a, then)
 }
 
+/// The epilogue of [`fused`] (SwiGLU) without the `threads` feature.
 #[cfg(not(feature = "threads"))]
-fn fused(
-    _: &mut [(&mut [f32], &TensorView<'_>)],
-    _: &[f32],
-    _: usize,
-    _: &mut [f32],
-    _: MatmulOpts,
-    _: Option<&dyn Fn(&mut [f32], &[f32])>,
-) -> bool {
+type Epilogue = dyn Fn(&mut [f32], &[f32]);
+
+#[cfg(not(feature = "threads"))]
+fn fused(_: &mut [(&mut [f32], &TensorView<'_>)], _: &[f32], _: usize, _: &mut [f32], _: MatmulOpts, _: Option<&Epilogue>) -> bool {
     false
 }
 
