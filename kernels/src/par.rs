@@ -167,16 +167,7 @@ pub fn matmul_q8_fused(threads: usize, jobs: &mut [Job<'_, '_>], a: &Q8Acts<'_>,
             }
         }
         let parts: Vec<Mutex<Vec<&mut [f32]>>> = parts.into_iter().map(Mutex::new).collect();
-        spin_pool::global(threads).run(&|k| {
-            let Some(part) = parts.get(k) else { return };
-            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-            for (w, out) in views.iter().zip(part.iter_mut()) {
-                work(k, w, out);
-            }
-            if let (Some(f), [g, u, ..]) = (then, &mut part[..]) {
-                f(g, u);
-            }
-        });
+        run_jobs(threads, &parts, &views, &work, then);
         return true;
     }
     let t = a.t;
@@ -193,16 +184,7 @@ pub fn matmul_q8_fused(threads: usize, jobs: &mut [Job<'_, '_>], a: &Q8Acts<'_>,
             )
         })
         .collect();
-    spin_pool::global(threads).run(&|k| {
-        let Some(part) = parts.get(k) else { return };
-        let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-        for (w, out) in views.iter().zip(part.iter_mut()) {
-            work(k, w, out);
-        }
-        if let (Some(f), [g, u, ..]) = (then, &mut part[..]) {
-            f(g, u);
-        }
-    });
+    run_jobs(threads, &parts, &views, &work, then);
     for (k, part) in parts.into_iter().enumerate() {
         let part = part.into_inner().unwrap_or_else(|e| e.into_inner());
         for ((y, w), p) in jobs.iter_mut().zip(&part) {
@@ -214,4 +196,26 @@ pub fn matmul_q8_fused(threads: usize, jobs: &mut [Job<'_, '_>], a: &Q8Acts<'_>,
         }
     }
     true
+}
+
+/// The fork-join of [`matmul_q8_fused`]: thread `k` runs `work(k, job's
+/// weight, its output)` for every job into its own outputs `parts[k]`
+/// (slices of `y`, or `[t][rows]` buffers), then `then` on jobs 0 and 1.
+fn run_jobs<P: AsMut<[f32]> + Send>(
+    threads: usize,
+    parts: &[Mutex<Vec<P>>],
+    views: &[&TensorView<'_>],
+    work: &(dyn Fn(usize, &TensorView<'_>, &mut [f32]) + Sync),
+    then: Option<&Then<'_>>,
+) {
+    spin_pool::global(threads).run(&|k| {
+        let Some(part) = parts.get(k) else { return };
+        let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+        for (w, out) in views.iter().zip(part.iter_mut()) {
+            work(k, w, out.as_mut());
+        }
+        if let (Some(f), [g, u, ..]) = (then, &mut part[..]) {
+            f(g.as_mut(), u.as_mut());
+        }
+    });
 }

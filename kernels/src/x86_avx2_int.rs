@@ -314,6 +314,12 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
         let sp = scales.as_ptr().add(r * gpr);
         let mp = w.mins.as_ptr().add(if B::ASYM { r * gpr } else { 0 });
         let (ac, ad, asum, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.sums.as_ptr(), a.dsums.as_ptr());
+        let lane = [
+            _mm256_set1_epi32(0),
+            _mm256_set1_epi32(1),
+            _mm256_set1_epi32(2),
+            _mm256_set1_epi32(3),
+        ];
         let mut acc0 = [_mm256_setzero_ps(); T];
         let mut acc1 = [_mm256_setzero_ps(); T];
         let mut b0 = 0;
@@ -341,51 +347,29 @@ unsafe fn int_row<B: WBlock, const F16C: bool, const T: usize>(
                 clo[k] = _mm256_permute2f128_ps::<0x00>(c8, c8);
                 chi[k] = _mm256_permute2f128_ps::<0x11>(c8, c8);
             }
-            // Block j of the group; `$imm` broadcasts lane j % 4 of a half.
+            // Block j of the group: its c is lane j % 4 of `clo` (j < 4) or
+            // `chi`, broadcast in-lane. Blocks alternate accumulators.
             macro_rules! block {
-                ($j:expr, $imm:literal, $acc:expr) => {{
-                    let b = b0 + $j;
+                ($j:expr, $acc:expr) => {{
+                    let j: usize = $j;
+                    let b = b0 + j;
                     let wv = B::load(wp.add(b * B::BYTES));
                     for k in 0..T {
                         let (kb, km) = ((i0 + k) * blocks + b, (i0 + k) * a.bs + b);
                         let p = B::dot(wv, _mm256_loadu_si256(ac.add(kb * QK) as *const __m256i), *asum.add(km));
-                        let c = _mm256_permute_ps::<$imm>(if $j < 4 { clo[k] } else { chi[k] });
+                        let c = _mm256_permutevar_ps(if j < 4 { clo[k] } else { chi[k] }, lane[j % 4]);
                         $acc[k] = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(p), $acc[k]);
                     }
                 }};
             }
-            if nb == 8 {
-                block!(0, 0x00, acc0);
-                block!(1, 0x55, acc1);
-                block!(2, 0xaa, acc0);
-                block!(3, 0xff, acc1);
-                block!(4, 0x00, acc0);
-                block!(5, 0x55, acc1);
-                block!(6, 0xaa, acc0);
-                block!(7, 0xff, acc1);
-            } else {
-                // The row's last group: blocks alternate as above.
-                if nb > 0 {
-                    block!(0, 0x00, acc0);
-                }
-                if nb > 1 {
-                    block!(1, 0x55, acc1);
-                }
-                if nb > 2 {
-                    block!(2, 0xaa, acc0);
-                }
-                if nb > 3 {
-                    block!(3, 0xff, acc1);
-                }
-                if nb > 4 {
-                    block!(4, 0x00, acc0);
-                }
-                if nb > 5 {
-                    block!(5, 0x55, acc1);
-                }
-                if nb > 6 {
-                    block!(6, 0xaa, acc0);
-                }
+            let mut j = 0;
+            while j + 2 <= nb {
+                block!(j, acc0);
+                block!(j + 1, acc1);
+                j += 2;
+            }
+            if j < nb {
+                block!(j, acc0);
             }
             b0 += 8;
         }
