@@ -12,8 +12,8 @@
 #      tests/c/kernel_style.c (freestanding, -mgeneral-regs-only, no floats)
 #      compiled for each and linked with --gc-sections against it, and the
 #      result inspected: no instruction may touch a floating-point or SIMD
-#      register (fails otherwise); the panic paths the linker keeps and the
-#      functions that reference them are listed (target/capi/TRIPLE.panics.txt);
+#      register, and no panic path may survive the link (fails otherwise; the
+#      functions that reference one are listed in target/capi/TRIPLE.panics.txt);
 #   4. with ../shared/fixtures/stories260K (or $EDGEQ_FIXTURES): imports it
 #      and quantizes it to Q4 (g32 sym) with the host CLI, then compares byte
 #      for byte (text on stdout, token ids) with `edgeq run --threads 1`:
@@ -141,6 +141,13 @@ for t in "${BARE[@]}"; do
     if [ "$fp" != 0 ]; then
         insns | grep -E "${FPREGS[$t]}" | head -5
         echo "FAIL $t: floating-point registers used"
+        FAIL=1
+    fi
+    # No panic path may survive the link: every check in the runtime is an
+    # error return or a checked slice (docs/TARGETS.md, "Panics").
+    if [ "$n_sites" != 0 ] || grep -qE '<(rust_begin_unwind|core::panicking::[a-z_:]+)>:' "$W/gc-$t.dis"; then
+        cat "$W/$t.panics.txt"
+        echo "FAIL $t: panic paths in the link (above; scripts/panic-sites.sh names the source lines)"
         FAIL=1
     fi
     # The harness that runs the freestanding caller.

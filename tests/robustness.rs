@@ -285,3 +285,45 @@ fn two_threads_give_bit_identical_logits() {
         }
     }
 }
+
+/// The forward pass never panics on buffers that do not fit (a caller bug:
+/// `Session` sizes them from `ArenaPlan`): every slice it takes is checked,
+/// which is what lets the bare-metal C API link without panic machinery
+/// (scripts/test-capi.sh). Short scratch, a short cache and a short rope
+/// table each just leave work undone.
+#[test]
+fn block_forward_with_short_buffers_does_not_panic() {
+    use edgeq_runtime::arena::{MatmulOpts, Scratch};
+    use edgeq_runtime::{block_forward, NoObserver};
+    for scheme in ["q4-g32", "q8a-g32", "f32"] {
+        let eqf = tiny::eqf(5, scheme).unwrap();
+        let buf = AlignedBytes::from(&eqf);
+        let model = Model::from_bytes(buf.as_bytes()).unwrap();
+        let c = &model.cfg;
+        let w = model.block(0).unwrap();
+        let (n, pos, dim, kvd) = (3usize, 2usize, c.dim as usize, c.kv_dim());
+        for short in [0usize, 1, 7, 64] {
+            let v = |len: usize| vec![0.5f32; len.min(short)];
+            let (mut xb, mut xb2, mut q, mut hb, mut hb2) = (v(4096), v(4096), v(4096), v(4096), v(4096));
+            let (mut att, mut row, mut qa) = (v(64), v(4096), v(4096));
+            let mut s = Scratch {
+                xb: &mut xb,
+                xb2: &mut xb2,
+                q: &mut q,
+                hb: &mut hb,
+                hb2: &mut hb2,
+                att: &mut att,
+                row: &mut row,
+                qa: &mut qa,
+                xp: &mut [],
+                mm: MatmulOpts::default(),
+            };
+            let mut x = vec![0.25f32; n * dim];
+            let (mut kc, mut vc) = (v((pos + n) * kvd), v((pos + n) * kvd));
+            let rope = v(n * c.rope_dim as usize);
+            let flow = block_forward(c, &w, 0, &mut x, n, pos, &mut kc, &mut vc, &rope, &mut s, &mut NoObserver);
+            assert!(flow.is_continue(), "{scheme}, buffers of {short}");
+            assert!(x.iter().all(|v| v.is_finite()), "{scheme}, buffers of {short}");
+        }
+    }
+}

@@ -208,7 +208,8 @@ impl QuantSpec {
         }
         if s.is_int() {
             let group_len = match self.granularity {
-                Granularity::PerGroup => self.group as u64,
+                // (validated non-zero; `max` lets the compiler see it)
+                Granularity::PerGroup => self.group.max(1) as u64,
                 _ => up(c, BLOCK as u64),
             };
             let groups = c.div_ceil(group_len);
@@ -243,7 +244,7 @@ impl QuantSpec {
         let n_scales = match self.granularity {
             Granularity::PerTensor => 1,
             Granularity::PerChannel => r,
-            _ => r.div_ceil(self.group as u64) * c.div_ceil(self.group as u64),
+            _ => r.div_ceil(self.group.max(1) as u64) * c.div_ceil(self.group.max(1) as u64),
         };
         let codes = r * c;
         let scales_offset = up(codes, ALIGN);
@@ -253,7 +254,7 @@ impl QuantSpec {
             padded_cols: cols,
             group_len: if self.granularity == Granularity::Block { self.group } else { cols },
             groups_per_row: if self.granularity == Granularity::Block {
-                c.div_ceil(self.group as u64) as u32
+                c.div_ceil(self.group.max(1) as u64) as u32
             } else {
                 1
             },

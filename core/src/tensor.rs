@@ -32,15 +32,17 @@ impl<'a> TensorView<'a> {
                 actual: bytes.len(),
             });
         }
-        let codes = &bytes[..layout.codes_bytes as usize];
-        let region = |off: u64, n: u64, size: u64| &bytes[off as usize..(off + n * size) as usize];
+        // (every region lies inside `total_bytes`: the layout's invariant)
+        let outside = QuantError::BadSpec("tensor layout region outside its bytes");
+        let codes = bytes.get(..layout.codes_bytes as usize).ok_or(outside)?;
+        let region = |off: u64, n: u64, size: u64| bytes.get(off as usize..(off + n * size) as usize).ok_or(outside);
         let misaligned = QuantError::BadSpec("tensor data misaligned for its element type");
         let (scales, mins) = if spec.scheme.is_int() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2)).map_err(|_| misaligned)?;
-            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2)).map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 2)?).map_err(|_| misaligned)?;
+            let m = bytemuck::try_cast_slice(region(layout.mins_offset, layout.n_mins, 2)?).map_err(|_| misaligned)?;
             (Scales::F16(s), m)
         } else if spec.scheme.is_fp8() {
-            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4)).map_err(|_| misaligned)?;
+            let s = bytemuck::try_cast_slice(region(layout.scales_offset, layout.n_scales, 4)?).map_err(|_| misaligned)?;
             (Scales::F32(s), &[][..])
         } else {
             (Scales::None, &[][..])
@@ -74,27 +76,25 @@ impl<'a> TensorView<'a> {
         self.spec.scheme
     }
 
-    /// The codes of row `r` (`row_stride` bytes).
+    /// The codes of row `r` (`row_stride` bytes; empty past the last row).
     pub fn row_codes(&self, r: usize) -> &'a [u8] {
         let s = self.layout.row_stride as usize;
-        &self.codes[r * s..(r + 1) * s]
+        self.codes.get(r * s..(r + 1) * s).unwrap_or(&[])
     }
-    /// Integer schemes: the f16 scales of row `r`.
+    /// Integer schemes: the f16 scales of row `r` (empty otherwise and past
+    /// the last row).
     pub fn row_scales_f16(&self, r: usize) -> &'a [f16] {
         let g = self.layout.groups_per_row as usize;
         match self.scales {
-            Scales::F16(s) => &s[r * g..(r + 1) * g],
+            Scales::F16(s) => s.get(r * g..(r + 1) * g).unwrap_or(&[]),
             _ => &[],
         }
     }
-    /// Asymmetric integer schemes: the f16 mins of row `r`.
+    /// Asymmetric integer schemes: the f16 mins of row `r` (empty otherwise
+    /// and past the last row).
     pub fn row_mins(&self, r: usize) -> &'a [f16] {
         let g = self.layout.groups_per_row as usize;
-        if self.mins.is_empty() {
-            &[]
-        } else {
-            &self.mins[r * g..(r + 1) * g]
-        }
+        self.mins.get(r * g..(r + 1) * g).unwrap_or(&[])
     }
     /// F32 payload (only for `Scheme::F32`).
     pub fn as_f32(&self) -> &'a [f32] {
@@ -116,7 +116,7 @@ impl<'a> TensorView<'a> {
             PerTensor => 0,
             PerChannel => r,
             _ => {
-                let b = self.spec.group as usize;
+                let b = self.spec.group.max(1) as usize;
                 (r / b) * self.layout.groups_per_row as usize + c / b
             }
         };
@@ -185,7 +185,7 @@ impl<'a> TensorView<'a> {
                 fp8::table_of(self.spec.scheme)[code as usize] * self.fp8_scale(r, c)
             }
             scheme => {
-                let g = c / self.layout.group_len as usize;
+                let g = c / self.layout.group_len.max(1) as usize;
                 let s = self.row_scales_f16(r).get(g).map_or(0.0, |v| v.to_f32());
                 let m = self.row_mins(r).get(g).map_or(0.0, |v| v.to_f32());
                 let row = self.row_codes(r);

@@ -40,6 +40,20 @@ pub const fn meta_stride(blocks: usize) -> usize {
     blocks.div_ceil(8) * 8
 }
 
+/// Per token: its rows of scales, sums and dsums (`bs` = [`meta_stride`]).
+#[allow(clippy::type_complexity)]
+fn token_meta<'s>(
+    scales: &'s mut [f32],
+    sums: &'s mut [i32],
+    dsums: &'s mut [f32],
+    bs: usize,
+) -> impl Iterator<Item = ((&'s mut [f32], &'s mut [i32]), &'s mut [f32])> {
+    scales
+        .chunks_exact_mut(bs)
+        .zip(sums.chunks_exact_mut(bs))
+        .zip(dsums.chunks_exact_mut(bs))
+}
+
 /// Quantized activations of `t` tokens, `blocks` blocks each.
 pub struct Q8Acts<'a> {
     pub(crate) codes: &'a mut [i8],
@@ -70,11 +84,12 @@ impl<'a> Q8Acts<'a> {
         if buf.len() < need || cols == 0 {
             return None;
         }
-        buf[..need].fill(0.0);
-        let (codes, rest) = buf[..need].split_at_mut(nb * QK / 4);
-        let (scales, rest) = rest.split_at_mut(nm);
-        let (sums, rest) = rest.split_at_mut(nm);
-        let (dsums, pairs) = rest.split_at_mut(nm);
+        let buf = buf.get_mut(..need)?;
+        buf.fill(0.0);
+        let (codes, rest) = buf.split_at_mut_checked(nb * QK / 4)?;
+        let (scales, rest) = rest.split_at_mut_checked(nm)?;
+        let (sums, rest) = rest.split_at_mut_checked(nm)?;
+        let (dsums, pairs) = rest.split_at_mut_checked(nm)?;
         Some(Q8Acts {
             codes: bytemuck::cast_slice_mut(codes),
             scales,
@@ -97,48 +112,49 @@ impl<'a> Q8Acts<'a> {
     pub fn blocks(&self) -> usize {
         self.blocks
     }
+    // The accessors below are empty for a token past `t` (no index can
+    // fail: the bare-metal C API's link is checked to hold no panic paths).
+
     /// Codes of token `i`, `blocks · 32` of them (padding codes are 0).
     pub fn codes(&self, i: usize) -> &[i8] {
-        &self.codes[i * self.blocks * QK..(i + 1) * self.blocks * QK]
+        self.codes.get(i * self.blocks * QK..(i + 1) * self.blocks * QK).unwrap_or(&[])
     }
     /// Block scales `d` of token `i`.
     pub fn scales(&self, i: usize) -> &[f32] {
-        &self.scales[i * self.bs..i * self.bs + self.blocks]
+        self.scales.get(i * self.bs..i * self.bs + self.blocks).unwrap_or(&[])
     }
     /// Block code sums of token `i`.
     pub fn sums(&self, i: usize) -> &[i32] {
-        &self.sums[i * self.bs..i * self.bs + self.blocks]
+        self.sums.get(i * self.bs..i * self.bs + self.blocks).unwrap_or(&[])
     }
     /// `d · sum` per block of token `i`.
     pub fn dsums(&self, i: usize) -> &[f32] {
-        &self.dsums[i * self.bs..i * self.bs + self.blocks]
+        self.dsums.get(i * self.bs..i * self.bs + self.blocks).unwrap_or(&[])
     }
 
     /// Quantizes `x` (`t` rows of `cols`) with the scalar reference;
     /// returns false (writing nothing) when `x` is too short.
     pub fn quantize_scalar(&mut self, x: &[f32]) -> bool {
-        if x.len() < self.t * self.cols {
+        let (cols, blocks, bs) = (self.cols.max(1), self.blocks, self.bs.max(1));
+        if x.len() < self.t * cols {
             return false;
         }
-        for i in 0..self.t {
-            let xr = &x[i * self.cols..(i + 1) * self.cols];
-            for b in 0..self.blocks {
-                let xs = &xr[b * QK..xr.len().min((b + 1) * QK)];
-                let k = i * self.blocks + b;
-                let km = i * self.bs + b;
+        let codes = self.codes.chunks_exact_mut(QK);
+        let meta = token_meta(self.scales, self.sums, self.dsums, bs);
+        let mut codes = codes.take(self.t * blocks);
+        for (xr, ((scales, sums), dsums)) in x.chunks_exact(cols).zip(meta).take(self.t) {
+            let meta = scales.iter_mut().zip(sums.iter_mut()).zip(dsums.iter_mut());
+            for ((xs, q), ((scale, sum), dsum)) in xr.chunks(QK).zip(codes.by_ref()).zip(meta) {
                 let (d, id) = block_scale(block_amax(xs));
-                let q = &mut self.codes[k * QK..(k + 1) * QK];
-                let mut sum = 0i32;
+                let mut s = 0i32;
                 for (j, o) in q.iter_mut().enumerate() {
                     *o = match xs.get(j) {
                         Some(&v) => quantize_one(v, id),
                         None => 0,
                     };
-                    sum += *o as i32;
+                    s += *o as i32;
                 }
-                self.scales[km] = d;
-                self.sums[km] = sum;
-                self.dsums[km] = d * sum as f32;
+                (*scale, *sum, *dsum) = (d, s, d * s as f32);
             }
         }
         self.fill_pairs();
@@ -161,13 +177,15 @@ impl<'a> Q8Acts<'a> {
     /// `d = clip·amax/qmax` (`clip` in (0, 1]; values beyond `d·qmax`
     /// saturate). `qmax = 127, clip = 1` is exactly `quantize_per_token`.
     pub fn quantize_per_token_levels(&mut self, x: &[f32], skip: &[u32], qmax: i8, clip: f32) -> bool {
-        if x.len() < self.t * self.cols || !(1..=127).contains(&qmax) || !(clip > 0.0 && clip <= 1.0) {
+        let (cols, blocks, bs) = (self.cols.max(1), self.blocks, self.bs.max(1));
+        if x.len() < self.t * cols || !(1..=127).contains(&qmax) || !(clip > 0.0 && clip <= 1.0) {
             return false;
         }
         let qm = qmax as f32;
         let skipped = |j: usize| skip.get(j / 32).is_some_and(|&w| w >> (j % 32) & 1 != 0);
-        for i in 0..self.t {
-            let xr = &x[i * self.cols..(i + 1) * self.cols];
+        let mut codes = self.codes.chunks_exact_mut(QK).take(self.t * blocks);
+        let meta = token_meta(self.scales, self.sums, self.dsums, bs);
+        for (xr, ((scales, sums), dsums)) in x.chunks_exact(cols).zip(meta).take(self.t) {
             let mut amax = 0.0f32;
             for (j, &v) in xr.iter().enumerate() {
                 let a = f32::from_bits(v.to_bits() & 0x7fff_ffff);
@@ -181,11 +199,9 @@ impl<'a> Q8Acts<'a> {
                 let d = clip * amax / qm;
                 (d, if d.is_normal() { 1.0 / d } else { 0.0 })
             };
-            for b in 0..self.blocks {
-                let k = i * self.blocks + b;
-                let km = i * self.bs + b;
-                let q = &mut self.codes[k * QK..(k + 1) * QK];
-                let mut sum = 0i32;
+            let meta = scales.iter_mut().zip(sums.iter_mut()).zip(dsums.iter_mut());
+            for (b, (q, ((scale, sum), dsum))) in codes.by_ref().zip(meta).take(blocks).enumerate() {
+                let mut s = 0i32;
                 for (jj, o) in q.iter_mut().enumerate() {
                     let j = b * QK + jj;
                     *o = match xr.get(j) {
@@ -193,11 +209,9 @@ impl<'a> Q8Acts<'a> {
                         Some(&v) if !skipped(j) => quantize_one(v, id).clamp(-qmax, qmax),
                         _ => 0,
                     };
-                    sum += *o as i32;
+                    s += *o as i32;
                 }
-                self.scales[km] = d;
-                self.sums[km] = sum;
-                self.dsums[km] = d * sum as f32;
+                (*scale, *sum, *dsum) = (d, s, d * s as f32);
             }
         }
         self.fill_pairs();
@@ -207,27 +221,26 @@ impl<'a> Q8Acts<'a> {
     /// Codes of token `i` in pair layout (module docs).
     pub fn pairs(&self, i: usize) -> &[i8] {
         let n = self.blocks.div_ceil(2) * 2 * QK;
-        &self.pairs[i * n..(i + 1) * n]
+        self.pairs.get(i * n..(i + 1) * n).unwrap_or(&[])
     }
 
     /// Rebuilds the pair layout from the codes.
     pub(crate) fn fill_pairs(&mut self) {
-        let np = self.blocks.div_ceil(2);
-        for i in 0..self.t {
-            for p in 0..np {
-                let out = &mut self.pairs[(i * np + p) * 2 * QK..(i * np + p + 1) * 2 * QK];
-                let b0 = i * self.blocks + 2 * p;
-                let a0 = &self.codes[b0 * QK..(b0 + 1) * QK];
-                out[..16].copy_from_slice(&a0[..16]);
-                out[32..48].copy_from_slice(&a0[16..]);
-                if 2 * p + 1 < self.blocks {
-                    let a1 = &self.codes[(b0 + 1) * QK..(b0 + 2) * QK];
-                    out[16..32].copy_from_slice(&a1[..16]);
-                    out[48..].copy_from_slice(&a1[16..]);
-                } else {
-                    out[16..32].fill(0);
-                    out[48..].fill(0);
+        let blocks = self.blocks.max(1);
+        let per_token = blocks.div_ceil(2) * 2 * QK;
+        let tokens = self.codes.chunks_exact(blocks * QK).zip(self.pairs.chunks_exact_mut(per_token));
+        for (codes, pairs) in tokens.take(self.t) {
+            for (out, a) in pairs.chunks_exact_mut(2 * QK).zip(codes.chunks(2 * QK)) {
+                let Ok(out) = <&mut [i8; 2 * QK]>::try_from(out) else { continue };
+                let mut b = [[0i8; QK]; 2]; // a missing partner stays zeros
+                for (dst, src) in b.iter_mut().zip(a.chunks_exact(QK)) {
+                    dst.copy_from_slice(src);
                 }
+                let [a0, a1] = b;
+                out[..16].copy_from_slice(&a0[..16]);
+                out[16..32].copy_from_slice(&a1[..16]);
+                out[32..48].copy_from_slice(&a0[16..]);
+                out[48..].copy_from_slice(&a1[16..]);
             }
         }
     }

@@ -41,7 +41,7 @@ pub fn factor(n: usize) -> Option<(usize, usize)> {
     (0..=tz)
         .map(|j| odd << j)
         .find(|&k| k <= MAX_K && construction(k).is_some())
-        .map(|k| (k, n / k))
+        .and_then(|k| Some((k, n.checked_div(k)?)))
 }
 
 /// Whether `x ← x·H/√n` is available for `n`.
@@ -83,23 +83,25 @@ fn construction(k: usize) -> Option<Construction> {
 }
 
 fn is_prime(q: usize) -> bool {
-    q >= 2 && (2..).take_while(|d| d * d <= q).all(|d| q % d != 0)
+    q >= 2 && (2..q).take_while(|d| d * d <= q).all(|d| q % d != 0)
 }
 
 /// Quadratic residues mod `q` (< [`MAX_K`]): `res[a]` for `a ≠ 0`.
 fn residues(q: usize) -> [bool; MAX_K] {
     let mut res = [false; MAX_K];
     for a in 1..q {
-        res[a * a % q] = true;
+        if let Some(r) = res.get_mut(a * a % q) {
+            *r = true;
+        }
     }
     res
 }
 
 /// `χ(a)` for `a` in `0..q`: 0, +1 (residue) or −1.
 fn chi(res: &[bool; MAX_K], q: usize, a: usize) -> i32 {
-    match a % q {
-        0 => 0,
-        r if res[r] => 1,
+    match a.checked_rem(q) {
+        None | Some(0) => 0,
+        Some(r) if res.get(r) == Some(&true) => 1,
         _ => -1,
     }
 }
@@ -158,13 +160,15 @@ pub fn h_k(k: usize, i: usize, j: usize) -> Option<i32> {
 /// In-place `x ← x·H/√n`, `n = x.len()`. Returns false (and leaves `x`
 /// untouched) when `n` is not supported ([`factor`]).
 pub fn transform(x: &mut [f32]) -> bool {
-    let Some((k, p)) = factor(x.len()) else { return false };
+    let Some((k, p)) = factor(x.len()).filter(|&(k, p)| k <= MAX_K && p > 0) else {
+        return false;
+    };
     // Fast Walsh–Hadamard butterflies within each chunk of `p`.
     for chunk in x.chunks_exact_mut(p) {
         let mut h = 1;
         while h < p {
-            for blk in chunk.chunks_exact_mut(2 * h) {
-                let (lo, hi) = blk.split_at_mut(h);
+            for blk in chunk.chunks_exact_mut((2 * h).max(2)) {
+                let (lo, hi) = blk.split_at_mut(blk.len() / 2);
                 for (a, b) in lo.iter_mut().zip(hi.iter_mut()) {
                     let (u, v) = (*a, *b);
                     *a = u + v;
@@ -181,14 +185,16 @@ pub fn transform(x: &mut [f32]) -> bool {
         let mut col = [0.0f32; MAX_K];
         for b in 0..p {
             for (a, v) in col[..k].iter_mut().enumerate() {
-                *v = x[a * p + b];
+                *v = x.get(a * p + b).copied().unwrap_or(0.0);
             }
             for a2 in 0..k {
                 let mut s = 0.0f32;
                 for (a, &v) in col[..k].iter().enumerate() {
                     s += if entry(c, &res, a, a2) > 0 { v } else { -v };
                 }
-                x[a2 * p + b] = s;
+                if let Some(d) = x.get_mut(a2 * p + b) {
+                    *d = s;
+                }
             }
         }
     }

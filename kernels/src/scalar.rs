@@ -28,23 +28,18 @@ pub fn matmul(y: &mut [f32], w: &TensorView<'_>, x: &[f32], t: usize, rows: core
     if rows.end > n_rows || rows.start > rows.end || y.len() < t * n_rows || x.len() < t * cols || scratch.len() < cols {
         return;
     }
-    let row = &mut scratch[..cols];
-    match w.scheme() {
-        Scheme::F32 => {
-            let data = w.as_f32();
-            for r in rows {
-                let wr = &data[r * cols..(r + 1) * cols];
-                for i in 0..t {
-                    y[i * n_rows + r] = dot(wr, &x[i * cols..(i + 1) * cols]);
-                }
-            }
-        }
-        _ => {
-            for r in rows {
-                w.dequantize_row(r, row);
-                for i in 0..t {
-                    y[i * n_rows + r] = dot(row, &x[i * cols..(i + 1) * cols]);
-                }
+    let Some(row) = scratch.get_mut(..cols) else { return };
+    let data = w.as_f32();
+    for r in rows {
+        let wr: &[f32] = if w.scheme() == Scheme::F32 {
+            data.get(r * cols..(r + 1) * cols).unwrap_or(&[])
+        } else {
+            w.dequantize_row(r, row);
+            row
+        };
+        for (i, xi) in x.chunks_exact(cols.max(1)).take(t).enumerate() {
+            if let Some(y) = y.get_mut(i * n_rows + r) {
+                *y = dot(wr, xi);
             }
         }
     }

@@ -27,9 +27,14 @@ use edgeq_core::{Scheme, TensorView};
 /// bytes: 16 for Q4, 32 for Q8) with 32 activation codes.
 #[inline]
 pub fn block_isum(scheme: Scheme, w: &[u8], a: &[i8]) -> i32 {
+    // (fixed-size views: no index below can fail; 0 for short slices)
+    let Ok(a) = <&[i8; QK]>::try_from(a) else { return 0 };
     let mut s = 0i32;
     match scheme {
         Scheme::Q4Sym | Scheme::Q4Asym => {
+            let Some(w) = w.get(..16).and_then(|w| <&[u8; 16]>::try_from(w).ok()) else {
+                return 0;
+            };
             let off = if scheme == Scheme::Q4Sym { 8 } else { 0 };
             for j in 0..16 {
                 s += ((w[j] & 0xf) as i32 - off) * a[j] as i32;
@@ -37,11 +42,17 @@ pub fn block_isum(scheme: Scheme, w: &[u8], a: &[i8]) -> i32 {
             }
         }
         Scheme::Q8Sym => {
+            let Some(w) = w.get(..QK).and_then(|w| <&[u8; QK]>::try_from(w).ok()) else {
+                return 0;
+            };
             for j in 0..QK {
                 s += (w[j] as i8) as i32 * a[j] as i32;
             }
         }
         _ => {
+            let Some(w) = w.get(..QK).and_then(|w| <&[u8; QK]>::try_from(w).ok()) else {
+                return 0;
+            };
             for j in 0..QK {
                 s += w[j] as i32 * a[j] as i32;
             }
@@ -78,7 +89,7 @@ pub fn matmul(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usi
 pub(crate) fn combine<F: Fn(&[u8], &[i8], i32) -> i32>(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>, isum: F) {
     let scheme = w.scheme();
     let n_rows = w.rows();
-    let bpg = w.layout.group_len as usize / QK;
+    let bpg = (w.layout.group_len as usize / QK).max(1);
     let wbytes = QK * scheme.code_bits() as usize / 8;
     let asym = scheme.is_asym();
     for r in rows {
@@ -89,15 +100,21 @@ pub(crate) fn combine<F: Fn(&[u8], &[i8], i32) -> i32>(y: &mut [f32], w: &Tensor
             let (ac, ad, asums, ads) = (a.codes(i), a.scales(i), a.sums(i), a.dsums(i));
             let (mut acc, mut macc) = (0.0f32, 0.0f32);
             for b in 0..a.blocks {
+                let (wb, ab) = (codes.get(b * wbytes..(b + 1) * wbytes), ac.get(b * QK..(b + 1) * QK));
+                let (Some(wb), Some(ab), Some(&d), Some(&asum), Some(&ds)) = (wb, ab, ad.get(b), asums.get(b), ads.get(b)) else {
+                    break;
+                };
                 let g = b / bpg;
-                let isum = isum(&codes[b * wbytes..(b + 1) * wbytes], &ac[b * QK..(b + 1) * QK], asums[b]);
-                let c = f16_to_f32(scales[g].to_bits()) * ad[b];
+                let isum = isum(wb, ab, asum);
+                let c = scales.get(g).map_or(0.0, |s| f16_to_f32(s.to_bits())) * d;
                 acc += c * isum as f32;
                 if asym {
-                    macc += f16_to_f32(mins[g].to_bits()) * ads[b];
+                    macc += mins.get(g).map_or(0.0, |m| f16_to_f32(m.to_bits())) * ds;
                 }
             }
-            y[i * n_rows + r] = acc + macc;
+            if let Some(y) = y.get_mut(i * n_rows + r) {
+                *y = acc + macc;
+            }
         }
     }
 }

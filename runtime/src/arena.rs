@@ -248,10 +248,11 @@ impl<'r> Buffers<'r> {
         if arena.len() < need {
             return Err(RuntimeError::ArenaTooSmall { need, have: arena.len() });
         }
-        let arena = &mut arena[..need];
+        let too_small = RuntimeError::ArenaTooSmall { need, have: arena.len() };
+        let arena = arena.get_mut(..need).ok_or(too_small)?;
         arena.fill(0);
-        let (f32_part, rest) = arena.split_at_mut(plan.f32_elems() * 4);
-        let (f16_part, i8_part) = rest.split_at_mut(plan.f16_elems() * 2);
+        let (f32_part, rest) = arena.split_at_mut_checked(plan.f32_elems() * 4).ok_or(too_small)?;
+        let (f16_part, i8_part) = rest.split_at_mut_checked(plan.f16_elems() * 2).ok_or(too_small)?;
         let mut all: &mut [f32] = bytemuck::try_cast_slice_mut(f32_part).map_err(|_| RuntimeError::ArenaMisaligned)?;
         let mut halves: &mut [f16] = bytemuck::try_cast_slice_mut(f16_part).map_err(|_| RuntimeError::ArenaMisaligned)?;
         let mut bytes: &mut [i8] = bytemuck::cast_slice_mut(i8_part);

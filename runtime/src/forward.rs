@@ -42,6 +42,35 @@ impl Observer for NoObserver {
     }
 }
 
+// Slicing without panics. The bare-metal C API's link is checked to hold no
+// panic path (scripts/test-capi.sh), and the compiler cannot see the sizes
+// that `ArenaPlan` and the loader guarantee. So buffers are sliced with the
+// helpers below: a buffer too short for a request (a caller bug, never an
+// input) gives an empty slice, which every function here treats as nothing
+// to do.
+
+/// `v[..len]` (empty when `v` is shorter).
+fn head<T>(v: &[T], len: usize) -> &[T] {
+    v.get(..len).unwrap_or(&[])
+}
+fn head_mut<T>(v: &mut [T], len: usize) -> &mut [T] {
+    v.get_mut(..len).unwrap_or(&mut [])
+}
+/// `v[at..at + len]` (empty when out of range).
+fn sub<T>(v: &[T], at: usize, len: usize) -> &[T] {
+    v.get(at..at + len).unwrap_or(&[])
+}
+fn sub_mut<T>(v: &mut [T], at: usize, len: usize) -> &mut [T] {
+    v.get_mut(at..at + len).unwrap_or(&mut [])
+}
+/// The `w`-wide rows of `v` (one per token, or per head).
+fn rows_of<T>(v: &[T], w: usize) -> core::slice::ChunksExact<'_, T> {
+    v.chunks_exact(w.max(1))
+}
+fn rows_of_mut<T>(v: &mut [T], w: usize) -> core::slice::ChunksExactMut<'_, T> {
+    v.chunks_exact_mut(w.max(1))
+}
+
 /// A decoding session: a KV cache and scratch in a caller arena.
 pub struct Session<'m, 'a, 'r> {
     model: &'m Model<'a>,
@@ -86,7 +115,7 @@ fn matmul(
             let (Some(xp), true) = (xp.get_mut(..n * cols), p.len() == cols && x.len() >= n * cols) else {
                 return;
             };
-            for (dst, src) in xp.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+            for (dst, src) in rows_of_mut(xp, cols).zip(rows_of(x, cols)) {
                 for (d, &i) in dst.iter_mut().zip(p) {
                     *d = src.get(i as usize).copied().unwrap_or(0.0);
                 }
@@ -178,7 +207,7 @@ fn matmul_int8_token(
     let (wrow, bits) = scratch.split_at_mut(split);
     let mask: &mut [u32] = bytemuck::cast_slice_mut(bits);
     let words = if llm { cols.div_ceil(32).min(mask.len()) } else { 0 };
-    let mask = &mut mask[..words];
+    let mask = head_mut(mask, words);
     mask.fill(0);
     let set = |m: &mut [u32], c: usize| {
         if let Some(wd) = m.get_mut(c / 32) {
@@ -189,7 +218,7 @@ fn matmul_int8_token(
         for &c in a.outliers.iter().filter(|&&c| (c as usize) < cols) {
             set(mask, c as usize);
         }
-        for xr in x[..n * cols].chunks_exact(cols) {
+        for xr in rows_of(x, cols).take(n) {
             for (c, v) in xr.iter().enumerate() {
                 if v.abs() >= a.threshold {
                     set(mask, c);
@@ -217,8 +246,10 @@ fn matmul_int8_token(
         for c in (0..cols).filter(|&c| is_out(c)) {
             for r in 0..rows {
                 let wv = w.element(r, c);
-                for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
-                    yr[r] += x[i * cols + c] * wv;
+                for (yr, xr) in rows_of_mut(y, rows).zip(rows_of(x, cols)).take(n) {
+                    if let (Some(y), Some(&x)) = (yr.get_mut(r), xr.get(c)) {
+                        *y += x * wv;
+                    }
                 }
             }
         }
@@ -226,9 +257,11 @@ fn matmul_int8_token(
         // many (massive activations): dequantize each row once
         for r in 0..rows {
             w.dequantize_row(r, wrow);
-            for (i, yr) in y.chunks_exact_mut(rows).take(n).enumerate() {
-                let xr = &x[i * cols..(i + 1) * cols];
-                yr[r] += (0..cols).filter(|&c| is_out(c)).map(|c| xr[c] * wrow[c]).sum::<f32>();
+            for (yr, xr) in rows_of_mut(y, rows).zip(rows_of(x, cols)).take(n) {
+                let out = xr.iter().zip(&*wrow).enumerate().filter(|&(c, _)| is_out(c));
+                if let Some(y) = yr.get_mut(r) {
+                    *y += out.map(|(_, (x, w))| x * w).sum::<f32>();
+                }
             }
         }
     }
@@ -274,8 +307,11 @@ fn softmax(x: &mut [f32]) {
 pub fn rope_angles(rope: &mut [f32], c: &ModelConfig, pos: usize, n: usize) {
     let rd = c.rope_dim as usize;
     let half = rd / 2;
-    for (i, cs) in rope.chunks_exact_mut(rd).take(n).enumerate() {
-        for j in 0..half {
+    for (i, cs) in rows_of_mut(rope, rd).take(n).enumerate() {
+        let Some((cos, sin)) = cs.split_at_mut_checked(half) else {
+            continue;
+        };
+        for (j, (cos, sin)) in cos.iter_mut().zip(sin).enumerate() {
             let mut freq = libm::pow(c.rope_theta as f64, -2.0 * j as f64 / rd as f64);
             if let RopeScaling::Llama3 {
                 factor,
@@ -299,25 +335,34 @@ pub fn rope_angles(rope: &mut [f32], c: &ModelConfig, pos: usize, n: usize) {
                 }
             }
             let angle = (pos + i) as f64 * freq;
-            cs[j] = libm::cos(angle) as f32;
-            cs[half + j] = libm::sin(angle) as f32;
+            *cos = libm::cos(angle) as f32;
+            *sin = libm::sin(angle) as f32;
         }
     }
 }
 
 /// Rotates the first `rope_dim` dims of each `head_dim` head in `v`.
+/// Pairs `(2i, 2i+1)` (interleaved) or `(i, i + rope_dim/2)` (half).
 fn rope(v: &mut [f32], cs: &[f32], head_dim: usize, layout: RopeLayout) {
-    let half = cs.len() / 2;
-    for head in v.chunks_exact_mut(head_dim) {
-        for i in 0..half {
-            let (a, b) = match layout {
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                RopeLayout::Half => (i, i + half),
-            };
-            let (cos, sin) = (cs[i], cs[half + i]);
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+    let (cos, sin) = cs.split_at(cs.len() / 2);
+    let turn = |x0: &mut f32, x1: &mut f32, (&cos, &sin): (&f32, &f32)| {
+        (*x0, *x1) = (*x0 * cos - *x1 * sin, *x0 * sin + *x1 * cos);
+    };
+    for head in rows_of_mut(v, head_dim) {
+        match layout {
+            RopeLayout::Interleaved => {
+                for (pair, cs) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+                    if let [x0, x1] = pair {
+                        turn(x0, x1, cs);
+                    }
+                }
+            }
+            RopeLayout::Half => {
+                let (lo, hi) = head.split_at_mut(cos.len().min(head.len()));
+                for ((x0, x1), cs) in lo.iter_mut().zip(hi).zip(cos.iter().zip(sin)) {
+                    turn(x0, x1, cs);
+                }
+            }
         }
     }
 }
@@ -342,44 +387,42 @@ struct AttnGeometry {
 fn attend(q: &[f32], kv: &KvBufs<'_>, g: usize, p: usize, att: &mut [f32], out: &mut [f32], geo: AttnGeometry) {
     let AttnGeometry { kvd, hd, n_kv, scale } = geo;
     let kvh = g * hd;
-    let att = &mut att[..=p];
+    out.fill(0.0);
+    let Some(att) = att.get_mut(..=p) else { return };
+    // Position t's row of the cache holds every kv head; this head is `kvh..kvh + hd`.
     match kv {
         KvBufs::F32 { k: kc, .. } => {
-            for (t, a) in att.iter_mut().enumerate() {
-                *a = k::dot(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            for (a, kt) in att.iter_mut().zip(rows_of(kc, kvd)) {
+                *a = k::dot(q, sub(kt, kvh, hd)) * scale;
             }
         }
         KvBufs::F16 { k: kc, .. } => {
-            for (t, a) in att.iter_mut().enumerate() {
-                *a = kv::dot_f16(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            for (a, kt) in att.iter_mut().zip(rows_of(kc, kvd)) {
+                *a = kv::dot_f16(q, sub(kt, kvh, hd)) * scale;
             }
         }
         KvBufs::Q8 { k: kc, ks, .. } => {
-            for ((t, a), sk) in att.iter_mut().enumerate().zip(ks.iter().skip(g).step_by(n_kv)) {
-                *a = sk.to_f32() * kv::dot_i8(q, &kc[t * kvd + kvh..t * kvd + kvh + hd]) * scale;
+            for ((a, kt), sk) in att.iter_mut().zip(rows_of(kc, kvd)).zip(ks.iter().skip(g).step_by(n_kv.max(1))) {
+                *a = sk.to_f32() * kv::dot_i8(q, sub(kt, kvh, hd)) * scale;
             }
         }
     }
     softmax(att);
-    out.fill(0.0);
     match kv {
         KvBufs::F32 { v: vc, .. } => {
-            for (t, &a) in att.iter().enumerate() {
-                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            for (&a, vt) in att.iter().zip(rows_of(vc, kvd)) {
+                out.iter_mut().zip(sub(vt, kvh, hd)).for_each(|(o, v)| *o += a * v);
             }
         }
         KvBufs::F16 { v: vc, .. } => {
-            for (t, &a) in att.iter().enumerate() {
-                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v.to_f32());
+            for (&a, vt) in att.iter().zip(rows_of(vc, kvd)) {
+                out.iter_mut().zip(sub(vt, kvh, hd)).for_each(|(o, v)| *o += a * v.to_f32());
             }
         }
         KvBufs::Q8 { v: vc, vs, .. } => {
-            for ((t, &a), sv) in att.iter().enumerate().zip(vs.iter().skip(g).step_by(n_kv)) {
+            for ((&a, vt), sv) in att.iter().zip(rows_of(vc, kvd)).zip(vs.iter().skip(g).step_by(n_kv.max(1))) {
                 let w = a * sv.to_f32();
-                let v = &vc[t * kvd + kvh..t * kvd + kvh + hd];
-                out.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v as f32);
+                out.iter_mut().zip(sub(vt, kvh, hd)).for_each(|(o, &v)| *o += w * v as f32);
             }
         }
     }
@@ -487,51 +530,47 @@ pub fn block_forward_kv<O: Observer>(
     let (dim, qd, kvd, hid) = (c.dim as usize, c.q_dim(), c.kv_dim(), c.hidden_dim as usize);
     let (hd, n_heads) = (c.head_dim as usize, c.n_heads as usize);
     let n_kv = c.n_kv_heads as usize;
-    let kv_mul = n_heads / n_kv;
+    let kv_mul = n_heads.checked_div(n_kv).unwrap_or(1).max(1);
     let rd = c.rope_dim as usize;
     let eps = c.rms_eps;
 
     // Attention: q, k, v projections (k and v straight into an f32 cache,
     // else into `new` and then stored in the cache's precision).
-    for i in 0..n {
-        rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.attn_norm, eps);
+    for (o, xi) in rows_of_mut(s.xb, dim).zip(rows_of(x, dim)).take(n) {
+        rmsnorm(o, xi, w.attn_norm, eps);
     }
-    if obs.linear_input(l, TensorRole::Wq, &s.xb[..n * dim], n).is_break() {
+    if obs.linear_input(l, TensorRole::Wq, head(s.xb, n * dim), n).is_break() {
         return ControlFlow::Break(());
     }
-    fp8_acts(&mut s.xb[..n * dim], dim, w.act.wq);
-    let h = &s.xb[..n * dim];
+    fp8_acts(head_mut(s.xb, n * dim), dim, w.act.wq);
+    let h = head(s.xb, n * dim);
     {
         let (k_new, v_new) = match &mut kv {
-            KvBufs::F32 { k, v } => (&mut k[pos * kvd..(pos + n) * kvd], &mut v[pos * kvd..(pos + n) * kvd]),
+            KvBufs::F32 { k, v } => (sub_mut(k, pos * kvd, n * kvd), sub_mut(v, pos * kvd, n * kvd)),
             KvBufs::F16 { new, .. } | KvBufs::Q8 { new, .. } => {
                 if new.len() >= 2 * n * kvd {
-                    new[..2 * n * kvd].split_at_mut(n * kvd)
+                    head_mut(new, 2 * n * kvd).split_at_mut_checked(n * kvd).unwrap_or_default()
                 } else {
-                    (&mut s.hb[..n * kvd], &mut s.hb2[..n * kvd])
+                    (head_mut(s.hb, n * kvd), head_mut(s.hb2, n * kvd))
                 }
             }
         };
         let plain = w.act.wq.is_none() && w.act.wk.is_none() && w.act.wv.is_none();
         let plain = plain && w.perm.wq.is_none() && w.perm.wk.is_none() && w.perm.wv.is_none();
-        let jobs = &mut [(&mut s.q[..n * qd], &w.wq), (&mut *k_new, &w.wk), (&mut *v_new, &w.wv)];
+        let jobs = &mut [(head_mut(s.q, n * qd), &w.wq), (&mut *k_new, &w.wk), (&mut *v_new, &w.wv)];
         if !(plain && fused(jobs, h, n, s.qa, s.mm, None)) {
-            matmul(&mut s.q[..n * qd], &w.wq, h, n, s.row, s.qa, s.xp, s.mm, w.act.wq, w.perm.wq);
+            matmul(head_mut(s.q, n * qd), &w.wq, h, n, s.row, s.qa, s.xp, s.mm, w.act.wq, w.perm.wq);
             matmul(k_new, &w.wk, h, n, s.row, s.qa, s.xp, s.mm, w.act.wk, w.perm.wk);
             matmul(v_new, &w.wv, h, n, s.row, s.qa, s.xp, s.mm, w.act.wv, w.perm.wv);
         }
-        for i in 0..n {
-            let (q, kk, vv) = (
-                &mut s.q[i * qd..(i + 1) * qd],
-                &mut k_new[i * kvd..(i + 1) * kvd],
-                &mut v_new[i * kvd..(i + 1) * kvd],
-            );
+        let qkv = rows_of_mut(s.q, qd).zip(rows_of_mut(k_new, kvd)).zip(rows_of_mut(v_new, kvd));
+        for (i, ((q, kk), vv)) in qkv.take(n).enumerate() {
             if let (Some(bq), Some(bk), Some(bv)) = (w.bq, w.bk, w.bv) {
                 q.iter_mut().zip(bq).for_each(|(a, b)| *a += b);
                 kk.iter_mut().zip(bk).for_each(|(a, b)| *a += b);
                 vv.iter_mut().zip(bv).for_each(|(a, b)| *a += b);
             }
-            let cs = &rope_cs[i * rd..(i + 1) * rd];
+            let cs = sub(rope_cs, i * rd, rd);
             rope(q, cs, hd, c.rope_layout());
             rope(kk, cs, hd, c.rope_layout());
         }
@@ -539,32 +578,32 @@ pub fn block_forward_kv<O: Observer>(
     // Store the new rows in a reduced-precision cache.
     fn rows<'b>(new: &'b [f32], hb: &'b [f32], hb2: &'b [f32], len: usize) -> (&'b [f32], &'b [f32]) {
         if new.len() >= 2 * len {
-            new[..2 * len].split_at(len)
+            head(new, 2 * len).split_at_checked(len).unwrap_or_default()
         } else {
-            (&hb[..len], &hb2[..len])
+            (head(hb, len), head(hb2, len))
         }
     }
     match &mut kv {
         KvBufs::F32 { .. } => {}
         KvBufs::F16 { k, v, new } => {
             let (k_new, v_new) = rows(new, s.hb, s.hb2, n * kvd);
-            let r = pos * kvd..(pos + n) * kvd;
-            k[r.clone()].iter_mut().zip(k_new).for_each(|(d, &x)| *d = half::f16::from_f32(x));
-            v[r].iter_mut().zip(v_new).for_each(|(d, &x)| *d = half::f16::from_f32(x));
+            sub_mut(k, pos * kvd, n * kvd)
+                .iter_mut()
+                .zip(k_new)
+                .for_each(|(d, &x)| *d = half::f16::from_f32(x));
+            sub_mut(v, pos * kvd, n * kvd)
+                .iter_mut()
+                .zip(v_new)
+                .for_each(|(d, &x)| *d = half::f16::from_f32(x));
         }
         KvBufs::Q8 { k, v, ks, vs, new } => {
             let (k_new, v_new) = rows(new, s.hb, s.hb2, n * kvd);
-            let r = pos * kvd..(pos + n) * kvd;
-            let rs = pos * n_kv..(pos + n) * n_kv;
-            for ((src, dst), sc) in k_new
-                .chunks_exact(hd)
-                .zip(k[r.clone()].chunks_exact_mut(hd))
-                .zip(&mut ks[rs.clone()])
-            {
-                *sc = kv::quantize_q8(src, dst);
-            }
-            for ((src, dst), sc) in v_new.chunks_exact(hd).zip(v[r].chunks_exact_mut(hd)).zip(&mut vs[rs]) {
-                *sc = kv::quantize_q8(src, dst);
+            // one scale per kv head of each new position
+            for (new, cache, scales) in [(k_new, k, ks), (v_new, v, vs)] {
+                let dst = rows_of_mut(sub_mut(cache, pos * kvd, n * kvd), hd);
+                for ((src, dst), sc) in rows_of(new, hd).zip(dst).zip(sub_mut(scales, pos * n_kv, n * n_kv)) {
+                    *sc = kv::quantize_q8(src, dst);
+                }
             }
         }
     }
@@ -572,23 +611,21 @@ pub fn block_forward_kv<O: Observer>(
     // token i reads kv head h / kv_mul at positions 0..=pos+i.
     let scale = 1.0 / libm::sqrtf(hd as f32);
     let geo = AttnGeometry { kvd, hd, n_kv, scale };
-    if !attend_threaded(&s.q[..n * qd], &kv, &mut s.xb[..n * qd], n, pos, n_heads, kv_mul, geo, s.mm) {
-        for i in 0..n {
-            for h in 0..n_heads {
-                let q = &s.q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                let out = &mut s.xb[i * qd + h * hd..i * qd + (h + 1) * hd];
-                attend(q, &kv, h / kv_mul, pos + i, &mut s.att[..=pos + i], out, geo);
+    if !attend_threaded(head(s.q, n * qd), &kv, head_mut(s.xb, n * qd), n, pos, n_heads, kv_mul, geo, s.mm) {
+        for (i, (q, out)) in rows_of(s.q, qd).zip(rows_of_mut(s.xb, qd)).take(n).enumerate() {
+            for (h, (q, out)) in rows_of(q, hd).zip(rows_of_mut(out, hd)).enumerate() {
+                attend(q, &kv, h / kv_mul, pos + i, s.att, out, geo);
             }
         }
     }
-    if obs.linear_input(l, TensorRole::Wo, &s.xb[..n * qd], n).is_break() {
+    if obs.linear_input(l, TensorRole::Wo, head(s.xb, n * qd), n).is_break() {
         return ControlFlow::Break(());
     }
-    fp8_acts(&mut s.xb[..n * qd], qd, w.act.wo);
+    fp8_acts(head_mut(s.xb, n * qd), qd, w.act.wo);
     matmul(
-        &mut s.xb2[..n * dim],
+        head_mut(s.xb2, n * dim),
         &w.wo,
-        &s.xb[..n * qd],
+        head(s.xb, n * qd),
         n,
         s.row,
         s.qa,
@@ -597,23 +634,23 @@ pub fn block_forward_kv<O: Observer>(
         w.act.wo,
         w.perm.wo,
     );
-    x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
+    x.iter_mut().zip(head(s.xb2, n * dim)).for_each(|(x, d)| *x += d);
 
     // Feed-forward (SwiGLU).
-    for i in 0..n {
-        rmsnorm(&mut s.xb[i * dim..(i + 1) * dim], &x[i * dim..(i + 1) * dim], w.ffn_norm, eps);
+    for (o, xi) in rows_of_mut(s.xb, dim).zip(rows_of(x, dim)).take(n) {
+        rmsnorm(o, xi, w.ffn_norm, eps);
     }
-    if obs.linear_input(l, TensorRole::WGate, &s.xb[..n * dim], n).is_break() {
+    if obs.linear_input(l, TensorRole::WGate, head(s.xb, n * dim), n).is_break() {
         return ControlFlow::Break(());
     }
-    fp8_acts(&mut s.xb[..n * dim], dim, w.act.w_gate);
-    let h = &s.xb[..n * dim];
+    fp8_acts(head_mut(s.xb, n * dim), dim, w.act.w_gate);
+    let h = head(s.xb, n * dim);
     let swiglu = |g: &mut [f32], u: &[f32]| g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u);
     let plain = w.act.w_gate.is_none() && w.act.w_up.is_none() && w.perm.w_gate.is_none() && w.perm.w_up.is_none();
-    let jobs = &mut [(&mut s.hb[..n * hid], &w.w_gate), (&mut s.hb2[..n * hid], &w.w_up)];
+    let jobs = &mut [(head_mut(s.hb, n * hid), &w.w_gate), (head_mut(s.hb2, n * hid), &w.w_up)];
     if !(plain && fused(jobs, h, n, s.qa, s.mm, Some(&swiglu))) {
         matmul(
-            &mut s.hb[..n * hid],
+            head_mut(s.hb, n * hid),
             &w.w_gate,
             h,
             n,
@@ -625,7 +662,7 @@ pub fn block_forward_kv<O: Observer>(
             w.perm.w_gate,
         );
         matmul(
-            &mut s.hb2[..n * hid],
+            head_mut(s.hb2, n * hid),
             &w.w_up,
             h,
             n,
@@ -636,22 +673,22 @@ pub fn block_forward_kv<O: Observer>(
             w.act.w_up,
             w.perm.w_up,
         );
-        swiglu(&mut s.hb[..n * hid], &s.hb2[..n * hid]);
+        swiglu(head_mut(s.hb, n * hid), head(s.hb2, n * hid));
     }
     if c.online_hadamard() {
         // QuaRot: x·H/√hidden online; ffn_down stores W·H/√hidden (checked supported at load).
-        s.hb[..n * hid].chunks_exact_mut(hid).for_each(|t| {
+        rows_of_mut(head_mut(s.hb, n * hid), hid).for_each(|t| {
             k::hadamard::transform(t);
         });
     }
-    if obs.linear_input(l, TensorRole::WDown, &s.hb[..n * hid], n).is_break() {
+    if obs.linear_input(l, TensorRole::WDown, head(s.hb, n * hid), n).is_break() {
         return ControlFlow::Break(());
     }
-    fp8_acts(&mut s.hb[..n * hid], hid, w.act.w_down);
+    fp8_acts(head_mut(s.hb, n * hid), hid, w.act.w_down);
     matmul(
-        &mut s.xb2[..n * dim],
+        head_mut(s.xb2, n * dim),
         &w.w_down,
-        &s.hb[..n * hid],
+        head(s.hb, n * hid),
         n,
         s.row,
         s.qa,
@@ -660,7 +697,7 @@ pub fn block_forward_kv<O: Observer>(
         w.act.w_down,
         w.perm.w_down,
     );
-    x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]).for_each(|(x, d)| *x += d);
+    x.iter_mut().zip(head(s.xb2, n * dim)).for_each(|(x, d)| *x += d);
     ControlFlow::Continue(())
 }
 
@@ -681,7 +718,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         max_batch: usize,
         opts: SessionOptions,
     ) -> Result<Self, RuntimeError> {
-        let max_seq = max_seq.clamp(1, model.cfg.max_seq_len as usize);
+        let max_seq = max_seq.min(model.cfg.max_seq_len as usize).max(1); // (`clamp` asserts min ≤ max)
         let max_batch = max_batch.clamp(1, max_seq);
         let plan = ArenaPlan::with_kv(&model.cfg, max_seq, max_batch, opts.kv);
         let mut buf = Buffers::carve(&plan, arena)?;
@@ -774,8 +811,8 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
         // Embeddings and rotary angles.
         let emb = m.tok_embd()?;
-        for (i, &t) in tokens.iter().enumerate() {
-            emb.dequantize_row(t as usize, &mut b.x[i * dim..(i + 1) * dim]);
+        for (&t, x) in tokens.iter().zip(rows_of_mut(b.x, dim)) {
+            emb.dequantize_row(t as usize, x);
         }
         rope_angles(b.rope, c, self.pos, n);
 
@@ -793,19 +830,19 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         // Final norm and classifier.
         let norm = m.output_norm()?;
         let xb = &mut b.s.xb;
-        for i in 0..n {
-            rmsnorm(&mut xb[i * dim..(i + 1) * dim], &b.x[i * dim..(i + 1) * dim], norm, c.rms_eps);
+        for (o, xi) in rows_of_mut(xb, dim).zip(rows_of(b.x, dim)).take(n) {
+            rmsnorm(o, xi, norm, c.rms_eps);
         }
-        if obs.linear_input(usize::MAX, TensorRole::Output, &xb[..n * dim], n).is_break() {
+        if obs.linear_input(usize::MAX, TensorRole::Output, head(xb, n * dim), n).is_break() {
             return Err(RuntimeError::Interrupted);
         }
         let cls = m.classifier()?;
         match all_logits {
             Some(out) => {
                 matmul(
-                    &mut out[..n * vocab],
+                    head_mut(out, n * vocab),
                     &cls,
-                    &xb[..n * dim],
+                    head(xb, n * dim),
                     n,
                     b.s.row,
                     b.s.qa,
@@ -814,12 +851,12 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                     None,
                     None,
                 );
-                b.logits.copy_from_slice(&out[(n - 1) * vocab..n * vocab]);
+                b.logits.iter_mut().zip(sub(out, (n - 1) * vocab, vocab)).for_each(|(d, &v)| *d = v);
             }
             None => matmul(
                 b.logits,
                 &cls,
-                &xb[(n - 1) * dim..n * dim],
+                sub(xb, (n - 1) * dim, dim),
                 1,
                 b.s.row,
                 b.s.qa,

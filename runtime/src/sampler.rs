@@ -33,10 +33,10 @@ pub struct Sampler {
 
 /// Index of the largest value (the first on ties; 0 for an empty slice).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
+    let (mut best, mut top) = (0, f32::NAN);
     for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
+        if i == 0 || v > top {
+            (best, top) = (i, v);
         }
     }
     best as u32

@@ -341,19 +341,17 @@ impl<'a> Eqf<'a> {
         self.tensors
             .binary_search_by(|t| t.sort_key().cmp(&key))
             .ok()
-            .map(|i| &self.tensors[i])
+            .and_then(|i| self.tensors.get(i))
     }
 
     /// The raw bytes of a tensor (all its regions).
     pub fn tensor_bytes(&self, t: &TensorRecord) -> Result<&'a [u8], FormatError> {
-        let end = t
-            .offset
-            .checked_add(t.size)
-            .filter(|&e| e <= self.data.len() as u64)
-            .ok_or(FormatError::TensorOutOfBounds {
-                tensor: TensorName(t.name),
-            })?;
-        Ok(&self.data[t.offset as usize..end as usize])
+        let out = FormatError::TensorOutOfBounds {
+            tensor: TensorName(t.name),
+        };
+        // (in u64: on 32-bit targets `as usize` would truncate)
+        let end = t.offset.checked_add(t.size).filter(|&e| e <= self.data.len() as u64).ok_or(out)?;
+        self.data.get(t.offset as usize..end as usize).ok_or(out)
     }
 
     /// A typed view of a tensor's data. Records were validated in `parse`,

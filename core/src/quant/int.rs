@@ -192,7 +192,10 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
     let codes = t.row_codes(r);
     let scales = t.row_scales_f16(r);
     let mins = t.row_mins(r);
-    let g = t.layout.group_len as usize;
+    if codes.is_empty() || scales.is_empty() {
+        return out.fill(0.0); // past the last row
+    }
+    let g = (t.layout.group_len as usize).max(1);
     for (gi, (chunk, scale)) in out.chunks_mut(g).zip(scales).enumerate() {
         let s = scale.to_f32();
         let m = mins.get(gi).map_or(0.0, |m| m.to_f32());
@@ -205,7 +208,10 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
                     *v = code_value(scheme, q as u8, s, m);
                 }
                 for (bi, blk) in chunk.chunks_mut(BLOCK).enumerate() {
-                    let packed = &codes[(e0 + bi * BLOCK) / 2..][..16];
+                    let o = (e0 + bi * BLOCK) / 2;
+                    let Some(packed) = codes.get(o..o + 16).and_then(|p| <&[u8; 16]>::try_from(p).ok()) else {
+                        return blk.fill(0.0);
+                    };
                     if let Ok(blk) = <&mut [f32; BLOCK]>::try_from(&mut *blk) {
                         for j in 0..16 {
                             blk[j] = lut[(packed[j] & 0xF) as usize];
@@ -221,7 +227,7 @@ pub(super) fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
                 }
             }
             _ => {
-                for (o, &q) in chunk.iter_mut().zip(&codes[e0..]) {
+                for (o, &q) in chunk.iter_mut().zip(codes.get(e0..).unwrap_or(&[])) {
                     *o = code_value(scheme, q, s, m);
                 }
             }

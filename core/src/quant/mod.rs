@@ -63,31 +63,33 @@ pub fn quantize(spec: QuantSpec, rows: u32, cols: u32, src: &[f32], out: &mut [u
     Ok(())
 }
 
-/// Dequantizes row `r` of `t` into `out[..cols]`.
+/// Dequantizes row `r` of `t` into `out[..cols]` (nothing when `out` is
+/// shorter; zeros past the last row: never a panic).
 pub fn dequantize_row(t: &TensorView<'_>, r: usize, out: &mut [f32]) {
     let cols = t.cols();
-    let out = &mut out[..cols];
+    let Some(out) = out.get_mut(..cols) else { return };
+    let range = r * cols..(r + 1) * cols;
+    fn convert<T: Copy>(out: &mut [f32], src: Option<&[T]>, f: impl Fn(T) -> f32) {
+        match src {
+            Some(src) if src.len() >= out.len() => out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v)),
+            _ => out.fill(0.0),
+        }
+    }
     match t.spec.scheme {
-        Scheme::F32 => out.copy_from_slice(&t.as_f32()[r * cols..(r + 1) * cols]),
-        Scheme::F16 => {
-            for (o, v) in out.iter_mut().zip(&t.as_f16()[r * cols..]) {
-                *o = v.to_f32();
-            }
-        }
-        Scheme::BF16 => {
-            for (o, v) in out.iter_mut().zip(&t.as_bf16()[r * cols..]) {
-                *o = v.to_f32();
-            }
-        }
+        Scheme::F32 => convert(out, t.as_f32().get(range), |v| v),
+        Scheme::F16 => convert(out, t.as_f16().get(range), |v| v.to_f32()),
+        Scheme::BF16 => convert(out, t.as_bf16().get(range), |v| v.to_f32()),
         s if s.is_int() => int::dequantize_row(t, r, out),
         s => {
             // value = table[code] · scale, the scale constant over runs of
             // the row (the whole row unless block-scaled).
-            let codes = &t.row_codes(r)[..cols];
+            let Some(codes) = t.row_codes(r).get(..cols) else {
+                return out.fill(0.0);
+            };
             let table = fp8::table_of(s);
             let run = match t.spec.granularity {
                 crate::scheme::Granularity::Block => (t.spec.group as usize).max(1),
-                _ => cols,
+                _ => cols.max(1),
             };
             for (c0, (o, q)) in out.chunks_mut(run).zip(codes.chunks(run)).enumerate() {
                 let scale = t.fp8_scale(r, c0 * run);

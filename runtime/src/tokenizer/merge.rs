@@ -31,31 +31,60 @@ pub(crate) fn merge_in_place<M: Merger>(m: &M, buf: &mut [u32], n: usize) -> usi
     }
 }
 
+// Written with `get` and iterators only: no index can fail (the link of
+// the bare-metal C API is checked to hold no panic paths).
+
+/// The merge candidate of the pair at `i`, `i + 1`.
+fn pair<M: Merger>(m: &M, toks: &[u32], i: usize) -> u32 {
+    match (toks.get(i), toks.get(i + 1)) {
+        (Some(&a), Some(&b)) => m.find(a, b).unwrap_or(NONE),
+        _ => NONE,
+    }
+}
+
+fn pair_of<M: Merger>(m: &M, w: &[u32]) -> Option<u32> {
+    match *w {
+        [a, b] => m.find(a, b),
+        _ => None,
+    }
+}
+
+/// Removes `v[i]`, shifting the rest left (the last slot keeps a stale copy).
+fn remove_at(v: &mut [u32], i: usize) {
+    if let Some(tail) = v.get_mut(i..).filter(|t| !t.is_empty()) {
+        tail.copy_within(1.., 0);
+    }
+}
+
 fn merge_cached<M: Merger>(m: &M, toks: &mut [u32], cache: &mut [u32]) -> usize {
     let mut n = toks.len();
-    for i in 0..n - 1 {
-        cache[i] = m.find(toks[i], toks[i + 1]).unwrap_or(NONE);
+    for (i, c) in cache.iter_mut().enumerate() {
+        *c = pair(m, toks, i);
     }
     while n >= 2 {
-        let mut best: Option<(u32, usize)> = None;
-        for (i, &h) in cache[..n - 1].iter().enumerate() {
+        let mut best: Option<(u32, usize, u32)> = None;
+        for (i, &h) in cache.iter().take(n - 1).enumerate() {
             if h != NONE {
                 let k = m.key(h);
-                if best.is_none_or(|(bk, _)| k < bk) {
-                    best = Some((k, i));
+                if best.is_none_or(|(bk, _, _)| k < bk) {
+                    best = Some((k, i, h));
                 }
             }
         }
-        let Some((_, i)) = best else { break };
-        toks[i] = m.result(cache[i]);
-        toks.copy_within(i + 2..n, i + 1);
-        cache.copy_within(i + 1..n - 1, i);
-        n -= 1;
-        if i > 0 {
-            cache[i - 1] = m.find(toks[i - 1], toks[i]).unwrap_or(NONE);
+        let Some((_, i, h)) = best else { break };
+        if let Some(t) = toks.get_mut(i) {
+            *t = m.result(h);
         }
-        if i + 1 < n {
-            cache[i] = m.find(toks[i], toks[i + 1]).unwrap_or(NONE);
+        let (toks, cache) = (toks.get_mut(..n).unwrap_or(&mut []), cache.get_mut(..n - 1).unwrap_or(&mut []));
+        remove_at(toks, i + 1);
+        remove_at(cache, i);
+        n -= 1;
+        let toks = toks.get(..n).unwrap_or(&[]);
+        if let Some(c) = i.checked_sub(1).and_then(|j| cache.get_mut(j)) {
+            *c = pair(m, toks, i - 1);
+        }
+        if let Some(c) = cache.get_mut(i) {
+            *c = pair(m, toks, i);
         }
     }
     n
@@ -65,8 +94,8 @@ fn merge_plain<M: Merger>(m: &M, toks: &mut [u32]) -> usize {
     let mut n = toks.len();
     while n >= 2 {
         let mut best: Option<(u32, usize, u32)> = None;
-        for i in 0..n - 1 {
-            if let Some(h) = m.find(toks[i], toks[i + 1]) {
+        for (i, w) in toks.get(..n).unwrap_or(&[]).windows(2).enumerate() {
+            if let Some(h) = pair_of(m, w) {
                 let k = m.key(h);
                 if best.is_none_or(|(bk, _, _)| k < bk) {
                     best = Some((k, i, h));
@@ -74,8 +103,10 @@ fn merge_plain<M: Merger>(m: &M, toks: &mut [u32]) -> usize {
             }
         }
         let Some((_, i, h)) = best else { break };
-        toks[i] = m.result(h);
-        toks.copy_within(i + 2..n, i + 1);
+        if let Some(t) = toks.get_mut(i) {
+            *t = m.result(h);
+        }
+        remove_at(toks.get_mut(..n).unwrap_or(&mut []), i + 1);
         n -= 1;
     }
     n

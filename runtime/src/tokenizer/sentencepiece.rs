@@ -34,14 +34,14 @@ pub(crate) fn encode(tok: &Tokenizer<'_>, text: &str, out: &mut [u32], mut n: us
     let mut next = if dummy { Some(' ') } else { chars.next() };
     while let Some(c) = next {
         if c == ' ' && n > start {
-            let merged = merge_in_place(&SpMerger(tok), &mut out[start..], n - start);
+            let merged = merge_in_place(&SpMerger(tok), out.get_mut(start..).unwrap_or(&mut []), n - start);
             n = start + merged;
             start = n;
         }
         push_char(tok, c, out, &mut n)?;
         next = chars.next();
     }
-    let merged = merge_in_place(&SpMerger(tok), &mut out[start..], n - start);
+    let merged = merge_in_place(&SpMerger(tok), out.get_mut(start..).unwrap_or(&mut []), n - start);
     Ok(start + merged)
 }
 
