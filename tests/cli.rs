@@ -627,6 +627,7 @@ fn help_explains_every_flag() {
         &["inspect"],
         &["layer"],
         &["calib", "prepare"],
+        &["synth"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -1334,4 +1335,39 @@ fn sensitivity_scan_and_bit_budget() {
     a.extend(q4);
     let (success, _, err) = edgeq(&a);
     assert!(!success && err.contains("already averages"), "{err}");
+}
+
+/// `edgeq synth` writes a sharded checkpoint that the HF importer reads and
+/// the runtime runs (random weights: the text is noise, the pipeline is
+/// real); a bad shape is a clear error and an existing output is refused.
+#[test]
+fn synth_checkpoint_imports_and_runs() {
+    let d = tmpdir("synth");
+    let ck = d.join("ck");
+    let _ = std::fs::remove_dir_all(&ck);
+    let args = [
+        "synth",
+        "--shape",
+        "stories260k",
+        "--layers",
+        "2",
+        "--shard-size",
+        "50KB",
+        "--seed",
+        "3",
+        "-o",
+    ];
+    let (success, _, err) = edgeq(&[&args[..], &[ck.to_str().unwrap()]].concat());
+    assert!(success, "{err}");
+    assert!(err.contains("2 layers") && err.contains("shards"), "{err}");
+    assert!(ck.join("model.safetensors.index.json").exists());
+    let eqf = d.join("synth.eqf");
+    ok(&["import", ck.to_str().unwrap(), "-o", eqf.to_str().unwrap()]);
+    let (success, _, err) = edgeq(&["run", eqf.to_str().unwrap(), "-n", "4", "--temp", "0"]);
+    assert!(success, "{err}");
+    let (success, _, err) = edgeq(&[&args[..], &[ck.to_str().unwrap()]].concat());
+    assert!(!success && err.contains("not an empty directory"), "{err}");
+    let (success, _, err) = edgeq(&["synth", "--shape", "llama-9b", "-o", d.join("x").to_str().unwrap()]);
+    assert!(!success && err.contains("unknown --shape") && err.contains("llama-3-8b"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
 }

@@ -15,6 +15,7 @@ pub mod plots;
 pub mod quantize;
 pub mod sanity;
 pub mod sensitivity;
+pub mod synth;
 pub mod text;
 pub mod tiny;
 

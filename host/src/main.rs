@@ -54,6 +54,36 @@ enum Cmd {
     /// 16-bit, generation sanity, pass/fail against acceptance criteria (with an optional fallback ladder).
     /// Writes OUT/quantization_summary.json, OUT/summary.md, plots, and OUT/<candidate>/validation_report.json.
     Compare(CompareArgs),
+    /// Write a random-weight Hugging Face checkpoint with a real model's shapes (config.json, sharded
+    /// safetensors and index, a small byte-level tokenizer.json): test import, quantization and memory at
+    /// scale without downloads. Streams to disk (a few MB of memory whatever the size); seeded, so the same
+    /// bytes on every machine.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Model shape, from its published config.json: llama-3.2-1b (1.24 B parameters, 2.5 GB in bf16),
+    /// llama-3-8b (8.03 B, 16 GB), qwen2.5-32b (32.8 B, 65.5 GB), or stories260k (for tests).
+    #[arg(long)]
+    shape: String,
+    /// Stored dtype of every tensor: bf16 (what these models ship in), f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Output directory (must not exist, or be empty); it appears only when complete.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Keep only the first N transformer layers (embeddings and head as the real model): a smaller file with
+    /// the real per-layer shapes.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Largest safetensors shard, as save_pretrained's max_shard_size (5GB, 500MB, 64KB or bytes); one tensor
+    /// larger than this gets a shard of its own.
+    #[arg(long, default_value = "5GB")]
+    shard_size: String,
+    /// Seed of the weights (each tensor draws from its own stream derived from it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -786,6 +816,7 @@ fn main() {
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Export(a) => cmd_export(a),
         Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Synth(a) => cmd_synth(a),
         Cmd::Calib(CalibCmd::Prepare(a)) => cmd_calib_prepare(a),
         Cmd::Calib(CalibCmd::Acts(a)) => cmd_calib_acts(a),
     };
@@ -800,6 +831,27 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn cmd_synth(a: SynthArgs) -> Result<()> {
+    use edgeq_host::synth;
+    let t0 = Instant::now();
+    let shape = synth::shape(&a.shape)?;
+    let dtype = synth::Dtype::parse(&a.dtype)?;
+    let w = synth::synth(&shape, a.layers, dtype, synth::parse_size(&a.shard_size)?, a.seed, &a.out)?;
+    eprintln!(
+        "wrote {} ({}, {} layers, {} tensors, {:.3} B parameters, {:.2} GB in {} shard{}) in {:.1}s",
+        a.out.display(),
+        shape.name,
+        a.layers.unwrap_or(shape.layers),
+        w.tensors,
+        w.params as f64 / 1e9,
+        w.bytes as f64 / 1e9,
+        w.shards,
+        if w.shards == 1 { "" } else { "s" },
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn cmd_import(a: ImportArgs) -> Result<()> {

@@ -74,6 +74,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// is in place). On any error `path` is untouched and the temporary
 /// directory removed.
 pub fn write_dir_atomic(path: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    write_dir_atomic_with(path, |tmp| {
+        for (file, bytes) in files {
+            anyhow::ensure!(!file.contains(['/', '\\']), "bad output file name {file:?}");
+            let p = tmp.join(file);
+            let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+            f.write_all(bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            f.sync_all().with_context(|| format!("cannot fsync {}", p.display()))?;
+        }
+        Ok(())
+    })
+}
+
+/// [`write_dir_atomic`] with the files written by `fill` into the
+/// temporary directory it is given (each fsynced by `fill`), for outputs
+/// too large to hold in memory.
+pub fn write_dir_atomic_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
@@ -85,13 +101,7 @@ pub fn write_dir_atomic(path: &Path, files: &[(String, Vec<u8>)]) -> Result<()> 
     let result = (|| -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        for (file, bytes) in files {
-            anyhow::ensure!(!file.contains(['/', '\\']), "bad output file name {file:?}");
-            let p = tmp.join(file);
-            let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
-            f.write_all(bytes).with_context(|| format!("cannot write {}", p.display()))?;
-            f.sync_all().with_context(|| format!("cannot fsync {}", p.display()))?;
-        }
+        fill(&tmp)?;
         if let Ok(d) = File::open(&tmp) {
             let _ = d.sync_all();
         }
