@@ -858,13 +858,12 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
     let t0 = Instant::now();
     let m = import::import(&a.src, a.tokenizer.as_deref())?;
     let n = m.tensors.len();
-    let bytes = m.to_eqf()?;
-    write_atomic(&a.out, &bytes)?;
+    let size = m.write_eqf(&a.out)?;
     eprintln!(
         "imported {} -> {} ({n} tensors, {:.2} MB) in {:.2}s",
         a.src.display(),
         a.out.display(),
-        bytes.len() as f64 / 1e6,
+        size as f64 / 1e6,
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -76,9 +76,31 @@ pub struct ActEntry {
     pub outliers: Vec<u32>,
 }
 
-fn pad_to(v: &mut Vec<u8>, align: u64) {
-    let n = (v.len() as u64).div_ceil(align) * align;
-    v.resize(n as usize, 0);
+/// `put` and the number of bytes it has been given.
+struct Sink<F> {
+    put: F,
+    pos: u64,
+}
+
+impl<F> Sink<F> {
+    fn write<E>(&mut self, b: &[u8]) -> Result<(), E>
+    where
+        F: FnMut(&[u8]) -> Result<(), E>,
+    {
+        self.pos += b.len() as u64;
+        (self.put)(b)
+    }
+    /// Zeros up to file offset `to`.
+    fn pad_to<E>(&mut self, to: u64) -> Result<(), E>
+    where
+        F: FnMut(&[u8]) -> Result<(), E>,
+    {
+        const ZEROS: [u8; ALIGN as usize] = [0; ALIGN as usize];
+        while self.pos < to {
+            self.write(&ZEROS[..(to - self.pos).min(ALIGN) as usize])?;
+        }
+        Ok(())
+    }
 }
 
 impl EqfWriter {
@@ -212,7 +234,21 @@ impl EqfWriter {
     }
 
     /// Serializes the whole file.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let done: Result<(), core::convert::Infallible> = self.finish_into(|b| {
+            out.extend_from_slice(b);
+            Ok(())
+        });
+        let Ok(()) = done;
+        out
+    }
+
+    /// Serializes the whole file through `put`, piece by piece in file
+    /// order: the same bytes as [`EqfWriter::finish`], without gathering
+    /// the tensor data into one buffer (a model being written to disk is
+    /// held once, in the writer).
+    pub fn finish_into<E>(mut self, put: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let act = self.act_section();
         let perm = self.perm_section();
         if self.perms.is_empty() {
@@ -221,13 +257,12 @@ impl EqfWriter {
             self.config.flags |= crate::config::flags::INPUT_PERM;
         }
         self.tensors.sort_by_key(|t| (t.layer, t.role as u16));
-        // TENSOR_DATA and the directory.
-        let mut data = Vec::new();
+        // The directory: each tensor at the next ALIGN boundary of TENSOR_DATA.
+        let mut data_len = 0u64;
         let mut records = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            pad_to(&mut data, ALIGN);
-            let offset = data.len() as u64;
-            data.extend_from_slice(&t.data);
+            let offset = data_len.div_ceil(ALIGN) * ALIGN;
+            data_len = offset + t.data.len() as u64;
             records.push(TensorRecord {
                 name: canonical_name(t.role, t.layer),
                 role: t.role as u16,
@@ -260,7 +295,14 @@ impl EqfWriter {
             // Required: a reader that cannot apply the permutations must refuse the file.
             sections.push((section::INPUT_PERM, 0, &perm[..]));
         }
-        sections.push((section::TENSOR_DATA, 0, &data[..]));
+        sections.push((section::TENSOR_DATA, 0, &[])); // written from the tensors below
+        let size = |kind: u32, body: &[u8]| {
+            if kind == section::TENSOR_DATA {
+                data_len
+            } else {
+                body.len() as u64
+            }
+        };
 
         let dir_end = 64 + 32 * sections.len() as u64;
         let mut offset = dir_end.div_ceil(ALIGN) * ALIGN;
@@ -271,11 +313,11 @@ impl EqfWriter {
                 kind: *kind,
                 flags: *flags,
                 offset,
-                size: body.len() as u64,
+                size: size(*kind, body),
                 crc32,
                 reserved: 0,
             });
-            offset = (offset + body.len() as u64).div_ceil(ALIGN) * ALIGN;
+            offset = (offset + size(*kind, body)).div_ceil(ALIGN) * ALIGN;
         }
         let file_size = recs.last().map(|r| r.offset + r.size).unwrap_or(dir_end);
         let mut header = Header {
@@ -303,14 +345,21 @@ impl EqfWriter {
         };
         let dir_bytes: &[u8] = bytemuck::cast_slice(&recs);
         header.header_crc = header_crc(&header, dir_bytes);
-        let mut out = Vec::with_capacity(file_size as usize);
-        out.extend_from_slice(bytemuck::bytes_of(&header));
-        out.extend_from_slice(dir_bytes);
-        for ((_, _, body), r) in sections.iter().zip(&recs) {
-            out.resize(r.offset as usize, 0);
-            out.extend_from_slice(body);
+        let mut out = Sink { put, pos: 0 };
+        out.write(bytemuck::bytes_of(&header))?;
+        out.write(dir_bytes)?;
+        for ((kind, _, body), r) in sections.iter().zip(&recs) {
+            out.pad_to(r.offset)?;
+            if *kind != section::TENSOR_DATA {
+                out.write(body)?;
+                continue;
+            }
+            for (t, rec) in self.tensors.iter().zip(&records) {
+                out.pad_to(r.offset + rec.offset)?;
+                out.write(&t.data)?;
+            }
         }
-        debug_assert_eq!(out.len() as u64, file_size);
-        out
+        debug_assert_eq!(out.pos, file_size);
+        Ok(())
     }
 }

@@ -67,6 +67,37 @@ impl ImportedModel {
 
     /// Validates (config, tensor layouts) and serializes to EQF bytes.
     pub fn to_eqf(self) -> Result<Vec<u8>> {
+        let bytes = self.writer()?.finish();
+        // Self-check: what we write must be readable by the runtime.
+        let mut aligned = AlignedBytes::from(&bytes[..]);
+        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes())
+            .map_err(|e| anyhow::anyhow!("internal error: the written model does not validate: {e}"))?;
+        Ok(bytes)
+    }
+
+    /// [`ImportedModel::to_eqf`] straight to `path` (atomically), streamed
+    /// from the tensors: the model is held once, not three times (tensors,
+    /// file image, aligned copy for the check). The written file is then
+    /// checked through a memory map. Returns its size.
+    pub fn write_eqf(self, path: &Path) -> Result<u64> {
+        use std::io::Write;
+        let w = self.writer()?;
+        crate::model_file::write_atomic_with(path, |out| w.finish_into(|b| out.write_all(b)).map_err(Into::into))?;
+        let check = || -> Result<u64> {
+            let f = crate::model_file::ModelFile::open(path)?;
+            f.model()?;
+            Ok(f.bytes().len() as u64)
+        };
+        check().map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            e.context(format!(
+                "internal error: the written model {} does not validate (removed)",
+                path.display()
+            ))
+        })
+    }
+
+    fn writer(self) -> Result<EqfWriter> {
         self.config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut w = EqfWriter::new(self.config, self.tokenizer);
         w.metadata = serde_json::to_vec(&self.metadata)?;
@@ -77,12 +108,7 @@ impl ImportedModel {
         for p in self.perms {
             w.add_perm(p.role, p.layer, p.perm).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let bytes = w.finish();
-        // Self-check: what we write must be readable by the runtime.
-        let mut aligned = AlignedBytes::from(&bytes[..]);
-        edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes())
-            .map_err(|e| anyhow::anyhow!("internal error: the written model does not validate: {e}"))?;
-        Ok(bytes)
+        Ok(w)
     }
 }
 
@@ -134,4 +160,22 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
         }
     };
     llama2c::import(src, &tok)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The streamed file is the in-memory image, byte for byte (every
+    /// importer writes through `write_eqf`; `to_eqf` is what the tests and
+    /// the quantizers compare against).
+    #[test]
+    fn write_eqf_streams_the_same_bytes_as_to_eqf() {
+        let dir = std::env::temp_dir().join(format!("edgeq-write-eqf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.eqf");
+        let size = crate::tiny::model(11).unwrap().write_eqf(&p).unwrap();
+        let want = crate::tiny::model(11).unwrap().to_eqf().unwrap();
+        assert_eq!(size as usize, want.len());
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
