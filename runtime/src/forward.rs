@@ -453,7 +453,7 @@ fn attend_threaded(
         let per = n_heads.div_ceil(threads);
         // Thread k: heads k·per.., as one slice per token.
         let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(n)).collect();
-        for tok in xb[..n * qd].chunks_exact_mut(qd) {
+        for tok in rows_of_mut(head_mut(xb, n * qd), qd) {
             let mut rest = tok;
             for part in parts.iter_mut() {
                 let take = (per * hd).min(rest.len());
