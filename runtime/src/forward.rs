@@ -292,11 +292,9 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = libm::expf(*v - max);
-        sum += *v;
-    }
+    // exp first (a loop that vectorizes), then the sum in index order
+    crate::exp::exp_in_place(x, max);
+    let sum: f32 = x.iter().sum();
     for v in x.iter_mut() {
         *v /= sum;
     }
@@ -368,7 +366,7 @@ fn rope(v: &mut [f32], cs: &[f32], head_dim: usize, layout: RopeLayout) {
 }
 
 fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
+    x / (1.0 + crate::exp::exp(-x))
 }
 
 /// Shapes shared by every head's attention.

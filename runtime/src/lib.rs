@@ -22,6 +22,7 @@ extern crate std;
 
 pub mod arena;
 pub mod error;
+pub mod exp;
 pub mod forward;
 pub mod kv;
 pub mod model;

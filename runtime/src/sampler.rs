@@ -73,11 +73,10 @@ impl Sampler {
             return argmax(logits);
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
         for v in logits.iter_mut() {
-            *v = libm::expf((*v - max) / t);
-            sum += *v;
+            *v = crate::exp::exp((*v - max) / t);
         }
+        let sum: f32 = logits.iter().sum();
         for v in logits.iter_mut() {
             *v /= sum;
         }
