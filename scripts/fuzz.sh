@@ -10,7 +10,8 @@
 # (git-ignored), so repeated runs continue where the last one stopped; a
 # crash leaves its input in tests/fuzz*/artifacts/<target>/ and makes this
 # script fail.
-# Prints, and appends to tests/fuzz/runs.tsv, the executions of each run.
+# Runs two targets at a time (one core each). Prints, and appends to
+# tests/fuzz*/runs.tsv, the executions of each run.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      (CI: scripts/fuzz.sh 20)
 set -euo pipefail
@@ -32,13 +33,24 @@ rm -rf "$seeds"
 fixtures=../shared/fixtures
 cargo run --release -q -p edgeq-host --example fuzz_seeds -- "$seeds" "$fixtures"
 
-echo "== building the fuzz targets (nightly, debug assertions; tests/fuzz with AddressSanitizer)"
-cargo +nightly fuzz build --fuzz-dir tests/fuzz
-cargo +nightly fuzz build --fuzz-dir tests/fuzz-host --dev --sanitizer none
+# The two crates build at once (their own target directories): each build
+# ends in long single-threaded compiles (one codegen unit), so together they
+# keep both cores busy.
+echo "== building the fuzz targets (nightly, debug assertions; tests/fuzz with AddressSanitizer; logs in target/fuzz-build-*.log)"
+mkdir -p target
+cargo +nightly fuzz build --fuzz-dir tests/fuzz >target/fuzz-build-nostd.log 2>&1 &
+nostd=$!
+cargo +nightly fuzz build --fuzz-dir tests/fuzz-host --dev --sanitizer none >target/fuzz-build-host.log 2>&1 &
+host=$!
+built=0
+wait "$nostd" || { tail -40 target/fuzz-build-nostd.log; built=1; }
+wait "$host" || { tail -40 target/fuzz-build-host.log; built=1; }
+[ "$built" = 0 ] || { echo "fuzz: a build failed"; exit 1; }
 
-status=0
-printf '%-20s %12s %10s %s\n' target executions exec/s result
-for t in "${targets[@]}"; do
+# One target: runs it, writes its table row to $d/artifacts/$t/row, fails
+# on a finding.
+fuzz_one() {
+    local t=$1 d fl log result
     d=$(dir_of "$t")
     read -r -a fl <<<"$(flags_of "$t")"
     mkdir -p "$d/corpus/$t" "$d/artifacts/$t"
@@ -51,14 +63,31 @@ for t in "${targets[@]}"; do
         result=ok
     else
         result="FAILED (see $log; the input is in $d/artifacts/$t/)"
-        status=1
     fi
+    local execs rate
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-    printf '%-20s %12s %10s %s\n' "$t" "$execs" "$rate" "$result"
+    printf '%-20s %12s %10s %s\n' "$t" "$execs" "$rate" "$result" >"$d/artifacts/$t/row"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$(git rev-parse --short HEAD)" "$t" "$secs" "$execs" "$result" >>"$d/runs.tsv"
     if [ "$result" != ok ]; then
-        grep -E 'panicked|ERROR: AddressSanitizer|SUMMARY' "$log" | head -5 || true
+        grep -E 'panicked|ERROR: AddressSanitizer|SUMMARY' "$log" | head -5 >>"$d/artifacts/$t/row" || true
+        return 1
+    fi
+}
+
+# Two targets at a time (libFuzzer runs one process on one core), then the
+# table in the order of the list.
+status=0
+pids=()
+for t in "${targets[@]}"; do
+    fuzz_one "$t" &
+    pids+=($!)
+    if [ ${#pids[@]} -ge 2 ]; then
+        wait "${pids[0]}" || status=1
+        pids=("${pids[@]:1}")
     fi
 done
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+printf '%-20s %12s %10s %s\n' target executions exec/s result
+for t in "${targets[@]}"; do cat "$(dir_of "$t")/artifacts/$t/row"; done
 exit $status

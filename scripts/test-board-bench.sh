@@ -35,11 +35,6 @@ done
 
 check() { # name, qemu command, target, expected implementation
     local name=$1 qemu=$2 triple=$3 want=$4
-    local profile=${EDGEQ_BOARD_PROFILE:-release}
-    echo "== $name: build edgeq for $triple (profile $profile)"
-    # (no `png` feature: a board has no use for `compare`'s PNG plots, and
-    # resvg's font stack is a third of the host's dependency build)
-    cargo build --profile "$profile" -q -p edgeq-host --no-default-features --bin edgeq --target "$triple"
     local bin="target/$triple/$profile/edgeq" log
     log=$(mktemp)
     echo "== $name: edgeq bench under $qemu (emulated: timings are not speeds)"
@@ -59,6 +54,14 @@ check() { # name, qemu command, target, expected implementation
     [ "$rows" -ge $((imps * 2)) ] || { cat "$log"; echo "FAIL $name: missing rows"; exit 1; }
     rm -f "$log"
 }
+
+profile=${EDGEQ_BOARD_PROFILE:-release}
+echo "== build edgeq for aarch64-unknown-linux-gnu and riscv64gc-unknown-linux-gnu (profile $profile)"
+# One cargo run for both: the two targets' compiles overlap on the cores.
+# (no `png` feature: a board has no use for `compare`'s PNG plots, and
+# resvg's font stack is a third of the host's dependency build)
+cargo build --profile "$profile" -q -p edgeq-host --no-default-features --bin edgeq \
+    --target aarch64-unknown-linux-gnu --target riscv64gc-unknown-linux-gnu
 
 check "aarch64" "qemu-aarch64 -L /usr/aarch64-linux-gnu" aarch64-unknown-linux-gnu aarch64-neon-dotprod
 check "riscv64 with V" "qemu-riscv64 -L /usr/riscv64-linux-gnu -cpu rv64,v=true,vlen=128" riscv64gc-unknown-linux-gnu riscv64-rvv

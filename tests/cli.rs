@@ -571,27 +571,10 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
     ]);
     assert!(out.starts_with("The capital of France is"), "{out}");
     assert!(out["The capital of France is".len()..].contains("Paris"), "{out}");
+    // Perplexity over the first 1024 tokens of wiki.test.raw (two 512-token
+    // windows): the same eval gives the NLL the rotated model must keep.
     let text = fx.join("text/wiki.test.raw");
-    let r = ok(&[
-        "eval",
-        m.to_str().unwrap(),
-        "--text",
-        text.to_str().unwrap(),
-        "--chars",
-        "20000",
-        "--window",
-        "512",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
-    let ppl = v["ppl"].as_f64().unwrap();
-    eprintln!("SmolLM2-135M Q4_1 wiki.test.raw[..20000]: ppl {ppl:.3} over {} tokens", v["tokens"]);
-    assert!(ppl.is_finite() && ppl > 1.0 && ppl < 100.0, "{v}");
-
-    // Issue 11: QuaRot's rotation (dim 576 = 36·16, online Hadamard on the 1536 = 12·128 MLP) keeps the NLL.
-    let rot = dir.join("smol-rot.eqf");
-    ok(&["rotate", m.to_str().unwrap(), "-o", rot.to_str().unwrap()]);
-    let nll = |p: &Path| -> f64 {
+    let eval = |p: &Path| -> serde_json::Value {
         let args = [
             "eval",
             p.to_str().unwrap(),
@@ -605,10 +588,18 @@ fn smollm2_gguf_imports_runs_and_evaluates() {
             "1024",
             "--json",
         ];
-        let v: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
-        v["mean_nll"].as_f64().unwrap()
+        serde_json::from_str(ok(&args).trim()).unwrap()
     };
-    let (a, b) = (nll(&m), nll(&rot));
+    let v = eval(&m);
+    let ppl = v["ppl"].as_f64().unwrap();
+    eprintln!("SmolLM2-135M Q4_1 wiki.test.raw: ppl {ppl:.3} over {} tokens", v["tokens"]);
+    assert!(ppl.is_finite() && ppl > 1.0 && ppl < 100.0, "{v}");
+    assert_eq!(v["tokens"], 1024, "{v}");
+
+    // Issue 11: QuaRot's rotation (dim 576 = 36·16, online Hadamard on the 1536 = 12·128 MLP) keeps the NLL.
+    let rot = dir.join("smol-rot.eqf");
+    ok(&["rotate", m.to_str().unwrap(), "-o", rot.to_str().unwrap()]);
+    let (a, b) = (v["mean_nll"].as_f64().unwrap(), eval(&rot)["mean_nll"].as_f64().unwrap());
     eprintln!("SmolLM2-135M NLL {a:.7}, rotated {b:.7}");
     assert!((a - b).abs() < 1e-4, "rotated NLL {b} vs {a}");
     let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", rot.to_str().unwrap(), "--json"])).unwrap();
