@@ -908,9 +908,9 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
         anyhow::ensure!(a.fp8.is_none(), "--act-bits is for integer weights; FP8 weights take --fp8-acts");
         acts = int_acts(&a, &model, &policy)?;
     }
-    let (bytes, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), Vec::new(), acts, &pb)?;
+    let (w, reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &Default::default(), Vec::new(), Vec::new(), acts, &pb)?;
     pb.finish_and_clear();
-    write_atomic(&a.out, &bytes)?;
+    let out_bytes = quantize::write_eqf(&a.out, w)?;
     if a.json {
         let v: Vec<_> = reports
             .iter()
@@ -937,7 +937,7 @@ fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
         reports.len(),
         quantize::spec_name(&linear),
         a.out.display(),
-        bytes.len() as f64 / 1e6,
+        out_bytes as f64 / 1e6,
         f.bytes().len() as f64 / 1e6,
         secs,
         rpath.display()
@@ -1708,9 +1708,9 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         Vec::new()
     };
     let pb2 = progress(0, "finish");
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, perms, acts, &pb2)?;
+    let (w, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &rest, &quantized, entries, perms, acts, &pb2)?;
     pb2.finish_and_clear();
-    write_atomic(&a.out, &bytes)?;
+    let out_bytes = quantize::write_eqf(&a.out, w)?;
     ckpt.finish();
     let secs = t0.elapsed().as_secs_f64();
     let peak = edgeq_host::calib::pipeline::peak_rss_mb();
@@ -1736,7 +1736,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
         a.method,
         reports.len(),
         a.out.display(),
-        bytes.len() as f64 / 1e6,
+        out_bytes as f64 / 1e6,
         secs,
         peak.unwrap_or(f64::NAN),
         rpath.display()
@@ -1878,9 +1878,9 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
     let done: std::collections::HashSet<(u16, u16)> = w8.entries.iter().map(|e| (e.layer, e.role as u16)).collect();
     let pb2 = progress(0, "finish");
     let n_acts = w8.acts.len();
-    let (bytes, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, Vec::new(), w8.acts, &pb2)?;
+    let (w, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, Vec::new(), w8.acts, &pb2)?;
     pb2.finish_and_clear();
-    write_atomic(&a.out, &bytes)?;
+    let out_bytes = quantize::write_eqf(&a.out, w)?;
     let secs = t0.elapsed().as_secs_f64();
     for r in &w8.reports {
         eprintln!("{:<24} {:<10} {} err {:.3e}  {}", r.tensor, r.scheme, r.metric, r.rel_err, r.note);
@@ -1907,7 +1907,7 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
         w8.reports.len(),
         n_sym,
         a.out.display(),
-        bytes.len() as f64 / 1e6,
+        out_bytes as f64 / 1e6,
         n_acts,
         secs,
         rpath.display()

@@ -225,7 +225,7 @@ pub fn unpermute_cols(w: &mut [f32], cols: usize, perm: &[u32]) {
 
 /// RTN-quantizes every tensor the policy selects; returns the new file and a report.
 pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::ProgressBar) -> Result<(Vec<u8>, Vec<TensorReport>)> {
-    quantize_rtn_except(
+    let (w, reports) = quantize_rtn_except(
         eqf,
         policy,
         &std::collections::HashSet::new(),
@@ -233,7 +233,8 @@ pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::Progre
         Vec::new(),
         Vec::new(),
         progress,
-    )
+    )?;
+    Ok((w.finish(), reports))
 }
 
 /// FP8 activation records (`mode`) for every block linear the policy
@@ -296,7 +297,9 @@ pub fn int_act_entries(eqf: &Eqf<'_>, policy: &Policy, bits: u32, clip: f32) -> 
 }
 
 /// Like [`quantize_rtn`], but tensors whose `(layer, role)` is in `done`
-/// are taken from `done_entries` (already quantized by another method).
+/// are taken from `done_entries` (already quantized by another method), and
+/// the file is returned unserialized: [`write_eqf`] streams it to disk
+/// without a second copy of the tensor data in memory.
 pub fn quantize_rtn_except(
     eqf: &Eqf<'_>,
     policy: &Policy,
@@ -305,7 +308,7 @@ pub fn quantize_rtn_except(
     done_perms: Vec<PermEntry>,
     acts: Vec<ActEntry>,
     progress: &indicatif::ProgressBar,
-) -> Result<(Vec<u8>, Vec<TensorReport>)> {
+) -> Result<(EqfWriter, Vec<TensorReport>)> {
     progress.set_length(eqf.tensors().len() as u64);
     // (entry, input permutation kept with its bytes, report)
     type Out = (TensorEntry, Option<Vec<u32>>, Option<TensorReport>);
@@ -423,7 +426,22 @@ pub fn quantize_rtn_except(
     for p in perms {
         w.add_perm(p.role, p.layer, p.perm).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    Ok((w.finish(), reports))
+    Ok((w, reports))
+}
+
+/// Writes `w` to `path` atomically, streamed piece by piece, and returns the
+/// file's size.
+pub fn write_eqf(path: &std::path::Path, w: EqfWriter) -> Result<u64> {
+    use std::io::Write;
+    let mut n = 0u64;
+    crate::model_file::write_atomic_with(path, |out| {
+        w.finish_into(|b| {
+            n += b.len() as u64;
+            out.write_all(b)
+        })
+        .map_err(Into::into)
+    })?;
+    Ok(n)
 }
 
 fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<f64> {

@@ -217,7 +217,11 @@ pub fn with_acts(eqf_bytes: &[u8]) -> Result<Vec<u8>> {
         .collect();
     let keep = crate::quantize::Policy::new(QuantSpec::F32, None, &["*".to_string()])?;
     let none = Default::default();
-    Ok(crate::quantize::quantize_rtn_except(&eqf, &keep, &none, Vec::new(), Vec::new(), acts, &indicatif::ProgressBar::hidden())?.0)
+    Ok(
+        crate::quantize::quantize_rtn_except(&eqf, &keep, &none, Vec::new(), Vec::new(), acts, &indicatif::ProgressBar::hidden())?
+            .0
+            .finish(),
+    )
 }
 
 /// The f32 image `eqf_bytes` with every block linear stored with permuted
