@@ -1691,11 +1691,11 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
             clip: !a.m.no_clip,
             ..Default::default()
         };
-        let (entries, reports) = edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb, Some(&ckpt))?;
+        let (entries, reports) = edgeq_host::calib::awq_pipeline::run(&model, &calib, &policy, ma.grid, &cfg, &pb, Some(&ckpt), Some(&f))?;
         (entries, Vec::new(), reports)
     } else {
         methods::with_hooks(&ma, |hooks| {
-            edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb, Some(&ckpt))
+            edgeq_host::calib::pipeline::run(&model, &calib, &policy, hooks, &pb, Some(&ckpt), Some(&f))
         })?
     };
     pb.finish_and_clear();

@@ -1,7 +1,7 @@
 //! The methods behind `--method`: one linear layer at a time (`edgeq
 //! layer`, and the hook the sequential pipeline calls per layer).
 use crate::algo::adaround::{adaround, AdaRoundConfig};
-use crate::algo::gptq::{gptq, GptqConfig, Hessian};
+use crate::algo::gptq::{gptq_owned, GptqConfig, Hessian};
 use crate::algo::hqq::HqqConfig;
 use crate::algo::{self, Grid, QuantizedLayer};
 use crate::calib::pipeline::{LayerJob, MethodHooks};
@@ -45,7 +45,7 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
             let Some(x) = x else { bail!("gptq needs calibration activations") };
             let mut h = Hessian::new(cols);
             h.add_batch(x, x.len() / cols);
-            gptq_with(a, w, rows, cols, &h)
+            gptq_with(a, w, rows, cols, h)
         }
         "adaround" => {
             let Some(x) = x else {
@@ -69,7 +69,7 @@ pub fn quantize_layer(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, x: Op
     }
 }
 
-fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Result<(QuantizedLayer, String)> {
+fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: Hessian) -> Result<(QuantizedLayer, String)> {
     algo::ensure_finite(w, cols)?;
     let mut cfg = GptqConfig::new(a.grid);
     cfg.act_order = a.act_order;
@@ -79,7 +79,7 @@ fn gptq_with(a: &MethodArgs, w: &[f32], rows: usize, cols: usize, h: &Hessian) -
     cfg.percdamp = a.damp;
     cfg.blocksize = a.blocksize;
     cfg.damp_auto_increase = true;
-    let (q, st) = gptq(w, rows, cols, h, &cfg)?;
+    let (q, st) = gptq_owned(w, rows, cols, h, &cfg)?;
     let mut note = format!("damp {:.4}", st.percdamp);
     if st.damp_retries > 0 {
         note += &format!(" (Cholesky failed {} times: damping increased from {})", st.damp_retries, a.damp);
@@ -119,7 +119,7 @@ pub fn with_hooks<R>(a: &MethodArgs, f: impl FnOnce(&MethodHooks<'_>) -> R) -> R
         if a.method == "gptq" {
             let st = job.stats.ok_or_else(|| anyhow::anyhow!("no calibration statistics"))?;
             let h = Hessian::from_matrix(st.hessian().unwrap_or_default(), job.cols, st.n)?;
-            return gptq_with(a, job.w, job.rows, job.cols, &h);
+            return gptq_with(a, job.w, job.rows, job.cols, h);
         }
         if a.method == "adaround" {
             let st = job.stats.ok_or_else(|| anyhow::anyhow!("no calibration statistics"))?;

@@ -47,13 +47,54 @@ impl ModelFile {
     pub fn model(&self) -> Result<Model<'_>> {
         self.model_with(ParseOptions::default())
     }
+    /// Parses and validates the model. A memory-mapped file's tensor
+    /// checksums are checked one tensor at a time, each tensor's pages let
+    /// go after its check ([`ModelFile::release`]): opening a multi-GB model
+    /// does not leave all of it resident.
     pub fn model_with(&self, opts: ParseOptions) -> Result<Model<'_>> {
-        Model::from_bytes_with(self.bytes(), opts).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+        let here = opts.verify_tensor_checksums && matches!(self.map, Backing::Map(_));
+        let parse = ParseOptions {
+            verify_tensor_checksums: opts.verify_tensor_checksums && !here,
+        };
+        let named = |e: edgeq_core::FormatError| anyhow::anyhow!("{}: {e}", self.path.display());
+        let m = Model::from_bytes_with(self.bytes(), parse).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+        if here {
+            for t in m.eqf.tensors() {
+                m.eqf.verify_tensor_checksum(t).map_err(named)?;
+                self.release(m.eqf.tensor_bytes(t).map_err(named)?);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Lets the OS drop the resident pages of `bytes` (part of this file's
+    /// mapping): they are read back from the file if touched again. A job
+    /// that walks a big model block by block calls it for each block it has
+    /// finished, so its resident memory stays at about one block. No-op for
+    /// an image held in memory, or outside the mapping.
+    #[allow(unsafe_code)]
+    pub fn release(&self, bytes: &[u8]) {
+        #[cfg(unix)]
+        if let Backing::Map(m) = &self.map {
+            let (base, start) = (m.as_ptr() as usize, bytes.as_ptr() as usize);
+            if !bytes.is_empty() && start >= base && start + bytes.len() <= base + m.len() {
+                // SAFETY: `m` is a read-only private mapping of a file that
+                // is never written in place (see map_readonly): MADV_DONTNEED
+                // only drops page-table entries, and the next access faults
+                // the same bytes back in from the file. (It would lose data
+                // only in anonymous or written private pages, which this
+                // mapping has none of.) The range is inside the mapping.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start - base, bytes.len()) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = bytes;
     }
 }
 
-/// Maps `file` (opened from `path`, named in errors) read-only. The one
-/// `unsafe` of the host crate: every memory-mapped reader goes through here.
+/// Maps `file` (opened from `path`, named in errors) read-only. With
+/// [`ModelFile::release`], the host crate's only `unsafe`: every
+/// memory-mapped reader goes through here.
 #[allow(unsafe_code)]
 pub fn map_readonly(file: &File, path: &Path) -> Result<memmap2::Mmap> {
     // SAFETY: the map is read-only; edgeq never writes an input file in place
@@ -157,4 +198,43 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapped file is checked tensor by tensor (a flipped data byte is
+    /// still a checksum error naming the file and the tensor), and after
+    /// `release` its pages read back the same bytes.
+    #[test]
+    fn mapped_models_are_checked_per_tensor_and_released_pages_read_back() {
+        let bytes = crate::tiny::model(3).unwrap().to_eqf().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.eqf");
+        std::fs::write(&path, &bytes).unwrap();
+        let f = ModelFile::open(&path).unwrap();
+        let m = f.model().unwrap();
+        let t = &m.eqf.tensors()[0];
+        let data = m.eqf.tensor_bytes(t).unwrap();
+        let before = data.to_vec();
+        f.release(f.bytes());
+        assert_eq!(data, &before[..]);
+        assert_eq!(f.bytes(), &bytes[..]);
+
+        // the same tensor with one byte changed
+        let at = data.as_ptr() as usize - f.bytes().as_ptr() as usize + data.len() / 2;
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        let bad_path = dir.path().join("bad.eqf");
+        std::fs::write(&bad_path, &bad).unwrap();
+        let err = ModelFile::open(&bad_path).unwrap().model().err().unwrap().to_string();
+        assert!(
+            err.contains("bad.eqf") && err.contains("checksum") && err.contains(t.name_str()),
+            "{err}"
+        );
+        // an in-memory image: the checksum is checked by the parser
+        let err = ModelFile::from_bytes(&path, &bad).model().err().unwrap().to_string();
+        assert!(err.contains("checksum") && err.contains(t.name_str()), "{err}");
+    }
 }

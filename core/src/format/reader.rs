@@ -283,14 +283,7 @@ impl<'a> Eqf<'a> {
                 return Err(FormatError::TensorOutOfBounds { tensor: name });
             }
             if opts.verify_tensor_checksums {
-                let actual = crc(&[&self.data[t.offset as usize..end as usize]]);
-                if actual != t.crc32 {
-                    return Err(FormatError::TensorChecksum {
-                        tensor: name,
-                        expected: t.crc32,
-                        actual,
-                    });
-                }
+                self.verify_tensor_checksum(t)?;
             }
         }
         Ok(())
@@ -345,6 +338,22 @@ impl<'a> Eqf<'a> {
     }
 
     /// The raw bytes of a tensor (all its regions).
+    /// Checks a tensor's data against its record's CRC-32 (what `parse`
+    /// does for every tensor unless [`ParseOptions::verify_tensor_checksums`]
+    /// is off: a host that maps a multi-GB file can check tensor by tensor
+    /// and let each one's pages go before the next).
+    pub fn verify_tensor_checksum(&self, t: &TensorRecord) -> Result<(), FormatError> {
+        let actual = crc(&[self.tensor_bytes(t)?]);
+        if actual != t.crc32 {
+            return Err(FormatError::TensorChecksum {
+                tensor: TensorName(t.name),
+                expected: t.crc32,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     pub fn tensor_bytes(&self, t: &TensorRecord) -> Result<&'a [u8], FormatError> {
         let out = FormatError::TensorOutOfBounds {
             tensor: TensorName(t.name),

@@ -140,6 +140,7 @@ fn mean_abs(x: &[f32], cols: usize) -> Vec<f32> {
     crate::algo::awq::act_mean(x, cols)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &Model<'_>,
     calib: &CalibSet,
@@ -148,6 +149,7 @@ pub fn run(
     cfg: &AwqConfig,
     progress: &indicatif::ProgressBar,
     ckpt: Option<&super::checkpoint::Checkpoint>,
+    file: Option<&crate::model_file::ModelFile>,
 ) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (dim, hid) = (c.dim as usize, c.hidden_dim as usize);
@@ -500,6 +502,7 @@ pub fn run(
                 anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
             }
         }
+        super::pipeline::release_block(model, l, file);
     }
     Ok((entries, reports))
 }

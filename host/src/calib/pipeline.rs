@@ -170,7 +170,9 @@ pub(crate) fn run_block<O: Observer>(
 /// Returns the new linear tensors (others are the caller's business) and
 /// the input permutations of act-order layers.
 /// With a checkpoint, the state after each block is saved there, and a run
-/// finding a matching one continues after its last block.
+/// finding a matching one continues after its last block. With `file` (the
+/// mapped file `model` was parsed from), each finished block's pages are
+/// let go ([`release_block`]).
 pub fn run(
     model: &Model<'_>,
     calib: &CalibSet,
@@ -178,6 +180,7 @@ pub fn run(
     hooks: &MethodHooks<'_>,
     progress: &indicatif::ProgressBar,
     ckpt: Option<&super::checkpoint::Checkpoint>,
+    file: Option<&crate::model_file::ModelFile>,
 ) -> Result<(Vec<TensorEntry>, Vec<PermEntry>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (rope, mut xs) = embed_samples(model, calib)?;
@@ -354,8 +357,21 @@ pub fn run(
                 anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
             }
         }
+        release_block(model, l, file);
     }
     Ok((entries, perms, reports))
+}
+
+/// Lets the OS drop the resident pages of block `l`'s tensors in `file`
+/// (read back from the file if touched again): a block-by-block job over a
+/// memory-mapped model keeps about one block resident, not the whole file.
+pub(crate) fn release_block(model: &Model<'_>, l: usize, file: Option<&crate::model_file::ModelFile>) {
+    let Some(f) = file else { return };
+    for t in model.eqf.tensors().iter().filter(|t| t.layer as usize == l) {
+        if let Ok(b) = model.eqf.tensor_bytes(t) {
+            f.release(b);
+        }
+    }
 }
 
 /// Rotary angles for the longest sample, and every sample's embeddings
