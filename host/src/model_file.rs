@@ -56,15 +56,19 @@ impl ModelFile {
         let parse = ParseOptions {
             verify_tensor_checksums: opts.verify_tensor_checksums && !here,
         };
-        let named = |e: edgeq_core::FormatError| anyhow::anyhow!("{}: {e}", self.path.display());
-        let m = Model::from_bytes_with(self.bytes(), parse).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+        let m = Model::from_bytes_with(self.bytes(), parse).map_err(|e| self.named(e))?;
         if here {
             for t in m.eqf.tensors() {
-                m.eqf.verify_tensor_checksum(t).map_err(named)?;
-                self.release(m.eqf.tensor_bytes(t).map_err(named)?);
+                m.eqf.verify_tensor_checksum(t).map_err(|e| self.named(e))?;
+                self.release(m.eqf.tensor_bytes(t).map_err(|e| self.named(e))?);
             }
         }
         Ok(m)
+    }
+
+    /// A parse or validation error, named with this file's path.
+    fn named(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{}: {e}", self.path.display())
     }
 
     /// Lets the OS drop the resident pages of `bytes` (part of this file's
