@@ -59,8 +59,26 @@ impl ModelFile {
         let m = Model::from_bytes_with(self.bytes(), parse).map_err(|e| self.named(e))?;
         if here {
             for t in m.eqf.tensors() {
-                m.eqf.verify_tensor_checksum(t).map_err(|e| self.named(e))?;
-                self.release(m.eqf.tensor_bytes(t).map_err(|e| self.named(e))?);
+                // Core's `verify_tensor_checksum`, a piece at a time, each
+                // piece let go after it (an embedding alone is ~0.5 GB).
+                let mut h = crc32fast::Hasher::new();
+                for p in m
+                    .eqf
+                    .tensor_bytes(t)
+                    .map_err(|e| self.named(e))?
+                    .chunks(crate::import::MappedBytes::PIECE)
+                {
+                    h.update(p);
+                    self.release(p);
+                }
+                let actual = h.finalize();
+                if actual != t.crc32 {
+                    return Err(self.named(edgeq_core::FormatError::TensorChecksum {
+                        tensor: edgeq_core::error::TensorName(t.name),
+                        expected: t.crc32,
+                        actual,
+                    }));
+                }
             }
         }
         Ok(m)
@@ -76,28 +94,37 @@ impl ModelFile {
     /// that walks a big model block by block calls it for each block it has
     /// finished, so its resident memory stays at about one block. No-op for
     /// an image held in memory, or outside the mapping.
-    #[allow(unsafe_code)]
     pub fn release(&self, bytes: &[u8]) {
-        #[cfg(unix)]
         if let Backing::Map(m) = &self.map {
-            let (base, start) = (m.as_ptr() as usize, bytes.as_ptr() as usize);
-            if !bytes.is_empty() && start >= base && start + bytes.len() <= base + m.len() {
-                // SAFETY: `m` is a read-only private mapping of a file that
-                // is never written in place (see map_readonly): MADV_DONTNEED
-                // only drops page-table entries, and the next access faults
-                // the same bytes back in from the file. (It would lose data
-                // only in anonymous or written private pages, which this
-                // mapping has none of.) The range is inside the mapping.
-                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start - base, bytes.len()) };
-            }
+            release_pages(m, bytes);
         }
-        #[cfg(not(unix))]
-        let _ = bytes;
     }
 }
 
+/// Lets the OS drop the resident pages of `bytes`, a part of the read-only
+/// mapping `m` from [`map_readonly`]: they are read back from the file if
+/// touched again. No-op outside the mapping and off Unix.
+#[allow(unsafe_code)]
+pub fn release_pages(m: &memmap2::Mmap, bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let (base, start) = (m.as_ptr() as usize, bytes.as_ptr() as usize);
+        if !bytes.is_empty() && start >= base && start + bytes.len() <= base + m.len() {
+            // SAFETY: `m` is a read-only private mapping of a file that
+            // is never written in place (see map_readonly): MADV_DONTNEED
+            // only drops page-table entries, and the next access faults
+            // the same bytes back in from the file. (It would lose data
+            // only in anonymous or written private pages, which this
+            // mapping has none of.) The range is inside the mapping.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start - base, bytes.len()) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (m, bytes);
+}
+
 /// Maps `file` (opened from `path`, named in errors) read-only. With
-/// [`ModelFile::release`], the host crate's only `unsafe`: every
+/// [`release_pages`], the host crate's only `unsafe`: every
 /// memory-mapped reader goes through here.
 #[allow(unsafe_code)]
 pub fn map_readonly(file: &File, path: &Path) -> Result<memmap2::Mmap> {

@@ -324,6 +324,7 @@ pub fn hf_tensors(m: &ImportedModel) -> Vec<HfTensor> {
         assert_eq!(t.spec, QuantSpec::F32);
         let mut data: Vec<f32> = t
             .data
+            .to_vec()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();

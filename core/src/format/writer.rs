@@ -8,16 +8,41 @@ use crate::scheme::{QuantSpec, ALIGN};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+/// Where a tensor's encoded bytes come from when the file is written: an
+/// owned buffer, or (on the host) a slice of a memory-mapped input that is
+/// read when its turn comes, so a converter need not hold the model.
+pub trait TensorBytes {
+    /// Number of bytes.
+    fn byte_len(&self) -> usize;
+    /// CRC-32 (IEEE) of the bytes.
+    fn crc32(&self) -> u32;
+    /// Hands the bytes to `f`, in order, in one or more pieces (a source
+    /// may load each piece before its call and release it after).
+    fn for_each_piece<E>(&self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E>;
+}
+
+impl TensorBytes for Vec<u8> {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+    fn crc32(&self) -> u32 {
+        crc32fast::hash(self)
+    }
+    fn for_each_piece<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        f(self)
+    }
+}
+
 /// One tensor to write: its already-encoded bytes in `spec`'s layout.
 #[derive(Debug, Clone)]
-pub struct TensorEntry {
+pub struct TensorEntry<D = Vec<u8>> {
     pub role: TensorRole,
     /// [`GLOBAL_LAYER`] for global tensors.
     pub layer: u16,
     pub spec: QuantSpec,
     pub rows: u32,
     pub cols: u32,
-    pub data: Vec<u8>,
+    pub data: D,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +65,7 @@ impl core::fmt::Display for WriteError {
 #[cfg(feature = "std")]
 impl std::error::Error for WriteError {}
 
-pub struct EqfWriter {
+pub struct EqfWriter<D = Vec<u8>> {
     pub config: ModelConfig,
     pub tokenizer: Vec<u8>,
     /// Optional UTF-8 JSON provenance (source, method, settings).
@@ -52,7 +77,7 @@ pub struct EqfWriter {
     /// INPUT_PERM section: when non-empty the writer sets the config's
     /// `INPUT_PERM` flag and the file is EQF 1.3).
     perms: Vec<PermEntry>,
-    tensors: Vec<TensorEntry>,
+    tensors: Vec<TensorEntry<D>>,
 }
 
 /// A linear layer stored with permuted input columns ([`super::perm`]):
@@ -105,6 +130,13 @@ impl<F> Sink<F> {
 
 impl EqfWriter {
     pub fn new(config: ModelConfig, tokenizer: Vec<u8>) -> Self {
+        Self::with_sources(config, tokenizer)
+    }
+}
+
+impl<D: TensorBytes> EqfWriter<D> {
+    /// A writer whose tensor bytes are `D`s ([`TensorBytes`]).
+    pub fn with_sources(config: ModelConfig, tokenizer: Vec<u8>) -> Self {
         EqfWriter {
             config,
             tokenizer,
@@ -115,7 +147,7 @@ impl EqfWriter {
         }
     }
 
-    pub fn add(&mut self, t: TensorEntry) -> Result<(), WriteError> {
+    pub fn add(&mut self, t: TensorEntry<D>) -> Result<(), WriteError> {
         let name = String::from(
             TensorRecord {
                 name: canonical_name(t.role, t.layer),
@@ -127,7 +159,7 @@ impl EqfWriter {
             name: name.clone(),
             why: "invalid spec for shape",
         })?;
-        if layout.total_bytes != t.data.len() as u64 {
+        if layout.total_bytes != t.data.byte_len() as u64 {
             return Err(WriteError::BadTensor {
                 name,
                 why: "data length does not match the scheme's layout",
@@ -172,7 +204,7 @@ impl EqfWriter {
         Ok(())
     }
 
-    pub fn tensors(&self) -> &[TensorEntry] {
+    pub fn tensors(&self) -> &[TensorEntry<D>] {
         &self.tensors
     }
 
@@ -262,7 +294,7 @@ impl EqfWriter {
         let mut records = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let offset = data_len.div_ceil(ALIGN) * ALIGN;
-            data_len = offset + t.data.len() as u64;
+            data_len = offset + t.data.byte_len() as u64;
             records.push(TensorRecord {
                 name: canonical_name(t.role, t.layer),
                 role: t.role as u16,
@@ -273,9 +305,9 @@ impl EqfWriter {
                 rows: t.rows,
                 cols: t.cols,
                 group: t.spec.group,
-                crc32: crc32fast::hash(&t.data),
+                crc32: t.data.crc32(),
                 offset,
-                size: t.data.len() as u64,
+                size: t.data.byte_len() as u64,
                 reserved: [0; 8],
             });
         }
@@ -356,7 +388,7 @@ impl EqfWriter {
             }
             for (t, rec) in self.tensors.iter().zip(&records) {
                 out.pad_to(r.offset + rec.offset)?;
-                out.write(&t.data)?;
+                t.data.for_each_piece(|b| out.write(b))?;
             }
         }
         debug_assert_eq!(out.pos, file_size);

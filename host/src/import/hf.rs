@@ -17,7 +17,7 @@
 //! as stored and the model is flagged [`flags::ROPE_HALF`]; no un-permuting.
 use super::hf_quant::{self, Converted, QuantConfig};
 use super::hf_tokenizer::{self, Fallback};
-use super::ImportedModel;
+use super::{ImportedModel, MappedBytes};
 use anyhow::{bail, ensure, Context, Result};
 use edgeq_core::config::{flags, ARCH_LLAMA};
 use edgeq_core::format::GLOBAL_LAYER;
@@ -27,6 +27,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The model family named by `config.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +258,7 @@ pub fn parse_config(text: &str) -> Result<HfConfig> {
 
 /// The memory-mapped safetensors files of a directory.
 struct Shards {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
 }
 
 impl Shards {
@@ -317,7 +318,7 @@ impl Shards {
             let len = file.metadata().with_context(|| format!("cannot stat {}", p.display()))?.len();
             ensure!(len >= 8, "{}: not a safetensors file ({len} bytes: truncated?)", p.display());
             let map = crate::model_file::map_readonly(&file, &p)?;
-            files.push((p, map));
+            files.push((p, Arc::new(map)));
         }
         Ok(Shards { files })
     }
@@ -325,6 +326,7 @@ impl Shards {
 
 /// Every tensor of every shard, by name.
 struct Weights<'a> {
+    shards: &'a Shards,
     files: Vec<(&'a Path, SafeTensors<'a>)>,
     by_name: HashMap<String, usize>,
     used: HashSet<String>,
@@ -345,6 +347,7 @@ impl<'a> Weights<'a> {
             files.push((p.as_path(), st));
         }
         Ok(Weights {
+            shards,
             files,
             by_name,
             used: HashSet::new(),
@@ -353,6 +356,17 @@ impl<'a> Weights<'a> {
 
     fn has(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// Tensor `name`'s bytes `data` (from [`Weights::take`]), left in its
+    /// shard's mapping until the output is written.
+    fn mapped(&self, name: &str, data: &[u8]) -> MappedBytes {
+        MappedBytes::new(Arc::clone(self.map_of(name)), data)
+    }
+
+    /// The mapping of the shard that holds tensor `name` (present).
+    fn map_of(&self, name: &str) -> &'a Arc<Mmap> {
+        &self.shards.files[self.by_name[name]].1
     }
 
     /// The tensor `name` in any dtype: (dtype, shape, raw LE bytes, file).
@@ -419,6 +433,21 @@ fn first_non_finite(dt: Dtype, data: &[u8]) -> Option<usize> {
             .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7F80 == 0x7F80),
         _ => None,
     }
+}
+
+/// [`first_non_finite`] of `data`, part of the read-only mapping `map`,
+/// checked a piece at a time (pieces are whole elements), each piece's
+/// pages let go after it: a checked tensor is not left resident.
+fn first_non_finite_mapped(map: &Mmap, dt: Dtype, data: &[u8]) -> Option<usize> {
+    let mut seen = 0;
+    super::for_each_released(map, data, |p| match first_non_finite(dt, p) {
+        Some(i) => Err(seen + i),
+        None => {
+            seen += p.len() * 8 / dt.bitsize();
+            Ok(())
+        }
+    })
+    .err()
 }
 
 fn to_f32(dt: Dtype, data: &[u8]) -> Vec<f32> {
@@ -587,7 +616,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
                 None => {}
             }
             let (dt, data, path) = w.take(name, &[rows, cols])?;
-            if let Some(i) = first_non_finite(dt, data) {
+            if let Some(i) = first_non_finite_mapped(w.map_of(name), dt, data) {
                 bail!(
                     "{}: tensor {name} has a NaN or infinite value at element {i} (row {}, column {})",
                     path.display(),
@@ -600,7 +629,7 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
                 Dtype::F16 => QuantSpec::float(Scheme::F16),
                 _ => QuantSpec::float(Scheme::BF16),
             };
-            m.push_encoded(role, layer, spec, rows, cols, data.to_vec());
+            m.push_mapped(role, layer, spec, rows, cols, w.mapped(name, data));
             Ok(())
         };
     // Vectors (norm weights, biases): converted to f32.
@@ -986,10 +1015,11 @@ mod tests {
             for t in &mut rounded.tensors {
                 let v: Vec<f32> = t
                     .data
+                    .to_vec()
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                t.data = to_f32(dt, &encode(&v, dt)).iter().flat_map(|x| x.to_le_bytes()).collect();
+                t.data = crate::import::TensorData::Owned(to_f32(dt, &encode(&v, dt)).iter().flat_map(|x| x.to_le_bytes()).collect());
             }
             let d_rounded = max_abs_diff(&logits(&rounded.to_eqf().unwrap(), &SEQS()), &got);
             eprintln!("{dt:?} x{shards}: max |Δlogit| = {d:e} vs f32 llama2.c, {d_rounded:e} vs llama2.c rounded to {dt:?}");
@@ -1192,6 +1222,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A non-finite value past the first piece is found at its element
+    /// index, counted across pieces.
+    #[test]
+    fn non_finite_values_are_found_across_pieces() {
+        let dir = TempDir::new("nonfinite");
+        let p = dir.0.join("t.bin");
+        let n = super::super::MappedBytes::PIECE / 2 * 2 + 1000; // bf16: two pieces and a bit
+        let at = super::super::MappedBytes::PIECE / 2 + 7; // in the second piece
+        let mut bytes = vec![0u8; 6 + 2 * n];
+        bytes[6 + 2 * at..6 + 2 * at + 2].copy_from_slice(&half::bf16::NAN.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let map = crate::model_file::map_readonly(&std::fs::File::open(&p).unwrap(), &p).unwrap();
+        assert_eq!(first_non_finite_mapped(&map, Dtype::BF16, &map[6..]), Some(at));
+        assert_eq!(first_non_finite_mapped(&map, Dtype::BF16, &map[6..6 + 2 * at]), None);
     }
 
     #[test]

@@ -9,14 +9,106 @@ pub mod hf_tokenizer;
 pub mod llama2c;
 
 use anyhow::{bail, Result};
-use edgeq_core::format::writer::{EqfWriter, TensorEntry};
+use edgeq_core::format::writer::{EqfWriter, TensorBytes, TensorEntry};
 use edgeq_core::{ModelConfig, QuantSpec, TensorRole};
 use std::path::Path;
+use std::sync::Arc;
+
+/// A tensor's bytes as an importer hands them to the writer: converted in
+/// memory, or stored as-is in a memory-mapped input file. Mapped tensors
+/// are read when the output is written and their pages let go right after,
+/// so importing a checkpoint holds about one tensor, not the model.
+pub enum TensorData {
+    Owned(Vec<u8>),
+    Mapped(MappedBytes),
+}
+
+/// A byte range of a read-only memory-mapped input, with its CRC-32
+/// computed when it was checked at import.
+pub struct MappedBytes {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
+    crc: u32,
+}
+
+impl MappedBytes {
+    /// Pieces are read and released this many bytes at a time.
+    pub const PIECE: usize = 16 << 20;
+
+    /// `bytes` must lie inside `map`. Computes the CRC, a piece at a time,
+    /// letting each piece's pages go after it.
+    pub fn new(map: Arc<memmap2::Mmap>, bytes: &[u8]) -> Self {
+        let start = (bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+        assert!(
+            start <= map.len() && bytes.len() <= map.len() - start,
+            "MappedBytes::new: the bytes are not part of the mapping"
+        );
+        let mut crc = crc32fast::Hasher::new();
+        for_each_released(&map, bytes, |p| {
+            crc.update(p);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {});
+        MappedBytes {
+            map,
+            start,
+            len: bytes.len(),
+            crc: crc.finalize(),
+        }
+    }
+}
+
+/// Calls `f` on `bytes` (part of the read-only mapping `map`) in
+/// [`MappedBytes::PIECE`]-sized pieces, letting each piece's pages go after
+/// its call: walking a multi-GB tensor keeps one piece resident.
+pub fn for_each_released<E>(map: &memmap2::Mmap, bytes: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    for p in bytes.chunks(MappedBytes::PIECE) {
+        let r = f(p);
+        crate::model_file::release_pages(map, p);
+        r?;
+    }
+    Ok(())
+}
+
+impl TensorData {
+    /// The bytes (mapped ones are read from the file).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.byte_len());
+        self.for_each_piece(|p| {
+            v.extend_from_slice(p);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {});
+        v
+    }
+}
+
+impl TensorBytes for TensorData {
+    fn byte_len(&self) -> usize {
+        match self {
+            TensorData::Owned(v) => v.len(),
+            TensorData::Mapped(m) => m.len,
+        }
+    }
+    fn crc32(&self) -> u32 {
+        match self {
+            TensorData::Owned(v) => crc32fast::hash(v),
+            TensorData::Mapped(m) => m.crc,
+        }
+    }
+    fn for_each_piece<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        match self {
+            TensorData::Owned(v) => f(v),
+            TensorData::Mapped(m) => for_each_released(&m.map, &m.map[m.start..m.start + m.len], f),
+        }
+    }
+}
 
 pub struct ImportedModel {
     pub config: ModelConfig,
     pub tokenizer: Vec<u8>,
-    pub tensors: Vec<TensorEntry>,
+    pub tensors: Vec<TensorEntry<TensorData>>,
     /// Provenance, stored as the METADATA section.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Activation quantization the checkpoint declares (FP8 W8A8).
@@ -55,6 +147,16 @@ impl ImportedModel {
 
     /// Adds a tensor already encoded in `spec`'s layout.
     pub fn push_encoded(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: Vec<u8>) {
+        self.push_data(role, layer, spec, rows, cols, TensorData::Owned(data));
+    }
+
+    /// Adds a tensor whose bytes stay in a memory-mapped input until the
+    /// output is written.
+    pub fn push_mapped(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: MappedBytes) {
+        self.push_data(role, layer, spec, rows, cols, TensorData::Mapped(data));
+    }
+
+    fn push_data(&mut self, role: TensorRole, layer: u16, spec: QuantSpec, rows: usize, cols: usize, data: TensorData) {
         self.tensors.push(TensorEntry {
             role,
             layer,
@@ -97,9 +199,9 @@ impl ImportedModel {
         })
     }
 
-    fn writer(self) -> Result<EqfWriter> {
+    fn writer(self) -> Result<EqfWriter<TensorData>> {
         self.config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut w = EqfWriter::new(self.config, self.tokenizer);
+        let mut w = EqfWriter::with_sources(self.config, self.tokenizer);
         w.metadata = serde_json::to_vec(&self.metadata)?;
         w.acts = self.acts;
         for t in self.tensors {
@@ -164,6 +266,43 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A mapped tensor larger than a piece: its CRC, its bytes and the
+    /// pieces the writer gets are those of the slice.
+    #[test]
+    fn mapped_bytes_are_read_in_pieces() {
+        let dir = std::env::temp_dir().join(format!("edgeq-mapped-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.bin");
+        let len = 2 * MappedBytes::PIECE + 4099;
+        std::fs::write(&p, (0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        let map = Arc::new(crate::model_file::map_readonly(&std::fs::File::open(&p).unwrap(), &p).unwrap());
+        let slice = &map[3..len - 5];
+        let d = TensorData::Mapped(MappedBytes::new(Arc::clone(&map), slice));
+        assert_eq!(d.byte_len(), len - 8);
+        assert_eq!(d.crc32(), crc32fast::hash(slice));
+        assert_eq!(d.to_vec(), slice);
+        let mut pieces = Vec::new();
+        d.for_each_piece(|b| {
+            pieces.push(b.len());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(pieces, [MappedBytes::PIECE, MappedBytes::PIECE, 4099 - 8]);
+        // An error from the consumer stops the walk.
+        let mut calls = 0;
+        assert_eq!(
+            d.for_each_piece(|_| {
+                calls += 1;
+                Err("full")
+            }),
+            Err("full")
+        );
+        assert_eq!(calls, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The streamed file is the in-memory image, byte for byte (every
     /// importer writes through `write_eqf`; `to_eqf` is what the tests and
     /// the quantizers compare against).
