@@ -1362,3 +1362,34 @@ fn synth_checkpoint_imports_and_runs() {
     assert!(!success && err.contains("unknown --shape") && err.contains("llama-3-8b"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `--device cuda` on a machine without a usable GPU fails up front with
+/// the reason and the alternative (on a GPU machine it gets past the
+/// device and fails on the missing input instead).
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    let dir = tmpdir("device");
+    let out = dir.join("q.eqf");
+    let (success, _, err) = edgeq(&[
+        "quantize",
+        dir.join("missing.eqf").to_str().unwrap(),
+        "--method",
+        "gptq",
+        "--device",
+        "cuda",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!success, "{err}");
+    if !err.contains("--device cuda:0") {
+        assert!(err.contains("missing.eqf"), "{err}");
+        eprintln!("skipped: a GPU is present");
+        return;
+    }
+    assert!(
+        err.contains("use --device cpu") && (err.contains("CUDA") || err.contains("cuda")),
+        "{err}"
+    );
+    let (success, _, err) = edgeq(&["quantize", "m.eqf", "--device", "tpu", "-o", out.to_str().unwrap()]);
+    assert!(!success && err.contains("cuda:N"), "{err}");
+}

@@ -6,6 +6,7 @@ pub mod calib;
 pub mod compare;
 pub mod eval;
 pub mod export;
+pub mod gpu;
 pub mod import;
 pub mod inspect;
 pub mod methods;
@@ -16,6 +17,7 @@ pub mod quantize;
 pub mod sanity;
 pub mod sensitivity;
 pub mod synth;
+pub mod tensor_data;
 pub mod text;
 pub mod tiny;
 

@@ -526,6 +526,11 @@ struct QuantizeArgs {
     /// Seed of the calibration sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the calibrated methods run: auto (a CUDA GPU when this binary has the `cuda` feature and the
+    /// driver finds one, else the CPU), cpu, or cuda[:N] (an error that says why when there is no usable GPU).
+    /// On the GPU today: the Hessian statistics Σxxᵀ (GPTQ, AdaRound); the rest runs on the CPU (docs/GPU.md).
+    #[arg(long, default_value = "auto")]
+    device: edgeq_host::gpu::DeviceArg,
     #[command(flatten)]
     m: MethodFlags,
     /// Write the per-module report (scheme, error, time) as JSON here (default: OUT with .report.json).
@@ -870,6 +875,10 @@ fn cmd_import(a: ImportArgs) -> Result<()> {
 }
 
 fn cmd_quantize(mut a: QuantizeArgs) -> Result<()> {
+    if let edgeq_host::gpu::DeviceArg::Cuda(_) = a.device {
+        // Asked for explicitly: a clear error now, whatever the method.
+        edgeq_host::gpu::select(a.device)?;
+    }
     if a.sensitivity || a.budget_bits.is_some() {
         anyhow::ensure!(
             !a.rotate,
@@ -1656,6 +1665,10 @@ fn int_acts(
 /// `quantize` with a method that runs layer by layer through the sequential pipeline.
 fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let t0 = Instant::now();
+    let (device, note) = edgeq_host::gpu::select(a.device)?;
+    if let Some(n) = note.filter(|_| device != edgeq_host::gpu::Device::Cpu) {
+        eprintln!("{n}");
+    }
     let (f, rotation) = open_input(&a)?;
     let model = f.model()?;
     let ma = method_args(&a.method, a.bits, a.group, !a.asym, &a.m);
@@ -1726,7 +1739,7 @@ fn cmd_quantize_calibrated(a: QuantizeArgs) -> Result<()> {
     let report = serde_json::json!({
         "method": a.method, "bits": a.bits, "group": a.group, "sym": !a.asym, "input": a.input, "output": a.out,
         "calibration": {"samples": calib.samples.len(), "tokens": calib.tokens(), "file": a.calib},
-        "act_bits": a.act_bits, "rotation": rotation,
+        "act_bits": a.act_bits, "rotation": rotation, "device": device.to_string(),
         "seconds": secs, "peak_rss_mb": peak, "layers": reports,
         "rtn_tensors": rtn_reports.iter().map(|r| serde_json::json!({"tensor": r.name, "scheme": r.to, "weight_rel_err": r.rel_err})).collect::<Vec<_>>(),
     });
@@ -1878,7 +1891,15 @@ fn cmd_quantize_w8(a: QuantizeArgs) -> Result<()> {
     let done: std::collections::HashSet<(u16, u16)> = w8.entries.iter().map(|e| (e.layer, e.role as u16)).collect();
     let pb2 = progress(0, "finish");
     let n_acts = w8.acts.len();
-    let (w, rtn_reports) = quantize::quantize_rtn_except(&model.eqf, &policy, &done, w8.entries, Vec::new(), w8.acts, &pb2)?;
+    let (w, rtn_reports) = quantize::quantize_rtn_except(
+        &model.eqf,
+        &policy,
+        &done,
+        w8.entries.into_iter().map(edgeq_host::tensor_data::owned).collect(),
+        Vec::new(),
+        w8.acts,
+        &pb2,
+    )?;
     pb2.finish_and_clear();
     let out_bytes = quantize::write_eqf(&a.out, w)?;
     let secs = t0.elapsed().as_secs_f64();

@@ -1,5 +1,6 @@
 //! `edgeq quantize`: which tensors get which scheme (the policy), and the
 //! round-to-nearest (RTN) quantizer applied tensor by tensor with rayon.
+use crate::tensor_data::TensorData;
 use anyhow::{bail, Context, Result};
 use edgeq_core::format::writer::{ActEntry, EqfWriter, PermEntry, TensorEntry};
 use edgeq_core::{ActMode, Eqf, QuantSpec, Scheme, TensorRecord, TensorRole};
@@ -234,7 +235,7 @@ pub fn quantize_rtn(eqf: &Eqf<'_>, policy: &Policy, progress: &indicatif::Progre
         Vec::new(),
         progress,
     )?;
-    Ok((w.finish(), reports))
+    Ok((w.try_finish()?, reports))
 }
 
 /// FP8 activation records (`mode`) for every block linear the policy
@@ -304,14 +305,14 @@ pub fn quantize_rtn_except(
     eqf: &Eqf<'_>,
     policy: &Policy,
     done: &std::collections::HashSet<(u16, u16)>,
-    done_entries: Vec<TensorEntry>,
+    done_entries: Vec<TensorEntry<TensorData>>,
     done_perms: Vec<PermEntry>,
     acts: Vec<ActEntry>,
     progress: &indicatif::ProgressBar,
-) -> Result<(EqfWriter, Vec<TensorReport>)> {
+) -> Result<(EqfWriter<TensorData>, Vec<TensorReport>)> {
     progress.set_length(eqf.tensors().len() as u64);
     // (entry, input permutation kept with its bytes, report)
-    type Out = (TensorEntry, Option<Vec<u32>>, Option<TensorReport>);
+    type Out = (TensorEntry<TensorData>, Option<Vec<u32>>, Option<TensorReport>);
     let results: Vec<Result<Out>> = eqf
         .tensors()
         .par_iter()
@@ -326,7 +327,7 @@ pub fn quantize_rtn_except(
                 spec,
                 rows: t.rows,
                 cols: t.cols,
-                data,
+                data: TensorData::Owned(data),
             };
             let out = match target {
                 None => {
@@ -357,7 +358,7 @@ pub fn quantize_rtn_except(
             Ok(out)
         })
         .collect();
-    let mut w = EqfWriter::new(*eqf.config(), eqf.tokenizer_bytes().to_vec());
+    let mut w = EqfWriter::with_sources(*eqf.config(), eqf.tokenizer_bytes().to_vec());
     w.metadata = eqf.metadata().to_vec();
     // Activation records: the new ones, and the input's for tensors that keep their bytes.
     w.acts = acts;
@@ -394,6 +395,8 @@ pub fn quantize_rtn_except(
                 if let Some(to) = to.filter(|s| *s != QuantSpec::F32) {
                     let vals: Vec<f32> = e
                         .data
+                        .to_vec()
+                        .with_context(|| format!("tensor '{}'", rec.name_str()))?
                         .chunks_exact(4)
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect();
@@ -404,7 +407,7 @@ pub fn quantize_rtn_except(
                     edgeq_core::quant::quantize(to, e.rows, e.cols, &vals, &mut data)
                         .map_err(|x| anyhow::anyhow!("tensor '{}': {x}", rec.name_str()))?;
                     e.spec = to;
-                    e.data = data;
+                    e.data = TensorData::Owned(data);
                 }
             }
         }
@@ -431,7 +434,7 @@ pub fn quantize_rtn_except(
 
 /// Writes `w` to `path` atomically, streamed piece by piece, and returns the
 /// file's size.
-pub fn write_eqf(path: &std::path::Path, w: EqfWriter) -> Result<u64> {
+pub fn write_eqf(path: &std::path::Path, w: EqfWriter<TensorData>) -> Result<u64> {
     use std::io::Write;
     let mut n = 0u64;
     crate::model_file::write_atomic_with(path, |out| {

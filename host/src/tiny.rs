@@ -220,7 +220,7 @@ pub fn with_acts(eqf_bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(
         crate::quantize::quantize_rtn_except(&eqf, &keep, &none, Vec::new(), Vec::new(), acts, &indicatif::ProgressBar::hidden())?
             .0
-            .finish(),
+            .try_finish()?,
     )
 }
 
@@ -325,6 +325,7 @@ pub fn hf_tensors(m: &ImportedModel) -> Vec<HfTensor> {
         let mut data: Vec<f32> = t
             .data
             .to_vec()
+            .expect("llama2.c tensors are in memory")
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();

@@ -12,23 +12,26 @@ use alloc::vec::Vec;
 /// owned buffer, or (on the host) a slice of a memory-mapped input that is
 /// read when its turn comes, so a converter need not hold the model.
 pub trait TensorBytes {
+    /// What reading the bytes can fail with (a file-backed source).
+    type Error;
     /// Number of bytes.
     fn byte_len(&self) -> usize;
     /// CRC-32 (IEEE) of the bytes.
     fn crc32(&self) -> u32;
     /// Hands the bytes to `f`, in order, in one or more pieces (a source
     /// may load each piece before its call and release it after).
-    fn for_each_piece<E>(&self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E>;
+    fn for_each_piece<E: From<Self::Error>>(&self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E>;
 }
 
 impl TensorBytes for Vec<u8> {
+    type Error = core::convert::Infallible;
     fn byte_len(&self) -> usize {
         self.len()
     }
     fn crc32(&self) -> u32 {
         crc32fast::hash(self)
     }
-    fn for_each_piece<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    fn for_each_piece<E: From<Self::Error>>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         f(self)
     }
 }
@@ -131,6 +134,14 @@ impl<F> Sink<F> {
 impl EqfWriter {
     pub fn new(config: ModelConfig, tokenizer: Vec<u8>) -> Self {
         Self::with_sources(config, tokenizer)
+    }
+}
+
+impl<D: TensorBytes<Error = core::convert::Infallible>> EqfWriter<D> {
+    /// Serializes the whole file.
+    pub fn finish(self) -> Vec<u8> {
+        let Ok(v) = self.try_finish();
+        v
     }
 }
 
@@ -265,22 +276,22 @@ impl<D: TensorBytes> EqfWriter<D> {
         super::table::write(&records, &indices)
     }
 
-    /// Serializes the whole file.
-    pub fn finish(self) -> Vec<u8> {
+    /// Serializes the whole file into memory; fails only if reading a
+    /// tensor's bytes does.
+    pub fn try_finish(self) -> Result<Vec<u8>, D::Error> {
         let mut out = Vec::new();
-        let done: Result<(), core::convert::Infallible> = self.finish_into(|b| {
+        self.finish_into(|b| {
             out.extend_from_slice(b);
-            Ok(())
-        });
-        let Ok(()) = done;
-        out
+            Ok::<(), D::Error>(())
+        })?;
+        Ok(out)
     }
 
     /// Serializes the whole file through `put`, piece by piece in file
     /// order: the same bytes as [`EqfWriter::finish`], without gathering
     /// the tensor data into one buffer (a model being written to disk is
     /// held once, in the writer).
-    pub fn finish_into<E>(mut self, put: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn finish_into<E: From<D::Error>>(mut self, put: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let act = self.act_section();
         let perm = self.perm_section();
         if self.perms.is_empty() {

@@ -20,6 +20,7 @@ use crate::algo::awq::{apply_clip, auto_clip, fake_quantize, linear_loss, pseudo
 use crate::algo::{output_rel_err, Grid};
 use crate::import::AlignedBytes;
 use crate::quantize::Policy;
+use crate::tensor_data::TensorData;
 use anyhow::{Context, Result};
 use edgeq_core::format::writer::TensorEntry;
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
@@ -150,7 +151,7 @@ pub fn run(
     progress: &indicatif::ProgressBar,
     ckpt: Option<&super::checkpoint::Checkpoint>,
     file: Option<&crate::model_file::ModelFile>,
-) -> Result<(Vec<TensorEntry>, Vec<LayerReport>)> {
+) -> Result<(Vec<TensorEntry<TensorData>>, Vec<LayerReport>)> {
     let c = &model.cfg;
     let (dim, hid) = (c.dim as usize, c.hidden_dim as usize);
     let (rope, mut xs) = embed_samples(model, calib)?;
@@ -467,7 +468,7 @@ pub fn run(
             .collect();
         for r in results {
             let (e, rep) = r?;
-            entries.push(e);
+            entries.push(crate::tensor_data::owned(e));
             reports.extend(rep);
         }
         for (role, v) in [(TensorRole::AttnNorm, &fb.attn_norm), (TensorRole::FfnNorm, &fb.ffn_norm)] {
@@ -477,7 +478,7 @@ pub fn run(
                 spec: QuantSpec::F32,
                 rows: 1,
                 cols: dim as u32,
-                data: bytemuck::cast_slice(v).to_vec(),
+                data: TensorData::Owned(bytemuck::cast_slice(v).to_vec()),
             });
         }
         if let Some(r) = reports.iter_mut().rev().find(|r| r.tensor.ends_with("attn_q")) {
@@ -497,7 +498,7 @@ pub fn run(
         );
         progress.inc(1);
         if let Some(ck) = ckpt {
-            ck.save(l + 1, &entries, &[], &reports, &xs)?;
+            ck.save(l + 1, &mut entries, &[], &reports, &xs)?;
             if stop_after == Some(l) {
                 anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
             }

@@ -12,6 +12,7 @@ use super::stats::InputStats;
 use crate::algo::{output_rel_err, QuantizedLayer};
 use crate::import::AlignedBytes;
 use crate::quantize::Policy;
+use crate::tensor_data::TensorData;
 use anyhow::{Context, Result};
 use edgeq_core::format::writer::{PermEntry, TensorEntry};
 use edgeq_core::{QuantSpec, TensorRole, TensorView};
@@ -166,6 +167,10 @@ pub(crate) fn run_block<O: Observer>(
     block_forward_kv(c, b, l, x, len, 0, buf.kv, rope, &mut s, obs)
 }
 
+/// The pipeline's new tensors (spilled to the checkpoint's block files when
+/// there is one), the act-order layers' input permutations, the reports.
+pub type PipelineOut = (Vec<TensorEntry<TensorData>>, Vec<PermEntry>, Vec<LayerReport>);
+
 /// Quantizes every linear layer the policy selects, block by block.
 /// Returns the new linear tensors (others are the caller's business) and
 /// the input permutations of act-order layers.
@@ -181,7 +186,7 @@ pub fn run(
     progress: &indicatif::ProgressBar,
     ckpt: Option<&super::checkpoint::Checkpoint>,
     file: Option<&crate::model_file::ModelFile>,
-) -> Result<(Vec<TensorEntry>, Vec<PermEntry>, Vec<LayerReport>)> {
+) -> Result<PipelineOut> {
     let c = &model.cfg;
     let (rope, mut xs) = embed_samples(model, calib)?;
     let mut perms = Vec::new();
@@ -335,7 +340,7 @@ pub fn run(
                     spec,
                     rows: q.rows as u32,
                     cols: q.cols as u32,
-                    data: bytes,
+                    data: TensorData::Owned(bytes),
                 });
                 reports.push(rep);
             }
@@ -358,7 +363,7 @@ pub fn run(
         });
         progress.inc(1);
         if let Some(ck) = ckpt {
-            ck.save(l + 1, &entries, &perms, &reports, &xs)?;
+            ck.save(l + 1, &mut entries, &perms, &reports, &xs)?;
             if stop_after == Some(l) {
                 anyhow::bail!("stopped after block {l} (EDGEQ_TEST_STOP_AFTER_BLOCK)");
             }

@@ -5,13 +5,19 @@
 //! (AWQ's loss and clip search).
 use faer::{Accum, Mat, MatRef, Par};
 
-#[derive(Clone)]
 pub struct InputStats {
     pub cols: usize,
     /// Rows (tokens) seen.
     pub n: usize,
-    /// `Σ xxᵀ` (cols × cols), when requested.
+    /// `Σ xxᵀ` (cols × cols) on the CPU, when requested and not on the GPU
+    /// (or for rows the GPU failed on).
     pub xtx: Option<Mat<f64>>,
+    /// `Σ xxᵀ` on the GPU (`--device cuda`).
+    #[cfg(feature = "cuda")]
+    dev: Option<crate::gpu::gram::Gram>,
+    /// Part of `Σ xxᵀ` could not be read back from the GPU: no Hessian.
+    #[cfg(feature = "cuda")]
+    gpu_failed: bool,
     pub abs_sum: Vec<f64>,
     pub abs_max: Vec<f32>,
     /// Up to `keep_rows` input rows, row-major.
@@ -20,11 +26,31 @@ pub struct InputStats {
 }
 
 impl InputStats {
+    /// Stats of `cols`-wide inputs; `hessian`: also `Σ xxᵀ` (on the GPU
+    /// when [`crate::gpu::select`] chose one); `keep_rows`: rows to keep.
     pub fn new(cols: usize, hessian: bool, keep_rows: usize) -> Self {
+        #[cfg(feature = "cuda")]
+        let dev = crate::gpu::gpu()
+            .filter(|_| hessian)
+            .and_then(|g| match crate::gpu::gram::Gram::new(g, cols) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("warning: {e}; this layer's Hessian is accumulated on the CPU");
+                    None
+                }
+            });
+        #[cfg(feature = "cuda")]
+        let on_gpu = dev.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
         InputStats {
             cols,
             n: 0,
-            xtx: hessian.then(|| Mat::zeros(cols, cols)),
+            xtx: (hessian && !on_gpu).then(|| Mat::zeros(cols, cols)),
+            #[cfg(feature = "cuda")]
+            dev,
+            #[cfg(feature = "cuda")]
+            gpu_failed: false,
             abs_sum: vec![0.0; cols],
             abs_max: vec![0.0; cols],
             rows: Vec::new(),
@@ -40,6 +66,22 @@ impl InputStats {
             for (j, &v) in row.iter().enumerate() {
                 self.abs_sum[j] += v.abs() as f64;
                 self.abs_max[j] = self.abs_max[j].max(v.abs());
+            }
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &mut self.dev {
+            match g.add(x, n) {
+                Ok(()) => {
+                    let room = self.keep_rows.saturating_sub(self.rows.len() / c);
+                    self.rows.extend_from_slice(&x[..room.min(n) * c]);
+                    self.n += n;
+                    return;
+                }
+                Err(e) => {
+                    // Nothing is lost: these rows (and later ones) go to the CPU matrix.
+                    eprintln!("warning: GPU Σxxᵀ failed ({e}); continuing on the CPU");
+                    self.xtx.get_or_insert_with(|| Mat::zeros(c, c));
+                }
             }
         }
         if let Some(h) = &mut self.xtx {
@@ -61,6 +103,23 @@ impl InputStats {
         }
         if let (Some(a), Some(b)) = (&mut self.xtx, &o.xtx) {
             *a += b;
+        } else if let (None, Some(b)) = (&self.xtx, &o.xtx) {
+            self.xtx = Some(b.clone());
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(b) = &o.dev {
+            match b.to_host() {
+                Ok(m) => {
+                    if !matches!(self.dev.as_mut().map(|a| a.add_host(&m)), Some(Ok(()))) {
+                        let h = self.xtx.get_or_insert_with(|| Mat::zeros(self.cols, self.cols));
+                        *h += MatRef::from_column_major_slice(&m, self.cols, self.cols);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    self.gpu_failed = true;
+                }
+            }
         }
         let room = self.keep_rows.saturating_sub(self.rows.len() / self.cols);
         let take = room.min(o.rows.len() / self.cols);
@@ -72,16 +131,54 @@ impl InputStats {
         self.abs_sum.iter().map(|&s| (s / self.n.max(1) as f64) as f32).collect()
     }
 
+    /// Keeps `Σ xxᵀ` on the CPU (tests comparing the two devices).
+    pub fn cpu_only(&mut self) {
+        #[cfg(feature = "cuda")]
+        if self.dev.take().is_some() && self.xtx.is_none() {
+            self.xtx = Some(Mat::zeros(self.cols, self.cols));
+        }
+    }
+
+    /// `Σ xxᵀ`, row-major f64 (the GPU's part read back), if collected.
+    pub fn xtx_row_major(&self) -> Option<Vec<f64>> {
+        let c = self.cols;
+        #[cfg(feature = "cuda")]
+        if self.gpu_failed {
+            return None;
+        }
+        #[cfg(feature = "cuda")]
+        let dev = match &self.dev {
+            Some(g) => match g.to_host() {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let dev: Option<Vec<f64>> = None;
+        if dev.is_none() && self.xtx.is_none() {
+            return None;
+        }
+        let mut out = dev.unwrap_or_else(|| vec![0.0; c * c]);
+        if let Some(h) = &self.xtx {
+            for i in 0..c {
+                for j in 0..c {
+                    out[i * c + j] += h[(i, j)];
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// GPTQ's Hessian `2/N · Σ xxᵀ`, row-major f64.
     pub fn hessian(&self) -> Option<Vec<f64>> {
-        let h = self.xtx.as_ref()?;
         let k = 2.0 / self.n.max(1) as f64;
-        let c = self.cols;
-        let mut out = vec![0.0; c * c];
-        for i in 0..c {
-            for j in 0..c {
-                out[i * c + j] = k * h[(i, j)];
-            }
+        let mut out = self.xtx_row_major()?;
+        for v in &mut out {
+            *v *= k;
         }
         Some(out)
     }

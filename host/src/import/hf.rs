@@ -1016,6 +1016,7 @@ mod tests {
                 let v: Vec<f32> = t
                     .data
                     .to_vec()
+                    .unwrap()
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();

@@ -9,101 +9,11 @@ pub mod hf_tokenizer;
 pub mod llama2c;
 
 use anyhow::{bail, Result};
-use edgeq_core::format::writer::{EqfWriter, TensorBytes, TensorEntry};
+use edgeq_core::format::writer::{EqfWriter, TensorEntry};
 use edgeq_core::{ModelConfig, QuantSpec, TensorRole};
 use std::path::Path;
-use std::sync::Arc;
 
-/// A tensor's bytes as an importer hands them to the writer: converted in
-/// memory, or stored as-is in a memory-mapped input file. Mapped tensors
-/// are read when the output is written and their pages let go right after,
-/// so importing a checkpoint holds about one tensor, not the model.
-pub enum TensorData {
-    Owned(Vec<u8>),
-    Mapped(MappedBytes),
-}
-
-/// A byte range of a read-only memory-mapped input, with its CRC-32
-/// computed when it was checked at import.
-pub struct MappedBytes {
-    map: Arc<memmap2::Mmap>,
-    start: usize,
-    len: usize,
-    crc: u32,
-}
-
-impl MappedBytes {
-    /// Pieces are read and released this many bytes at a time.
-    pub const PIECE: usize = 16 << 20;
-
-    /// `bytes` must lie inside `map`. Computes the CRC, a piece at a time,
-    /// letting each piece's pages go after it.
-    pub fn new(map: Arc<memmap2::Mmap>, bytes: &[u8]) -> Self {
-        let start = (bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
-        assert!(
-            start <= map.len() && bytes.len() <= map.len() - start,
-            "MappedBytes::new: the bytes are not part of the mapping"
-        );
-        let mut crc = crc32fast::Hasher::new();
-        for_each_released(&map, bytes, |p| {
-            crc.update(p);
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|e| match e {});
-        MappedBytes {
-            map,
-            start,
-            len: bytes.len(),
-            crc: crc.finalize(),
-        }
-    }
-}
-
-/// Calls `f` on `bytes` (part of the read-only mapping `map`) in
-/// [`MappedBytes::PIECE`]-sized pieces, letting each piece's pages go after
-/// its call: walking a multi-GB tensor keeps one piece resident.
-pub fn for_each_released<E>(map: &memmap2::Mmap, bytes: &[u8], mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-    for p in bytes.chunks(MappedBytes::PIECE) {
-        let r = f(p);
-        crate::model_file::release_pages(map, p);
-        r?;
-    }
-    Ok(())
-}
-
-impl TensorData {
-    /// The bytes (mapped ones are read from the file).
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.byte_len());
-        self.for_each_piece(|p| {
-            v.extend_from_slice(p);
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|e| match e {});
-        v
-    }
-}
-
-impl TensorBytes for TensorData {
-    fn byte_len(&self) -> usize {
-        match self {
-            TensorData::Owned(v) => v.len(),
-            TensorData::Mapped(m) => m.len,
-        }
-    }
-    fn crc32(&self) -> u32 {
-        match self {
-            TensorData::Owned(v) => crc32fast::hash(v),
-            TensorData::Mapped(m) => m.crc,
-        }
-    }
-    fn for_each_piece<E>(&self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        match self {
-            TensorData::Owned(v) => f(v),
-            TensorData::Mapped(m) => for_each_released(&m.map, &m.map[m.start..m.start + m.len], f),
-        }
-    }
-}
+pub use crate::tensor_data::{for_each_released, MappedBytes, TensorData};
 
 pub struct ImportedModel {
     pub config: ModelConfig,
@@ -169,7 +79,7 @@ impl ImportedModel {
 
     /// Validates (config, tensor layouts) and serializes to EQF bytes.
     pub fn to_eqf(self) -> Result<Vec<u8>> {
-        let bytes = self.writer()?.finish();
+        let bytes = self.writer()?.try_finish()?;
         // Self-check: what we write must be readable by the runtime.
         let mut aligned = AlignedBytes::from(&bytes[..]);
         edgeq_runtime::Model::from_bytes(aligned.as_mut_bytes())
@@ -267,6 +177,8 @@ pub fn import(src: &Path, tokenizer: Option<&Path>) -> Result<ImportedModel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeq_core::format::writer::TensorBytes;
+    use std::sync::Arc;
 
     /// A mapped tensor larger than a piece: its CRC, its bytes and the
     /// pieces the writer gets are those of the slice.
@@ -282,11 +194,11 @@ mod tests {
         let d = TensorData::Mapped(MappedBytes::new(Arc::clone(&map), slice));
         assert_eq!(d.byte_len(), len - 8);
         assert_eq!(d.crc32(), crc32fast::hash(slice));
-        assert_eq!(d.to_vec(), slice);
+        assert_eq!(d.to_vec().unwrap(), slice);
         let mut pieces = Vec::new();
         d.for_each_piece(|b| {
             pieces.push(b.len());
-            Ok::<(), ()>(())
+            Ok::<(), std::io::Error>(())
         })
         .unwrap();
         assert_eq!(pieces, [MappedBytes::PIECE, MappedBytes::PIECE, 4099 - 8]);
@@ -295,9 +207,10 @@ mod tests {
         assert_eq!(
             d.for_each_piece(|_| {
                 calls += 1;
-                Err("full")
-            }),
-            Err("full")
+                Err(std::io::Error::other("full"))
+            })
+            .map_err(|e| e.to_string()),
+            Err("full".to_string())
         );
         assert_eq!(calls, 1);
         let _ = std::fs::remove_dir_all(&dir);
