@@ -335,15 +335,7 @@ pub fn quantize_rtn_except(
                     (entry(spec, data.to_vec()), eqf.input_perm(role, t.layer).map(|p| p.to_vec()), None)
                 }
                 Some(to) => {
-                    let w = to_f32(eqf, t)?;
-                    let layout = to
-                        .layout(t.rows, t.cols)
-                        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
-                    let mut data = vec![0u8; layout.total_bytes as usize];
-                    // quantize writes f16/f32 values with to_le_bytes: no alignment needed
-                    edgeq_core::quant::quantize(to, t.rows, t.cols, &w, &mut data)
-                        .map_err(|e| anyhow::anyhow!("tensor '{}': {e}", t.name_str()))?;
-                    let rel_err = reconstruction_error(&w, to, t.rows, t.cols, &data)?;
+                    let (data, rel_err) = rtn_in_row_chunks(eqf, t, to)?;
                     let rep = TensorReport {
                         name: t.name_str().to_string(),
                         from: spec_name(&spec),
@@ -447,7 +439,81 @@ pub fn write_eqf(path: &std::path::Path, w: EqfWriter<TensorData>) -> Result<u64
     Ok(n)
 }
 
-fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<f64> {
+/// Source elements dequantized at a time by [`rtn_in_row_chunks`] (64 MiB of f32).
+const RTN_CHUNK_ELEMS: usize = 16 << 20;
+
+/// RTN of tensor `t` to `to`, a chunk of rows at a time where the layout
+/// allows it (float and integer schemes: rows are independent, their codes,
+/// scales and minimums are row-major runs): the tensor is never held in
+/// f32 (a 128256 × 2048 embedding would be 1.05 GB). FP8 schemes, whose
+/// scales may span rows or the whole tensor, take the tensor at once.
+/// Returns the encoded bytes (identical to quantizing the whole tensor) and
+/// the relative reconstruction error.
+fn rtn_in_row_chunks(eqf: &Eqf<'_>, t: &TensorRecord, to: QuantSpec) -> Result<(Vec<u8>, f64)> {
+    rtn_in_row_chunks_of(eqf, t, to, RTN_CHUNK_ELEMS)
+}
+
+fn rtn_in_row_chunks_of(eqf: &Eqf<'_>, t: &TensorRecord, to: QuantSpec, chunk_elems: usize) -> Result<(Vec<u8>, f64)> {
+    let name = t.name_str();
+    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("tensor '{name}': {e}");
+    let layout = to.layout(t.rows, t.cols).map_err(|e| bad(&e))?;
+    let (rows, cols) = (t.rows as usize, t.cols as usize);
+    let chunk = if to.scheme.is_float() || to.scheme.is_int() {
+        (chunk_elems / cols.max(1)).clamp(1, rows)
+    } else {
+        rows
+    };
+    let v = eqf.view(t).map_err(|e| bad(&e))?;
+    let perm = TensorRole::from_u16(t.role).and_then(|role| eqf.input_perm(role, t.layer));
+    let mut out = vec![0u8; layout.total_bytes as usize];
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    let mut w = Vec::new();
+    for r0 in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - r0);
+        w.clear();
+        w.resize(n * cols, 0.0f32);
+        for (i, row) in w.chunks_exact_mut(cols).enumerate() {
+            v.dequantize_row(r0 + i, row);
+        }
+        if let Some(perm) = perm {
+            unpermute_cols(&mut w, cols, perm); // the model's column order
+        }
+        if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "tensor '{name}': weight [row {}, column {}] is {}: fix the checkpoint (or keep this tensor unquantized with --skip)",
+                r0 + i / cols,
+                i % cols,
+                w[i]
+            );
+        }
+        let lc = to.layout(n as u32, t.cols).map_err(|e| bad(&e))?;
+        let mut part = vec![0u8; lc.total_bytes as usize];
+        // quantize writes f16/f32 values with to_le_bytes: no alignment needed
+        edgeq_core::quant::quantize(to, n as u32, t.cols, &w, &mut part).map_err(|e| bad(&e))?;
+        let (a, b) = reconstruction_sums(&w, to, n as u32, t.cols, &part)?;
+        (num, den) = (num + a, den + b);
+        if n == rows {
+            out = part;
+            break;
+        }
+        // Rows r0..r0+n of each row-major region: codes, then f16 scales and minimums.
+        let at = |off: u64, per_row: u64| (off + r0 as u64 * per_row) as usize;
+        let codes = lc.codes_bytes as usize;
+        out[at(0, layout.row_stride)..][..codes].copy_from_slice(&part[..codes]);
+        let g = layout.groups_per_row as u64 * 2;
+        for (off, off_c, count) in [
+            (layout.scales_offset, lc.scales_offset, lc.n_scales),
+            (layout.mins_offset, lc.mins_offset, lc.n_mins),
+        ] {
+            let len = count as usize * 2;
+            out[at(off, g)..][..len].copy_from_slice(&part[off_c as usize..][..len]);
+        }
+    }
+    Ok((out, if den > 0.0 { num / den } else { 0.0 }))
+}
+
+/// Σ (w − ŵ)² and Σ w² of `data` (`spec`'s encoding of `w`).
+fn reconstruction_sums(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: &[u8]) -> Result<(f64, f64)> {
     let aligned = crate::import::AlignedBytes::from(data);
     let v = edgeq_core::TensorView::new(spec, rows, cols, aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut row = vec![0.0f32; cols as usize];
@@ -459,7 +525,7 @@ fn reconstruction_error(w: &[f32], spec: QuantSpec, rows: u32, cols: u32, data: 
             den += (*a as f64).powi(2);
         }
     }
-    Ok(if den > 0.0 { num / den } else { 0.0 })
+    Ok((num, den))
 }
 
 /// Parses what [`spec_name`] prints: `q4-g32`, `q8a-ch`, `fp8-e4m3-b128`,
@@ -634,6 +700,45 @@ mod perm_tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             assert!(d > 1e-3, "{role:?}: the permutation must matter ({d})");
+        }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use crate::import::AlignedBytes;
+    use edgeq_core::Scheme;
+
+    /// RTN a few rows at a time writes the bytes of RTN over the whole
+    /// tensor, for every layout the chunked path takes (codes only, codes +
+    /// scales, codes + scales + minimums, per-channel, padded groups), and
+    /// FP8 (taken whole) still works.
+    #[test]
+    fn row_chunks_give_the_whole_tensors_bytes() {
+        let eqf = crate::tiny::model(5).unwrap().to_eqf().unwrap();
+        let buf = AlignedBytes::from(&eqf);
+        let eqf = Eqf::parse(buf.as_bytes()).unwrap();
+        let t = eqf.find(TensorRole::TokEmbd, edgeq_core::format::GLOBAL_LAYER).unwrap();
+        for to in [
+            QuantSpec::float(Scheme::F16),
+            QuantSpec::float(Scheme::BF16),
+            QuantSpec::per_group(Scheme::Q4Sym, 32),
+            QuantSpec::per_group(Scheme::Q4Asym, 32),
+            QuantSpec::per_group(Scheme::Q8Asym, 64),
+            QuantSpec::per_channel(Scheme::Q8Sym),
+            QuantSpec::per_channel(Scheme::Fp8E4M3),
+        ] {
+            to.layout(t.rows, t.cols).unwrap();
+            let (whole, e_whole) = rtn_in_row_chunks_of(&eqf, t, to, usize::MAX).unwrap();
+            let (chunked, e_chunked) = rtn_in_row_chunks_of(&eqf, t, to, 3 * t.cols as usize + 5).unwrap();
+            assert!(t.rows > 3, "the test needs several chunks");
+            assert_eq!(whole, chunked, "{to:?}");
+            assert!(
+                (e_whole - e_chunked).abs() <= 1e-9 * e_whole.max(1e-30),
+                "{to:?}: {e_whole} vs {e_chunked}"
+            );
+            assert!(to.scheme.is_float() || e_whole > 0.0);
         }
     }
 }
