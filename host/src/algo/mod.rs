@@ -257,20 +257,80 @@ pub fn output_rel_err(w: &[f32], wq: &[f32], x: &[f32], rows: usize, cols: usize
 
 /// `||X Wᵀ − X̂ Ŵᵀ||² / ||X Wᵀ||²` in f64: the error of a layer whose
 /// weights *and* inputs are quantized (W8A8; `xq = X̂`, `n × cols` like `x`).
+///
+/// Two f64 GEMMs on all threads (faer). The f32 values are exact in f64.
+/// When `xq` is `x`, the numerator is `||X (W − Ŵ)ᵀ||²`, and `W − Ŵ` is
+/// exact in f64 too, so no digits are lost to cancellation. (This was a
+/// scalar loop of `n · rows` dot products on one thread: 45 % of a
+/// Llama-3.2-1B GPTQ run went to this report-only number.)
 pub fn output_rel_err_xq(w: &[f32], x: &[f32], wq: &[f32], xq: &[f32], rows: usize, cols: usize) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (xi, qi) in x.chunks_exact(cols).zip(xq.chunks_exact(cols)) {
-        for r in 0..rows {
-            let (wr, qr) = (&w[r * cols..(r + 1) * cols], &wq[r * cols..(r + 1) * cols]);
-            let a: f64 = xi.iter().zip(wr).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let b: f64 = qi.iter().zip(qr).map(|(p, q)| *p as f64 * *q as f64).sum();
-            num += (a - b).powi(2);
-            den += a * a;
-        }
+    use faer::{linalg::matmul::matmul, Accum, Mat, Par};
+    let n = (x.len() / cols.max(1)).min(xq.len() / cols.max(1));
+    if n == 0 || rows == 0 || cols == 0 {
+        return 0.0;
     }
+    let mat = |v: &[f32], r: usize| Mat::<f64>::from_fn(r, cols, |i, j| v[i * cols + j] as f64);
+    let prod = |a: &Mat<f64>, b: &Mat<f64>| {
+        let mut out = Mat::<f64>::zeros(n, rows);
+        matmul(out.as_mut(), Accum::Replace, a.as_ref(), b.transpose(), 1.0, Par::rayon(0));
+        out
+    };
+    let x64 = mat(x, n);
+    let w64 = mat(w, rows);
+    let exact = prod(&x64, &w64);
+    let diff = if std::ptr::eq(x, xq) {
+        let d = Mat::<f64>::from_fn(rows, cols, |i, j| w[i * cols + j] as f64 - wq[i * cols + j] as f64);
+        prod(&x64, &d)
+    } else {
+        let mut q = prod(&mat(xq, n), &mat(wq, rows));
+        q -= &exact;
+        q
+    };
+    let sq = |m: &Mat<f64>| (0..m.ncols()).map(|j| m.col(j).iter().map(|v| v * v).sum::<f64>()).sum::<f64>();
+    let (num, den) = (sq(&diff), sq(&exact));
     if den > 0.0 {
         num / den
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GEMM form against the definition, dot product by dot product.
+    #[test]
+    fn output_rel_err_matches_the_definition() {
+        let (n, rows, cols) = (37, 19, 70);
+        let mut s = 7u64;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+        let wq: Vec<f32> = w.iter().map(|v| (v * 8.0).round() / 8.0).collect();
+        let xq: Vec<f32> = x.iter().map(|v| (v * 64.0).round() / 64.0).collect();
+        let naive = |xq: &[f32]| {
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                for r in 0..rows {
+                    let dot = |a: &[f32], b: &[f32]| (0..cols).map(|j| a[i * cols + j] as f64 * b[r * cols + j] as f64).sum::<f64>();
+                    let (a, b) = (dot(&x, &w), dot(xq, &wq));
+                    num += (a - b).powi(2);
+                    den += a * a;
+                }
+            }
+            num / den
+        };
+        for (got, want) in [
+            (output_rel_err(&w, &wq, &x, rows, cols), naive(&x)),
+            (output_rel_err_xq(&w, &x, &wq, &xq, rows, cols), naive(&xq)),
+        ] {
+            assert!(want > 1e-5 && (got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+        }
+        assert_eq!(output_rel_err(&w, &w, &x, rows, cols), 0.0);
+        assert_eq!(output_rel_err(&w, &wq, &[], rows, cols), 0.0);
     }
 }
