@@ -34,6 +34,12 @@ impl MappedBytes {
     /// `bytes` must lie inside `map`. Computes the CRC, a piece at a time,
     /// letting each piece's pages go after it.
     pub fn new(map: Arc<memmap2::Mmap>, bytes: &[u8]) -> Self {
+        Self::checked(map, bytes, |_| Ok::<(), std::convert::Infallible>(())).unwrap_or_else(|e| match e {})
+    }
+
+    /// [`MappedBytes::new`] that also hands each piece to `check` in the
+    /// same pass (an importer's NaN/Inf scan), stopping at its first error.
+    pub fn checked<E>(map: Arc<memmap2::Mmap>, bytes: &[u8], mut check: impl FnMut(&[u8]) -> Result<(), E>) -> Result<Self, E> {
         let start = (bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
         assert!(
             start <= map.len() && bytes.len() <= map.len() - start,
@@ -41,16 +47,16 @@ impl MappedBytes {
         );
         let mut crc = crc32fast::Hasher::new();
         for_each_released(&map, bytes, |p| {
+            check(p)?;
             crc.update(p);
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|e| match e {});
-        MappedBytes {
+            Ok(())
+        })?;
+        Ok(MappedBytes {
             map,
             start,
             len: bytes.len(),
             crc: crc.finalize(),
-        }
+        })
     }
 }
 

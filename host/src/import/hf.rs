@@ -358,12 +358,6 @@ impl<'a> Weights<'a> {
         self.by_name.contains_key(name)
     }
 
-    /// Tensor `name`'s bytes `data` (from [`Weights::take`]), left in its
-    /// shard's mapping until the output is written.
-    fn mapped(&self, name: &str, data: &[u8]) -> MappedBytes {
-        MappedBytes::new(Arc::clone(self.map_of(name)), data)
-    }
-
     /// The mapping of the shard that holds tensor `name` (present).
     fn map_of(&self, name: &str) -> &'a Arc<Mmap> {
         &self.shards.files[self.by_name[name]].1
@@ -438,16 +432,17 @@ fn first_non_finite(dt: Dtype, data: &[u8]) -> Option<usize> {
 /// [`first_non_finite`] of `data`, part of the read-only mapping `map`,
 /// checked a piece at a time (pieces are whole elements), each piece's
 /// pages let go after it: a checked tensor is not left resident.
-fn first_non_finite_mapped(map: &Mmap, dt: Dtype, data: &[u8]) -> Option<usize> {
+/// Returns the tensor's [`MappedBytes`] (its CRC computed in the same
+/// pass), or the index of the first non-finite element.
+fn checked_mapped(map: &Arc<Mmap>, dt: Dtype, data: &[u8]) -> Result<MappedBytes, usize> {
     let mut seen = 0;
-    super::for_each_released(map, data, |p| match first_non_finite(dt, p) {
+    MappedBytes::checked(Arc::clone(map), data, |p| match first_non_finite(dt, p) {
         Some(i) => Err(seen + i),
         None => {
             seen += p.len() * 8 / dt.bitsize();
             Ok(())
         }
     })
-    .err()
 }
 
 fn to_f32(dt: Dtype, data: &[u8]) -> Vec<f32> {
@@ -616,20 +611,22 @@ pub fn import(dir: &Path) -> Result<ImportedModel> {
                 None => {}
             }
             let (dt, data, path) = w.take(name, &[rows, cols])?;
-            if let Some(i) = first_non_finite_mapped(w.map_of(name), dt, data) {
-                bail!(
+            // One pass: NaN/Inf check and CRC, a piece at a time.
+            let mapped = match checked_mapped(w.map_of(name), dt, data) {
+                Ok(m) => m,
+                Err(i) => bail!(
                     "{}: tensor {name} has a NaN or infinite value at element {i} (row {}, column {})",
                     path.display(),
                     i / cols,
                     i % cols
-                );
-            }
+                ),
+            };
             let spec = match dt {
                 Dtype::F32 => QuantSpec::F32,
                 Dtype::F16 => QuantSpec::float(Scheme::F16),
                 _ => QuantSpec::float(Scheme::BF16),
             };
-            m.push_mapped(role, layer, spec, rows, cols, w.mapped(name, data));
+            m.push_mapped(role, layer, spec, rows, cols, mapped);
             Ok(())
         };
     // Vectors (norm weights, biases): converted to f32.
@@ -1237,8 +1234,14 @@ mod tests {
         bytes[6 + 2 * at..6 + 2 * at + 2].copy_from_slice(&half::bf16::NAN.to_le_bytes());
         std::fs::write(&p, &bytes).unwrap();
         let map = crate::model_file::map_readonly(&std::fs::File::open(&p).unwrap(), &p).unwrap();
-        assert_eq!(first_non_finite_mapped(&map, Dtype::BF16, &map[6..]), Some(at));
-        assert_eq!(first_non_finite_mapped(&map, Dtype::BF16, &map[6..6 + 2 * at]), None);
+        let map = Arc::new(map);
+        assert_eq!(checked_mapped(&map, Dtype::BF16, &map[6..]).err(), Some(at));
+        let ok = checked_mapped(&map, Dtype::BF16, &map[6..6 + 2 * at]).unwrap();
+        let want = crc32fast::hash(&map[6..6 + 2 * at]);
+        assert_eq!(
+            edgeq_core::format::writer::TensorBytes::crc32(&crate::import::TensorData::Mapped(ok)),
+            want
+        );
     }
 
     #[test]
