@@ -39,7 +39,7 @@ check() { # name, qemu command, target, expected implementation
     log=$(mktemp)
     echo "== $name: edgeq bench under $qemu (emulated: timings are not speeds)"
     # shellcheck disable=SC2086
-    $qemu "$bin" bench --shapes 64x256 --schemes q4-g32,q8-g32 --threads 1,2 --min-time 0.01 --cold-mb 0 >"$log" 2>&1 || {
+    $qemu "$bin" bench --shapes 64x256 --schemes q4-g32,q8-g32 --threads 1,2 --min-time 0.01 --cold-mb 0 --bw-mb 4 >"$log" 2>&1 || {
         cat "$log"
         echo "FAIL $name"
         exit 1

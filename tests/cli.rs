@@ -1393,3 +1393,70 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     let (success, _, err) = edgeq(&["quantize", "m.eqf", "--device", "tpu", "-o", out.to_str().unwrap()]);
     assert!(!success && err.contains("cuda:N"), "{err}");
 }
+
+/// `edgeq bench`: the bandwidth line, a kernel row for every available
+/// implementation of each scheme (the side-by-side table), and llama-bench
+/// style model rows; small sizes, so only the structure is checked.
+#[test]
+fn bench_measures_every_implementation_and_the_model() {
+    let common = [
+        "bench",
+        "--shapes",
+        "64x256",
+        "--schemes",
+        "q4-g32,q8-g32",
+        "--threads",
+        "1",
+        "--min-time",
+        "0.01",
+    ];
+    let small = ["--cold-mb", "0", "--bw-mb", "4", "--json"];
+    let v: serde_json::Value = serde_json::from_str(&ok(&[&common[..], &small[..]].concat())).unwrap();
+    let bw = &v["bandwidth"][0];
+    assert_eq!(bw["threads"], 1);
+    assert!(
+        bw["read_gbs"].as_f64().unwrap() > 0.0 && bw["triad_gbs"].as_f64().unwrap() > 0.0,
+        "{bw}"
+    );
+    let rows = v["kernels"].as_array().unwrap();
+    let imps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["implementation"].as_str().unwrap()).collect();
+    assert!(imps.contains("scalar"), "the reference is in the table: {imps:?}");
+    for scheme in ["q4-g32", "q8-g32"] {
+        for imp in &imps {
+            assert!(
+                rows.iter()
+                    .any(|r| r["scheme"] == scheme && r["implementation"] == *imp && r["us"].as_f64().unwrap() > 0.0),
+                "no {scheme} row for {imp}"
+            );
+        }
+    }
+    let (fine, _, err) = edgeq(&[&common[..], &["--bw-mb", "0"]].concat());
+    assert!(!fine && err.contains("--bw-mb"), "{err}");
+
+    let Some(fx) = fixtures() else { return };
+    let dir = tmpdir("bench");
+    let m = import_stories(&fx, &dir);
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        "--no-kernels",
+        "--model",
+        &m,
+        "--tests",
+        "tg8,pp16",
+        "--acts",
+        "q8",
+        "--reps",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    let models = v["model"].as_array().unwrap();
+    for test in ["tg8", "pp16"] {
+        let r = models
+            .iter()
+            .find(|r| r["test"] == test)
+            .unwrap_or_else(|| panic!("no {test} row: {v}"));
+        assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

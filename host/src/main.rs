@@ -227,6 +227,10 @@ struct BenchArgs {
     /// the cache (set above the last-level cache; 0 measures cache-resident speed).
     #[arg(long, default_value_t = 256)]
     cold_mb: usize,
+    /// Size of each array of the bandwidth run, MB (STREAM's rule: well above the last-level cache; small
+    /// values only check that the run works, e.g. under an emulator, where the numbers mean nothing).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    bw_mb: u64,
     /// Also (or only, with --no-kernels) benchmark a model: llama-bench style tests on an EQF file.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -1096,7 +1100,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             )?;
         }
         for &t in &a.threads {
-            let b = bench::bandwidth(t.max(1), 256 << 20, min_time);
+            let b = bench::bandwidth(t.max(1), (a.bw_mb as usize) << 20, min_time);
             if !json {
                 writeln!(
                     out,
