@@ -108,13 +108,18 @@ pub struct KernelRow {
     pub implementation: String,
     pub activations: String,
     pub threads: usize,
-    /// Fastest GEMV (one token), microseconds.
+    /// Activation vectors per product: 1 is a GEMV (decode), more a GEMM
+    /// (prefill: the weights are read once for all of them).
+    pub tokens: usize,
+    /// Fastest product, microseconds.
     pub us: f64,
     pub median_us: f64,
     /// Weight bytes (codes, scales, mins) per second, GB/s.
     pub weight_gbs: f64,
     /// `weight_gbs` / read bandwidth with the same thread count.
     pub of_bandwidth: f64,
+    /// Multiply-adds per second (rows · cols · tokens / time), billions.
+    pub gmacs: f64,
 }
 
 /// A quantized weight in 64-byte-aligned storage, copied `copies` times.
@@ -166,74 +171,81 @@ pub struct KernelBench {
     pub shapes: Vec<(usize, usize)>,
     pub specs: Vec<QuantSpec>,
     pub threads: Vec<usize>,
+    /// Token counts (1: GEMV, decode; more: GEMM, prefill).
+    pub tokens: Vec<usize>,
     pub min_time: Duration,
     pub cold_bytes: usize,
 }
 
-/// GEMV (one token) of every shape × scheme × implementation × activation
-/// precision × thread count.
+/// GEMV (one token) or GEMM (`tokens` > 1) of every shape × token count ×
+/// scheme × implementation × activation precision × thread count.
 pub fn kernels(cfg: &KernelBench, bw: &[Bandwidth], mut on_row: impl FnMut(&KernelRow)) -> Result<Vec<KernelRow>> {
     let mut rows_out = Vec::new();
     for &(rows, cols) in &cfg.shapes {
         for &spec in &cfg.specs {
             let w = Weights::new(spec, rows, cols, cfg.cold_bytes)?;
-            let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let mut abuf = vec![0.0f32; act_q8::words(1, cols)];
-            let mut acts = Q8Acts::carve(&mut abuf, 1, cols).expect("carve");
-            acts.quantize(&x);
             let int = edgeq_kernels::scalar_int::supported(&w.view(0));
-            let mut y = vec![0.0f32; rows];
-            let mut scratch = vec![0.0f32; cols];
             let imps: Vec<Implementation> = available().collect();
-            for &threads in &cfg.threads {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-                let read = bw.iter().find(|b| b.threads == threads).map_or(f64::NAN, |b| b.read_gbs);
-                for &imp in &imps {
-                    // The f16c variant only differs for F16 weights.
-                    if imp == Implementation::Avx2Fma
-                        && imps.contains(&Implementation::Avx2FmaF16c)
-                        && spec.scheme != edgeq_core::Scheme::F16
-                    {
-                        continue;
-                    }
-                    // Threads always run the dispatched implementation.
-                    if threads > 1 && imp != edgeq_kernels::implementation() {
-                        continue;
-                    }
-                    for q8 in [false, true] {
-                        if q8 && !int {
+            for &t in &cfg.tokens {
+                let t = t.max(1);
+                let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+                let mut abuf = vec![0.0f32; act_q8::words(t, cols)];
+                let mut acts = Q8Acts::carve(&mut abuf, t, cols).expect("carve");
+                acts.quantize(&x);
+                let mut y = vec![0.0f32; t * rows];
+                let mut scratch = vec![0.0f32; cols];
+                for &threads in &cfg.threads {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+                    let read = bw.iter().find(|b| b.threads == threads).map_or(f64::NAN, |b| b.read_gbs);
+                    for &imp in &imps {
+                        // The f16c variant only differs for F16 weights.
+                        if imp == Implementation::Avx2Fma
+                            && imps.contains(&Implementation::Avx2FmaF16c)
+                            && spec.scheme != edgeq_core::Scheme::F16
+                        {
                             continue;
                         }
-                        let (best, median) = pool.install(|| {
-                            time(cfg.min_time, 5, |k| {
-                                let v = w.view(k);
-                                match (q8, threads) {
-                                    (true, 1) => {
-                                        edgeq_kernels::matmul_q8_with(imp, &mut y, &v, &acts, 0..rows);
+                        // Threads always run the dispatched implementation.
+                        if threads > 1 && imp != edgeq_kernels::implementation() {
+                            continue;
+                        }
+                        for q8 in [false, true] {
+                            if q8 && !int {
+                                continue;
+                            }
+                            let (best, median) = pool.install(|| {
+                                time(cfg.min_time, 5, |k| {
+                                    let v = w.view(k);
+                                    match (q8, threads) {
+                                        (true, 1) => {
+                                            edgeq_kernels::matmul_q8_with(imp, &mut y, &v, &acts, 0..rows);
+                                        }
+                                        (false, 1) => {
+                                            edgeq_kernels::matmul_with(imp, &mut y, &v, &x, t, 0..rows, &mut scratch);
+                                        }
+                                        (true, _) => par::matmul_q8(threads, &mut y, &v, &acts),
+                                        (false, _) => par::matmul(threads, &mut y, &v, &x, t, &mut scratch),
                                     }
-                                    (false, 1) => {
-                                        edgeq_kernels::matmul_with(imp, &mut y, &v, &x, 1, 0..rows, &mut scratch);
-                                    }
-                                    (true, _) => par::matmul_q8(threads, &mut y, &v, &acts),
-                                    (false, _) => par::matmul(threads, &mut y, &v, &x, 1, &mut scratch),
-                                }
-                                std::hint::black_box(&y);
-                            })
-                        });
-                        let gbs = w.len as f64 / best / 1e9;
-                        let row = KernelRow {
-                            shape: format!("{rows}x{cols}"),
-                            scheme: crate::quantize::spec_name(&spec),
-                            implementation: imp.name().to_string(),
-                            activations: if q8 { "q8" } else { "f32" }.to_string(),
-                            threads,
-                            us: best * 1e6,
-                            median_us: median * 1e6,
-                            weight_gbs: gbs,
-                            of_bandwidth: gbs / read,
-                        };
-                        on_row(&row);
-                        rows_out.push(row);
+                                    std::hint::black_box(&y);
+                                })
+                            });
+                            let gbs = w.len as f64 / best / 1e9;
+                            let row = KernelRow {
+                                shape: format!("{rows}x{cols}"),
+                                scheme: crate::quantize::spec_name(&spec),
+                                implementation: imp.name().to_string(),
+                                activations: if q8 { "q8" } else { "f32" }.to_string(),
+                                threads,
+                                tokens: t,
+                                us: best * 1e6,
+                                median_us: median * 1e6,
+                                weight_gbs: gbs,
+                                of_bandwidth: gbs / read,
+                                gmacs: (rows * cols * t) as f64 / best / 1e9,
+                            };
+                            on_row(&row);
+                            rows_out.push(row);
+                        }
                     }
                 }
             }

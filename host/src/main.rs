@@ -220,6 +220,10 @@ struct BenchArgs {
     /// Thread counts to measure (each kernel and the bandwidth run with each).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
+    /// Tokens per product in the kernel table: 1 is the GEMV of a decode step, more a prefill GEMM
+    /// (e.g. 1,32); each count gets its rows, with multiply-adds per second in the GMAC/s column.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    tokens: Vec<u32>,
     /// Minimum time per measurement, seconds (the fastest iteration is reported, and the median).
     #[arg(long, default_value_t = 0.3)]
     min_time: f64,
@@ -1128,30 +1132,33 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             shapes,
             specs,
             threads: a.threads.iter().map(|&t| t.max(1)).collect(),
+            tokens: a.tokens.iter().map(|&t| t as usize).collect(),
             min_time,
             cold_bytes: a.cold_mb << 20,
         };
         if !json {
             writeln!(
                 out,
-                "\n{:<11} {:<9} {:<22} {:>5} {:>3} {:>10} {:>10} {:>8} {:>6}",
-                "shape", "scheme", "implementation", "acts", "thr", "best µs", "median µs", "GB/s", "of BW"
+                "\n{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10} {:>10} {:>8} {:>6} {:>7}",
+                "shape", "scheme", "implementation", "acts", "thr", "tok", "best µs", "median µs", "GB/s", "of BW", "GMAC/s"
             )?;
         }
         kernels = bench::kernels(&cfg, &bw, |r| {
             if !json {
                 let _ = writeln!(
                     std::io::stdout().lock(),
-                    "{:<11} {:<9} {:<22} {:>5} {:>3} {:>10.1} {:>10.1} {:>8.2} {:>5.0}%",
+                    "{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10.1} {:>10.1} {:>8.2} {:>5.0}% {:>7.1}",
                     r.shape,
                     r.scheme,
                     r.implementation,
                     r.activations,
                     r.threads,
+                    r.tokens,
                     r.us,
                     r.median_us,
                     r.weight_gbs,
-                    r.of_bandwidth * 100.0
+                    r.of_bandwidth * 100.0,
+                    r.gmacs
                 );
             }
         })?;
