@@ -68,11 +68,11 @@
 //! implementation's result for token `i` is independent of `t` and of the
 //! row range (the same operations run for one token or four), so batched
 //! prefill and one-token decode agree bit for bit on a given machine, with
-//! one exception: the x86 AVX2 Q4 × Q8-activation kernels run batches of
-//! two or more tokens (prefill) in 8-row tiles with a different summation
-//! order than single tokens (decode), so there a token's bits are the same
-//! in every batch of two or more, and may differ alone (both within the
-//! bound; 1.5× faster prefill, see `x86_avx2_int`).
+//! one exception: the x86 AVX2 integer × Q8-activation kernels run batches
+//! of two or more tokens (prefill) in 8-row tiles with a different
+//! summation order than single tokens (decode), so there a token's bits are
+//! the same in every batch of two or more, and may differ alone (both
+//! within the bound; 1.5× faster Q4 prefill, see `x86_avx2_int`).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 

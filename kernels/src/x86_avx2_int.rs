@@ -20,10 +20,11 @@
 //! 576-column rows of a small model the scratch cost as much as the dot
 //! products).
 //!
-//! Q4 prefill (two or more tokens) runs 8-row tiles instead ([`q4_tile`]):
+//! Prefill (two or more tokens) runs 8-row tiles instead ([`q4_tile`],
+//! [`q8_tile`]):
 //! the rows sit in the vector lanes, so a block costs a quarter of the
 //! widening multiplies, conversions and FMAs of four rows and no horizontal
-//! sums (SmolLM2-135M pp128 on one Zen 3 core: 245 → 367 tokens/s). For one
+//! sums (SmolLM2-135M pp128 on one Zen 3 core: Q4 245 → 367 tokens/s). For one
 //! token (decode) the tile is slower than the row kernel (its transposes
 //! are not shared by several tokens; 4096² GEMV 476 → 1071 µs), so decode
 //! keeps the row kernel, and a token's result in a batch of one may differ
@@ -262,7 +263,7 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
     // row takes depends on the range only, never on the tokens (a token's
     // result does not depend on its batch).
     let (mut head, mut tail) = (rows.clone(), rows.end..rows.end);
-    if B::BYTES == 16 && a.t >= 2 {
+    if a.t >= 2 {
         let t0 = rows.start.next_multiple_of(8);
         let t1 = t0.max(rows.end / 8 * 8);
         head = rows.start..t0.min(rows.end);
@@ -275,11 +276,20 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
                 // SAFETY: `q8_args_ok` gives r0 + 8 ≤ rows.end ≤ rows,
                 // complete regions, tokens i0..i0+n ≤ t, y of t·rows floats.
                 unsafe {
-                    match n {
-                        1 => q4_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
-                        2 => q4_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
-                        3 => q4_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
-                        _ => q4_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
+                    if B::BYTES == 16 {
+                        match n {
+                            1 => q4_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
+                            2 => q4_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
+                            3 => q4_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
+                            _ => q4_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
+                        }
+                    } else {
+                        match n {
+                            1 => q8_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
+                            2 => q8_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
+                            3 => q8_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
+                            _ => q8_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
+                        }
                     }
                 }
                 i0 += n;
@@ -556,6 +566,93 @@ unsafe fn q4_tile<B: WBlock, const F16C: bool, const T: usize>(
                 let c = _mm256_mul_ps(s8, _mm256_broadcast_ss(&*ad.add(km)));
                 *acc = _mm256_fmadd_ps(c, isum, *acc);
                 *acc = _mm256_fmadd_ps(k8, _mm256_broadcast_ss(&*ads.add(km)), *acc);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(y.as_mut_ptr().add((i0 + i) * n_rows + r0), *acc);
+        }
+    }
+}
+
+/// [`q4_tile`] for Q8 weights: per block the 8 rows' 32 code bytes become
+/// eight chunk vectors (lane `r` = bytes `4k..4k+4` of row `r`; asym codes
+/// shifted to `q − 128`), each multiplied as `|q| · (a·sign q)` with one
+/// `vpmaddubsw` against a broadcast of 4 activation codes and widened at
+/// once with `vpmaddwd` (a pair reaches 2·128·127, so i16 sums cannot be
+/// carried across chunks as for Q4). Asym adds `128·Σa` to each row's sum.
+///
+/// # Safety
+/// As [`q4_tile`], for a Q8 scheme.
+#[inline(always)]
+unsafe fn q8_tile<B: WBlock, const F16C: bool, const T: usize>(
+    y: &mut [f32],
+    w: &TensorView<'_>,
+    scales: &[half::f16],
+    r0: usize,
+    a: &Q8Acts<'_>,
+    i0: usize,
+) {
+    let gpr = w.layout.groups_per_row as usize;
+    let bpg = w.layout.group_len as usize / QK;
+    let stride = w.layout.row_stride as usize;
+    let (blocks, n_rows) = (a.blocks, w.rows());
+    // SAFETY: as in `q4_tile`, with 32 code bytes per block and row.
+    unsafe {
+        let wp = w.codes.as_ptr().add(r0 * stride);
+        let sp = scales.as_ptr().add(r0 * gpr);
+        let mp = w.mins.as_ptr().add(if B::ASYM { r0 * gpr } else { 0 });
+        let (ac, ad, asum, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.sums.as_ptr(), a.dsums.as_ptr());
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let (mut s8, mut m8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for b in 0..blocks {
+            if b % bpg == 0 {
+                s8 = column8::<F16C>(sp, gpr, b / bpg);
+                if B::ASYM {
+                    m8 = column8::<F16C>(mp, gpr, b / bpg);
+                }
+            }
+            let mut s32 = [_mm256_setzero_si256(); T];
+            for half in 0..2 {
+                let row = |j: usize| wp.add(j * stride + b * 32 + half * 16) as *const __m128i;
+                let y0 = _mm256_loadu2_m128i(row(4), row(0));
+                let y1 = _mm256_loadu2_m128i(row(5), row(1));
+                let y2 = _mm256_loadu2_m128i(row(6), row(2));
+                let y3 = _mm256_loadu2_m128i(row(7), row(3));
+                let (l01, l23) = (_mm256_unpacklo_epi32(y0, y1), _mm256_unpacklo_epi32(y2, y3));
+                let (h01, h23) = (_mm256_unpackhi_epi32(y0, y1), _mm256_unpackhi_epi32(y2, y3));
+                let t = [
+                    _mm256_unpacklo_epi64(l01, l23),
+                    _mm256_unpackhi_epi64(l01, l23),
+                    _mm256_unpacklo_epi64(h01, h23),
+                    _mm256_unpackhi_epi64(h01, h23),
+                ];
+                for (k, &tk) in t.iter().enumerate() {
+                    let q = if B::ASYM {
+                        _mm256_xor_si256(tk, _mm256_set1_epi8(-128))
+                    } else {
+                        tk
+                    };
+                    let qa = _mm256_sign_epi8(q, q);
+                    for (i, s) in s32.iter_mut().enumerate() {
+                        let ap = ac.add(((i0 + i) * blocks + b) * QK + half * 16 + 4 * k);
+                        let av = _mm256_set1_epi32((ap as *const i32).read_unaligned());
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(av, q)), ones);
+                        *s = _mm256_add_epi32(*s, p);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let km = (i0 + i) * a.bs + b;
+                let mut isum = s32[i];
+                if B::ASYM {
+                    isum = _mm256_add_epi32(isum, _mm256_set1_epi32(*asum.add(km) << 7));
+                }
+                let c = _mm256_mul_ps(s8, _mm256_broadcast_ss(&*ad.add(km)));
+                *acc = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(isum), *acc);
+                if B::ASYM {
+                    *acc = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(&*ads.add(km)), *acc);
+                }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
