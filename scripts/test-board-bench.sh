@@ -63,6 +63,6 @@ echo "== build edgeq for aarch64-unknown-linux-gnu and riscv64gc-unknown-linux-g
 cargo build --profile "$profile" -q -p edgeq-host --no-default-features --bin edgeq \
     --target aarch64-unknown-linux-gnu --target riscv64gc-unknown-linux-gnu
 
-check "aarch64" "qemu-aarch64 -L /usr/aarch64-linux-gnu" aarch64-unknown-linux-gnu aarch64-neon-dotprod
+check "aarch64" "qemu-aarch64 -L /usr/aarch64-linux-gnu" aarch64-unknown-linux-gnu aarch64-neon-i8mm
 check "riscv64 with V" "qemu-riscv64 -L /usr/riscv64-linux-gnu -cpu rv64,v=true,vlen=128" riscv64gc-unknown-linux-gnu riscv64-rvv
 echo "board benchmarks: both builds run"

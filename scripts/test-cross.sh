@@ -60,9 +60,11 @@ fi
 run "native $(uname -m)" "$native_want"
 
 run "aarch64 (qemu-aarch64)" aarch64-neon --target aarch64-unknown-linux-gnu
-# std: run-time detection of dotprod (qemu's default CPU has it; a
-# Cortex-A72 does not).
-run "aarch64 std, dotprod detected (qemu-aarch64)" aarch64-neon-dotprod --target aarch64-unknown-linux-gnu --features std
+# std: run-time detection of dotprod and i8mm (qemu's default CPU, max,
+# has both; a Neoverse N1 has dotprod only, a Cortex-A72 neither).
+run "aarch64 std, dotprod + i8mm detected (qemu-aarch64)" aarch64-neon-i8mm --target aarch64-unknown-linux-gnu --features std
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu neoverse-n1" \
+    run "aarch64 std, Neoverse-N1: dotprod, no i8mm (qemu-aarch64)" aarch64-neon-dotprod --target aarch64-unknown-linux-gnu --features std
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu cortex-a72" \
     run "aarch64 std, Cortex-A72 without dotprod (qemu-aarch64)" aarch64-neon --target aarch64-unknown-linux-gnu --features std
 

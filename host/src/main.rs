@@ -19,7 +19,8 @@ struct Cli {
     cmd: Cmd,
     /// Kernel implementation for every matrix product: scalar (the reference, bit-identical on
     /// every machine, e.g. to compare with a firmware run), x86_64-avx2-fma, x86_64-avx2-fma-f16c,
-    /// aarch64-neon, aarch64-neon-dotprod, riscv64-rvv. Default: the best this CPU supports.
+    /// aarch64-neon, aarch64-neon-dotprod, aarch64-neon-i8mm, riscv64-rvv. Default: the best this CPU
+    /// supports.
     #[arg(long, global = true, env = "EDGEQ_KERNELS")]
     kernels: Option<String>,
 }

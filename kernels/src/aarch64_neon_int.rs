@@ -167,7 +167,7 @@ const PF: usize = 2048;
 /// # Safety
 /// NEON available.
 #[inline(always)]
-unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+pub(crate) unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
     let out: float32x4_t;
     // SAFETY: register-only instruction of the base architecture.
     unsafe {

@@ -17,7 +17,9 @@
 //!   every aarch64 Linux target has it, soft-float bare metal does not).
 //!   `aarch64-neon-dotprod` when the CPU also has `dotprod` (run time with
 //!   `std`, `target_feature = "dotprod"` without): the quantized-activation
-//!   kernels then use `sdot`.
+//!   kernels then use `sdot`. `aarch64-neon-i8mm` when it also has `i8mm`
+//!   (ARMv8.6 `smmla`): products of two or more tokens (prefill) then run
+//!   2-row × 2-token `smmla` tiles, decode stays on `sdot`.
 //! * `riscv64-rvv`: riscv64. Stable Rust (1.95) has neither
 //!   `is_riscv_feature_detected!` nor a stable `v` target feature (with
 //!   `-C target-feature=+v` the cfg stays unset), so RVV is chosen when
@@ -99,6 +101,8 @@ mod x86_avx2_int;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64_neon;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod aarch64_neon_i8mm;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64_neon_int;
 
 #[cfg(edgeq_arm_dsp)]
@@ -121,6 +125,9 @@ pub enum Implementation {
     Neon,
     /// NEON + `dotprod` (`sdot`) for the quantized-activation kernels.
     NeonDot,
+    /// `NeonDot`, and `i8mm` (`smmla`) for quantized-activation products
+    /// of two or more tokens (prefill).
+    NeonI8mm,
     Rvv,
     /// Cortex-M DSP extension (`SMLAD`) for the quantized-activation
     /// kernels; the scalar reference for everything else.
@@ -135,6 +142,7 @@ impl Implementation {
             Implementation::Avx2FmaF16c => "x86_64-avx2-fma-f16c",
             Implementation::Neon => "aarch64-neon",
             Implementation::NeonDot => "aarch64-neon-dotprod",
+            Implementation::NeonI8mm => "aarch64-neon-i8mm",
             Implementation::Rvv => "riscv64-rvv",
             Implementation::ArmDsp => "armv7em-dsp",
         }
@@ -189,15 +197,21 @@ fn detect_x86() -> Implementation {
     }
 }
 
-/// NEON, with `dotprod` when the CPU has it: detected at run time with
-/// `std`, from the compile-time target features without.
+/// NEON, with `dotprod` when the CPU has it, and `i8mm` when it has both:
+/// detected at run time with `std`, from the compile-time target features
+/// without.
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 fn detect_arm() -> Implementation {
     #[cfg(feature = "std")]
-    let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+    let (dot, i8mm) = (
+        std::arch::is_aarch64_feature_detected!("dotprod"),
+        std::arch::is_aarch64_feature_detected!("i8mm"),
+    );
     #[cfg(not(feature = "std"))]
-    let dot = cfg!(target_feature = "dotprod");
-    if dot {
+    let (dot, i8mm) = (cfg!(target_feature = "dotprod"), cfg!(target_feature = "i8mm"));
+    if dot && i8mm {
+        Implementation::NeonI8mm
+    } else if dot {
         Implementation::NeonDot
     } else {
         Implementation::Neon
@@ -227,12 +241,13 @@ const RVV_STATIC: bool =
 
 /// A forced implementation: 0 = none, else `1 + index` in [`ALL_IMPLS`].
 static FORCED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-const ALL_IMPLS: [Implementation; 7] = [
+const ALL_IMPLS: [Implementation; 8] = [
     Implementation::Scalar,
     Implementation::Avx2Fma,
     Implementation::Avx2FmaF16c,
     Implementation::Neon,
     Implementation::NeonDot,
+    Implementation::NeonI8mm,
     Implementation::Rvv,
     Implementation::ArmDsp,
 ];
@@ -356,10 +371,18 @@ pub fn matmul_q8_with(imp: Implementation, y: &mut [f32], w: &TensorView<'_>, a:
             unsafe { x86_avx2_int::matmul(y, w, a, rows, i == Implementation::Avx2FmaF16c) }
         }
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        i @ (Implementation::Neon | Implementation::NeonDot) => {
+        Implementation::NeonI8mm if a.t >= 2 => {
             // SAFETY: NEON is enabled at compile time; `is_available`
-            // confirmed dotprod for NeonDot; arguments passed `q8_args_ok`.
-            unsafe { aarch64_neon_int::matmul(y, w, a, rows, i == Implementation::NeonDot) }
+            // confirmed i8mm; arguments passed `q8_args_ok`, and `w` is an
+            // integer scheme (other schemes go to the reference inside).
+            unsafe { aarch64_neon_i8mm::matmul(y, w, a, rows) }
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        i @ (Implementation::Neon | Implementation::NeonDot | Implementation::NeonI8mm) => {
+            // SAFETY: NEON is enabled at compile time; `is_available`
+            // confirmed dotprod for NeonDot and NeonI8mm; arguments passed
+            // `q8_args_ok`.
+            unsafe { aarch64_neon_int::matmul(y, w, a, rows, i != Implementation::Neon) }
         }
         #[cfg(target_arch = "riscv64")]
         Implementation::Rvv => {
@@ -400,7 +423,7 @@ pub fn matmul_with(
             unsafe { x86_avx2::matmul(y, w, x, t, rows, scratch, i == Implementation::Avx2FmaF16c) }
         }
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        Implementation::Neon | Implementation::NeonDot => {
+        Implementation::Neon | Implementation::NeonDot | Implementation::NeonI8mm => {
             // SAFETY: NEON is enabled at compile time; arguments checked.
             unsafe { aarch64_neon::matmul(y, w, x, t, rows, scratch) }
         }
@@ -421,7 +444,8 @@ pub fn is_available(imp: Implementation) -> bool {
     match imp {
         Implementation::Scalar => true,
         Implementation::Avx2Fma => matches!(best, Implementation::Avx2Fma | Implementation::Avx2FmaF16c),
-        Implementation::Neon => matches!(best, Implementation::Neon | Implementation::NeonDot),
+        Implementation::Neon => matches!(best, Implementation::Neon | Implementation::NeonDot | Implementation::NeonI8mm),
+        Implementation::NeonDot => matches!(best, Implementation::NeonDot | Implementation::NeonI8mm),
         other => other == best,
     }
 }

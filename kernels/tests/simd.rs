@@ -181,7 +181,7 @@ fn dispatched_implementation() {
     #[cfg(target_arch = "aarch64")]
     assert!(matches!(
         imp,
-        edgeq_kernels::Implementation::Neon | edgeq_kernels::Implementation::NeonDot
+        edgeq_kernels::Implementation::Neon | edgeq_kernels::Implementation::NeonDot | edgeq_kernels::Implementation::NeonI8mm
     ));
     match std::env::var("EDGEQ_EXPECT_IMPL") {
         Ok(want) if !want.is_empty() => assert_eq!(imp.name(), want, "EDGEQ_EXPECT_IMPL"),

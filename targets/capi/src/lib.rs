@@ -422,6 +422,7 @@ pub extern "C" fn edgeq_kernels_name() -> *const c_char {
         Implementation::Avx2FmaF16c => b"x86_64-avx2-fma-f16c\0",
         Implementation::Neon => b"aarch64-neon\0",
         Implementation::NeonDot => b"aarch64-neon-dotprod\0",
+        Implementation::NeonI8mm => b"aarch64-neon-i8mm\0",
         Implementation::Rvv => b"riscv64-rvv\0",
         Implementation::ArmDsp => b"armv7em-dsp\0",
     };
