@@ -20,8 +20,7 @@
 //! 576-column rows of a small model the scratch cost as much as the dot
 //! products).
 //!
-//! Prefill (two or more tokens) runs 8-row tiles instead ([`q4_tile`],
-//! [`q8_tile`]):
+//! Prefill (two or more tokens) runs 8-row tiles instead ([`int_tile`]):
 //! the rows sit in the vector lanes, so a block costs a quarter of the
 //! widening multiplies, conversions and FMAs of four rows and no horizontal
 //! sums (SmolLM2-135M pp128 on one Zen 3 core: Q4 245 → 367 tokens/s). For one
@@ -258,10 +257,10 @@ entry!(q8_asym_f16c, Q8Asym, true, "avx2,fma,f16c");
 unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<'_>, a: &Q8Acts<'_>, rows: Range<usize>) {
     let n_rows = w.rows();
     let Scales::F16(scales) = w.scales else { return };
-    // Q4: whole 8-row tiles aligned to multiples of 8 (`q4_tile`), the
-    // rows before the first and after the last row by row; which path a
-    // row takes depends on the range only, never on the tokens (a token's
-    // result does not depend on its batch).
+    // Prefill (t ≥ 2): whole 8-row tiles aligned to multiples of 8
+    // (`int_tile`), the rows before the first and after the last row by
+    // row; which path a row takes depends on the range and on t ≥ 2 only,
+    // so a token's result is the same in every batch of two or more.
     let (mut head, mut tail) = (rows.clone(), rows.end..rows.end);
     if a.t >= 2 {
         let t0 = rows.start.next_multiple_of(8);
@@ -276,20 +275,11 @@ unsafe fn int_matmul<B: WBlock, const F16C: bool>(y: &mut [f32], w: &TensorView<
                 // SAFETY: `q8_args_ok` gives r0 + 8 ≤ rows.end ≤ rows,
                 // complete regions, tokens i0..i0+n ≤ t, y of t·rows floats.
                 unsafe {
-                    if B::BYTES == 16 {
-                        match n {
-                            1 => q4_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
-                            2 => q4_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
-                            3 => q4_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
-                            _ => q4_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
-                        }
-                    } else {
-                        match n {
-                            1 => q8_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
-                            2 => q8_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
-                            3 => q8_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
-                            _ => q8_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
-                        }
+                    match n {
+                        1 => int_tile::<B, F16C, 1>(y, w, scales, r0, a, i0),
+                        2 => int_tile::<B, F16C, 2>(y, w, scales, r0, a, i0),
+                        3 => int_tile::<B, F16C, 3>(y, w, scales, r0, a, i0),
+                        _ => int_tile::<B, F16C, 4>(y, w, scales, r0, a, i0),
                     }
                 }
                 i0 += n;
@@ -478,26 +468,31 @@ unsafe fn group8<const F16C: bool>(p: *const half::f16, b0: usize, nb: usize, bp
 }
 
 /// Rows `r0..r0+8` against tokens `i0..i0+T` (prefill): the 8 rows sit in
-/// the 8 i32/f32 lanes, so no horizontal sums. Per block, the rows' 16
-/// code bytes are transposed in registers into four vectors whose lane `r`
-/// holds bytes `4k..4k+4` of row `r` (elements `4k..4k+4` in the low
-/// nibbles, `16+4k..` in the high ones); each meets a broadcast of the
-/// matching 4 activation codes in one `vpmaddubsw`. The 8 products of a
-/// block are summed in i16 (each is at most 2·15·127 in magnitude, the
-/// sum at most 30480 < 2¹⁵) and widened once with `vpmaddwd`, which gives
-/// each row's exact `Σ q·a` for the block. Then, as in [`q4_row`],
-/// `acc = fma(s·d, isum, acc)` and `acc = fma(k, dsum, acc)` with
-/// `k = −8·s` (sym) or `m` (asym). Per 256 multiply-adds this is 8
-/// `vpmaddubsw`, one `vpmaddwd`, one conversion and two FMAs per token,
-/// against 8, 4, 4 and 5 for four rows of `q4_row` (plus their horizontal
+/// the 8 i32/f32 lanes, so no horizontal sums. Per block the rows' code
+/// bytes are transposed in registers ([`dwords8`]) so that lane `r` holds 4
+/// bytes of row `r`, and each such chunk meets a broadcast of the matching
+/// 4 activation codes in one `vpmaddubsw`:
+/// * Q4: a 16-byte block gives four chunks, their low nibbles elements
+///   `4k..4k+4` and high nibbles `16+4k..`; the 8 products of a block are
+///   summed in i16 (each at most 2·15·127 in magnitude, the sum at most
+///   30480 < 2¹⁵) and widened once with `vpmaddwd`;
+/// * Q8: eight chunks (two 16-byte halves), multiplied as `|q|·(a·sign q)`
+///   (asym codes as `q − 128`) and widened per chunk (a pair reaches
+///   2·128·127: no i16 carry); asym adds `128·Σa` to each row's sum.
+///
+/// That gives each row's exact `Σ q·a` for the block; then, as in the row
+/// kernels, `acc = fma(s·d, isum, acc)` and `acc = fma(k, dsum, acc)` with
+/// `k = −8·s` (Q4 sym) or `m` (asym). Per 256 multiply-adds and token, Q4
+/// takes 8 `vpmaddubsw`, one `vpmaddwd`, one conversion and two FMAs,
+/// against 8, 4, 4 and 5 for four rows of [`q4_row`] (plus their horizontal
 /// sums).
 ///
 /// # Safety
 /// `r0 + 8 ≤ w.rows()`, `i0 + T ≤ a.t`, `y` holds `a.t · w.rows()` floats,
-/// `w`'s regions complete (`simd_view_ok`), `a.cols == w.cols()`, a Q4
-/// scheme; AVX2 + FMA (+ F16C) available.
+/// `w`'s regions complete (`simd_view_ok`), `a.cols == w.cols()`, a Q4 or
+/// Q8 scheme matching `B`; AVX2 + FMA (+ F16C) available.
 #[inline(always)]
-unsafe fn q4_tile<B: WBlock, const F16C: bool, const T: usize>(
+unsafe fn int_tile<B: WBlock, const F16C: bool, const T: usize>(
     y: &mut [f32],
     w: &TensorView<'_>,
     scales: &[half::f16],
@@ -509,63 +504,78 @@ unsafe fn q4_tile<B: WBlock, const F16C: bool, const T: usize>(
     let bpg = w.layout.group_len as usize / QK;
     let stride = w.layout.row_stride as usize;
     let (blocks, n_rows) = (a.blocks, w.rows());
-    // SAFETY: rows r0..r0+8 hold `blocks` blocks of 16 code bytes from
-    // r·stride, and gpr scales (and mins) each; groups b / bpg < gpr are
-    // read. Activation codes of block (i, b) are 32 bytes at (i·blocks +
-    // b)·32, scales and dsums at i·bs + b, for i < t, b < blocks (carve).
-    // y[(i0+k)·rows + r0 ..+8] lies inside y (contract).
+    let q4 = B::BYTES == 16;
+    // SAFETY: rows r0..r0+8 hold `blocks` blocks of B::BYTES code bytes
+    // from r·stride, and gpr scales (and mins) each; groups b / bpg < gpr
+    // are read. Activation codes of block (i, b) are 32 bytes at
+    // (i·blocks + b)·32, scales, sums and dsums at i·bs + b, for i < t,
+    // b < blocks (carve). y[(i0+k)·rows + r0 ..+8] lies inside y (contract).
     unsafe {
         let wp = w.codes.as_ptr().add(r0 * stride);
         let sp = scales.as_ptr().add(r0 * gpr);
         let mp = w.mins.as_ptr().add(if B::ASYM { r0 * gpr } else { 0 });
-        let (ac, ad, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.dsums.as_ptr());
+        let (ac, ad, asum, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.sums.as_ptr(), a.dsums.as_ptr());
         let mask = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
+        // The activation codes of token i0 + i, block b, from byte o.
+        let act4 =
+            |i: usize, b: usize, o: usize| _mm256_set1_epi32((ac.add(((i0 + i) * blocks + b) * QK + o) as *const i32).read_unaligned());
         let mut acc = [_mm256_setzero_ps(); T];
         let (mut s8, mut k8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for b in 0..blocks {
             if b % bpg == 0 {
                 s8 = column8::<F16C>(sp, gpr, b / bpg);
-                k8 = if B::ASYM {
-                    column8::<F16C>(mp, gpr, b / bpg)
-                } else {
-                    _mm256_mul_ps(s8, _mm256_set1_ps(-8.0))
-                };
+                if B::ASYM {
+                    k8 = column8::<F16C>(mp, gpr, b / bpg);
+                } else if q4 {
+                    k8 = _mm256_mul_ps(s8, _mm256_set1_ps(-8.0));
+                }
             }
-            // Rows j and j+4 of the tile in the two halves of y_j, then a
-            // 4×4 transpose of dwords in each half: t_k lane j = dword k
-            // of row j (j < 8).
-            let row = |j: usize| wp.add(j * stride + b * 16) as *const __m128i;
-            let y0 = _mm256_loadu2_m128i(row(4), row(0));
-            let y1 = _mm256_loadu2_m128i(row(5), row(1));
-            let y2 = _mm256_loadu2_m128i(row(6), row(2));
-            let y3 = _mm256_loadu2_m128i(row(7), row(3));
-            let (l01, l23) = (_mm256_unpacklo_epi32(y0, y1), _mm256_unpacklo_epi32(y2, y3));
-            let (h01, h23) = (_mm256_unpackhi_epi32(y0, y1), _mm256_unpackhi_epi32(y2, y3));
-            let t = [
-                _mm256_unpacklo_epi64(l01, l23),
-                _mm256_unpackhi_epi64(l01, l23),
-                _mm256_unpacklo_epi64(h01, h23),
-                _mm256_unpackhi_epi64(h01, h23),
-            ];
-            let mut s16 = [_mm256_setzero_si256(); T];
-            for (k, &tk) in t.iter().enumerate() {
-                let lo = _mm256_and_si256(tk, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(tk), mask);
-                for (i, s) in s16.iter_mut().enumerate() {
-                    let ap = ac.add(((i0 + i) * blocks + b) * QK + 4 * k);
-                    let alo = _mm256_set1_epi32((ap as *const i32).read_unaligned());
-                    let ahi = _mm256_set1_epi32((ap.add(16) as *const i32).read_unaligned());
-                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_maddubs_epi16(hi, ahi));
-                    *s = _mm256_add_epi16(*s, p);
+            let mut isum = [_mm256_setzero_si256(); T];
+            if q4 {
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for (k, &tk) in dwords8(wp.add(b * 16), stride).iter().enumerate() {
+                    let lo = _mm256_and_si256(tk, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(tk), mask);
+                    for (i, s) in s16.iter_mut().enumerate() {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, act4(i, b, 4 * k)),
+                            _mm256_maddubs_epi16(hi, act4(i, b, 16 + 4 * k)),
+                        );
+                        *s = _mm256_add_epi16(*s, p);
+                    }
+                }
+                for (v, s) in isum.iter_mut().zip(s16) {
+                    *v = _mm256_madd_epi16(s, ones);
+                }
+            } else {
+                for half in 0..2 {
+                    for (k, &tk) in dwords8(wp.add(b * 32 + half * 16), stride).iter().enumerate() {
+                        let q = if B::ASYM {
+                            _mm256_xor_si256(tk, _mm256_set1_epi8(-128))
+                        } else {
+                            tk
+                        };
+                        let qa = _mm256_sign_epi8(q, q);
+                        for (i, v) in isum.iter_mut().enumerate() {
+                            let p = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(act4(i, b, half * 16 + 4 * k), q));
+                            *v = _mm256_add_epi32(*v, _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                }
+                if B::ASYM {
+                    for (i, v) in isum.iter_mut().enumerate() {
+                        *v = _mm256_add_epi32(*v, _mm256_set1_epi32(*asum.add((i0 + i) * a.bs + b) << 7));
+                    }
                 }
             }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let km = (i0 + i) * a.bs + b;
-                let isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
                 let c = _mm256_mul_ps(s8, _mm256_broadcast_ss(&*ad.add(km)));
-                *acc = _mm256_fmadd_ps(c, isum, *acc);
-                *acc = _mm256_fmadd_ps(k8, _mm256_broadcast_ss(&*ads.add(km)), *acc);
+                *acc = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(isum[i]), *acc);
+                if q4 || B::ASYM {
+                    *acc = _mm256_fmadd_ps(k8, _mm256_broadcast_ss(&*ads.add(km)), *acc);
+                }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
@@ -574,90 +584,30 @@ unsafe fn q4_tile<B: WBlock, const F16C: bool, const T: usize>(
     }
 }
 
-/// [`q4_tile`] for Q8 weights: per block the 8 rows' 32 code bytes become
-/// eight chunk vectors (lane `r` = bytes `4k..4k+4` of row `r`; asym codes
-/// shifted to `q − 128`), each multiplied as `|q| · (a·sign q)` with one
-/// `vpmaddubsw` against a broadcast of 4 activation codes and widened at
-/// once with `vpmaddwd` (a pair reaches 2·128·127, so i16 sums cannot be
-/// carried across chunks as for Q4). Asym adds `128·Σa` to each row's sum.
+/// 16 bytes of each of 8 rows (`p + j·stride`, `j < 8`) transposed by
+/// dwords: lane `j` of vector `k` holds bytes `4k..4k+4` of row `j`. Rows
+/// `j` and `j + 4` share a load (the two halves), then a 4×4 dword
+/// transpose in each half (unpacks by 32 and 64 bits).
 ///
 /// # Safety
-/// As [`q4_tile`], for a Q8 scheme.
+/// The 8 × 16 bytes are readable; AVX2 available.
 #[inline(always)]
-unsafe fn q8_tile<B: WBlock, const F16C: bool, const T: usize>(
-    y: &mut [f32],
-    w: &TensorView<'_>,
-    scales: &[half::f16],
-    r0: usize,
-    a: &Q8Acts<'_>,
-    i0: usize,
-) {
-    let gpr = w.layout.groups_per_row as usize;
-    let bpg = w.layout.group_len as usize / QK;
-    let stride = w.layout.row_stride as usize;
-    let (blocks, n_rows) = (a.blocks, w.rows());
-    // SAFETY: as in `q4_tile`, with 32 code bytes per block and row.
+unsafe fn dwords8(p: *const u8, stride: usize) -> [__m256i; 4] {
+    // SAFETY: reads per the contract; register ops otherwise.
     unsafe {
-        let wp = w.codes.as_ptr().add(r0 * stride);
-        let sp = scales.as_ptr().add(r0 * gpr);
-        let mp = w.mins.as_ptr().add(if B::ASYM { r0 * gpr } else { 0 });
-        let (ac, ad, asum, ads) = (a.codes.as_ptr(), a.scales.as_ptr(), a.sums.as_ptr(), a.dsums.as_ptr());
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); T];
-        let (mut s8, mut m8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for b in 0..blocks {
-            if b % bpg == 0 {
-                s8 = column8::<F16C>(sp, gpr, b / bpg);
-                if B::ASYM {
-                    m8 = column8::<F16C>(mp, gpr, b / bpg);
-                }
-            }
-            let mut s32 = [_mm256_setzero_si256(); T];
-            for half in 0..2 {
-                let row = |j: usize| wp.add(j * stride + b * 32 + half * 16) as *const __m128i;
-                let y0 = _mm256_loadu2_m128i(row(4), row(0));
-                let y1 = _mm256_loadu2_m128i(row(5), row(1));
-                let y2 = _mm256_loadu2_m128i(row(6), row(2));
-                let y3 = _mm256_loadu2_m128i(row(7), row(3));
-                let (l01, l23) = (_mm256_unpacklo_epi32(y0, y1), _mm256_unpacklo_epi32(y2, y3));
-                let (h01, h23) = (_mm256_unpackhi_epi32(y0, y1), _mm256_unpackhi_epi32(y2, y3));
-                let t = [
-                    _mm256_unpacklo_epi64(l01, l23),
-                    _mm256_unpackhi_epi64(l01, l23),
-                    _mm256_unpacklo_epi64(h01, h23),
-                    _mm256_unpackhi_epi64(h01, h23),
-                ];
-                for (k, &tk) in t.iter().enumerate() {
-                    let q = if B::ASYM {
-                        _mm256_xor_si256(tk, _mm256_set1_epi8(-128))
-                    } else {
-                        tk
-                    };
-                    let qa = _mm256_sign_epi8(q, q);
-                    for (i, s) in s32.iter_mut().enumerate() {
-                        let ap = ac.add(((i0 + i) * blocks + b) * QK + half * 16 + 4 * k);
-                        let av = _mm256_set1_epi32((ap as *const i32).read_unaligned());
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(av, q)), ones);
-                        *s = _mm256_add_epi32(*s, p);
-                    }
-                }
-            }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let km = (i0 + i) * a.bs + b;
-                let mut isum = s32[i];
-                if B::ASYM {
-                    isum = _mm256_add_epi32(isum, _mm256_set1_epi32(*asum.add(km) << 7));
-                }
-                let c = _mm256_mul_ps(s8, _mm256_broadcast_ss(&*ad.add(km)));
-                *acc = _mm256_fmadd_ps(c, _mm256_cvtepi32_ps(isum), *acc);
-                if B::ASYM {
-                    *acc = _mm256_fmadd_ps(m8, _mm256_broadcast_ss(&*ads.add(km)), *acc);
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(y.as_mut_ptr().add((i0 + i) * n_rows + r0), *acc);
-        }
+        let row = |j: usize| p.add(j * stride) as *const __m128i;
+        let y0 = _mm256_loadu2_m128i(row(4), row(0));
+        let y1 = _mm256_loadu2_m128i(row(5), row(1));
+        let y2 = _mm256_loadu2_m128i(row(6), row(2));
+        let y3 = _mm256_loadu2_m128i(row(7), row(3));
+        let (l01, l23) = (_mm256_unpacklo_epi32(y0, y1), _mm256_unpacklo_epi32(y2, y3));
+        let (h01, h23) = (_mm256_unpackhi_epi32(y0, y1), _mm256_unpackhi_epi32(y2, y3));
+        [
+            _mm256_unpacklo_epi64(l01, l23),
+            _mm256_unpackhi_epi64(l01, l23),
+            _mm256_unpacklo_epi64(h01, h23),
+            _mm256_unpackhi_epi64(h01, h23),
+        ]
     }
 }
 
