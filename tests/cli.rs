@@ -1430,6 +1430,12 @@ fn bench_measures_every_implementation_and_the_model() {
             );
         }
     }
+    // Each row's side-by-side plain read of the same bytes, and the ratio.
+    for r in rows {
+        let (read, of) = (r["paired_read_gbs"].as_f64().unwrap(), r["of_paired_read"].as_f64().unwrap());
+        let gbs = r["weight_gbs"].as_f64().unwrap();
+        assert!(read > 0.0 && (of - gbs / read).abs() <= 1e-9 * of.abs().max(1.0), "{r}");
+    }
     let (fine, _, err) = edgeq(&[&common[..], &["--bw-mb", "0"]].concat());
     assert!(!fine && err.contains("--bw-mb"), "{err}");
 

@@ -74,6 +74,56 @@ pub fn bandwidth(threads: usize, bytes: usize, min_time: Duration) -> Bandwidth 
     })
 }
 
+/// Times `f` and `g` alternately (`f(i)` then `g(i)`) until `min_time` has
+/// passed, at least `min_iters` times; the fastest and median of each. Two
+/// measurements taken side by side see the same machine: on a shared VM the
+/// memory bandwidth drifts by a third within minutes, which a ratio against
+/// a bandwidth measured earlier in the run inherits.
+fn time_pair<F: FnMut(usize), G: FnMut(usize)>(min_time: Duration, min_iters: usize, mut f: F, mut g: G) -> [(f64, f64); 2] {
+    let (mut tf, mut tg) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    let mut i = 0;
+    while i < min_iters || start.elapsed() < min_time {
+        let t0 = Instant::now();
+        f(i);
+        tf.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        g(i);
+        tg.push(t0.elapsed().as_secs_f64());
+        i += 1;
+    }
+    [tf, tg].map(|mut t| {
+        t.sort_by(|a, b| a.total_cmp(b));
+        (t[0], t[t.len() / 2])
+    })
+}
+
+/// Wrapping sum of `v` read as four interleaved quarters with four
+/// accumulators each (the integer twin of `sum8`, for bytes that are not
+/// floats: weight codes).
+fn sum_words(v: &[u64]) -> u64 {
+    let q = v.len() / 16 * 4;
+    let (a, rest) = v.split_at(q);
+    let (b, rest) = rest.split_at(q);
+    let (c, rest) = rest.split_at(q);
+    let (d, tail) = rest.split_at(q);
+    let mut acc = [[0u64; 4]; 4];
+    for (((a, b), c), d) in a
+        .chunks_exact(4)
+        .zip(b.chunks_exact(4))
+        .zip(c.chunks_exact(4))
+        .zip(d.chunks_exact(4))
+    {
+        for k in 0..4 {
+            acc[0][k] = acc[0][k].wrapping_add(a[k]);
+            acc[1][k] = acc[1][k].wrapping_add(b[k]);
+            acc[2][k] = acc[2][k].wrapping_add(c[k]);
+            acc[3][k] = acc[3][k].wrapping_add(d[k]);
+        }
+    }
+    acc.iter().flatten().chain(tail).fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
 /// Sum with 16 independent accumulators over 4 interleaved streams
 /// (quarters of `v` read side by side, as a GEMV reads weight rows and
 /// scales): vectorizes, and is bound neither by FP latency nor by a single
@@ -118,6 +168,14 @@ pub struct KernelRow {
     pub weight_gbs: f64,
     /// `weight_gbs` / read bandwidth with the same thread count.
     pub of_bandwidth: f64,
+    /// The same number of bytes read from another (cold) copy of the
+    /// weights by a plain sum (`sum_words`) on the same threads, timed
+    /// alternately with the kernel (fastest, GB/s).
+    pub paired_read_gbs: f64,
+    /// `weight_gbs` / `paired_read_gbs`: the kernel against a plain read
+    /// of its bytes measured side by side, free of the drift between the
+    /// run's bandwidth measurement and this row.
+    pub of_paired_read: f64,
     /// Multiply-adds per second (rows · cols · tokens / time), billions.
     pub gmacs: f64,
 }
@@ -159,6 +217,11 @@ impl Weights {
             rows: rows as u32,
             cols: cols as u32,
         })
+    }
+    /// The words of copy `k` (rounded down to whole words).
+    fn words(&self, k: usize) -> &[u64] {
+        let o = (k % self.copies) * self.stride / 8;
+        &self.buf[o..o + self.len / 8]
     }
     fn view(&self, k: usize) -> TensorView<'_> {
         let bytes: &[u8] = bytemuck::cast_slice(&self.buf);
@@ -213,23 +276,40 @@ pub fn kernels(cfg: &KernelBench, bw: &[Bandwidth], mut on_row: impl FnMut(&Kern
                             if q8 && !int {
                                 continue;
                             }
-                            let (best, median) = pool.install(|| {
-                                time(cfg.min_time, 5, |k| {
-                                    let v = w.view(k);
-                                    match (q8, threads) {
-                                        (true, 1) => {
-                                            edgeq_kernels::matmul_q8_with(imp, &mut y, &v, &acts, 0..rows);
+                            // The plain read takes the copy half a rotation
+                            // away from the kernel's, so it is as cold.
+                            let chunk = (w.len / 8).div_ceil(threads * 8).max(1024);
+                            let [(best, median), (read_best, _)] = pool.install(|| {
+                                time_pair(
+                                    cfg.min_time,
+                                    5,
+                                    |k| {
+                                        let v = w.view(k);
+                                        match (q8, threads) {
+                                            (true, 1) => {
+                                                edgeq_kernels::matmul_q8_with(imp, &mut y, &v, &acts, 0..rows);
+                                            }
+                                            (false, 1) => {
+                                                edgeq_kernels::matmul_with(imp, &mut y, &v, &x, t, 0..rows, &mut scratch);
+                                            }
+                                            (true, _) => par::matmul_q8(threads, &mut y, &v, &acts),
+                                            (false, _) => par::matmul(threads, &mut y, &v, &x, t, &mut scratch),
                                         }
-                                        (false, 1) => {
-                                            edgeq_kernels::matmul_with(imp, &mut y, &v, &x, t, 0..rows, &mut scratch);
-                                        }
-                                        (true, _) => par::matmul_q8(threads, &mut y, &v, &acts),
-                                        (false, _) => par::matmul(threads, &mut y, &v, &x, t, &mut scratch),
-                                    }
-                                    std::hint::black_box(&y);
-                                })
+                                        std::hint::black_box(&y);
+                                    },
+                                    |k| {
+                                        let words = w.words(k + w.copies / 2);
+                                        let s = if threads == 1 {
+                                            sum_words(words)
+                                        } else {
+                                            words.par_chunks(chunk).map(sum_words).reduce(|| 0, u64::wrapping_add)
+                                        };
+                                        std::hint::black_box(s);
+                                    },
+                                )
                             });
                             let gbs = w.len as f64 / best / 1e9;
+                            let paired = (w.len / 8 * 8) as f64 / read_best / 1e9;
                             let row = KernelRow {
                                 shape: format!("{rows}x{cols}"),
                                 scheme: crate::quantize::spec_name(&spec),
@@ -241,6 +321,8 @@ pub fn kernels(cfg: &KernelBench, bw: &[Bandwidth], mut on_row: impl FnMut(&Kern
                                 median_us: median * 1e6,
                                 weight_gbs: gbs,
                                 of_bandwidth: gbs / read,
+                                paired_read_gbs: paired,
+                                of_paired_read: gbs / paired,
                                 gmacs: (rows * cols * t) as f64 / best / 1e9,
                             };
                             on_row(&row);

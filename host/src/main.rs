@@ -47,6 +47,12 @@ enum Cmd {
     /// Quantize ONE linear layer given as .npy files and write the dequantized weight (research interface).
     Layer(LayerArgs),
     /// Measure memory bandwidth, kernel throughput (every implementation side by side) and model decode speed.
+    ///
+    /// Kernel table: "GB/s" is weight bytes (codes, scales, mins) per second of the fastest product;
+    /// "of BW" compares it with the STREAM-style read bandwidth measured at the start of the run;
+    /// "of read" with a plain sum over the same number of bytes of another cold copy of the weights, on
+    /// the same threads, timed alternately with the kernel (robust to bandwidth that drifts during the
+    /// run, as on a shared VM).
     Bench(BenchArgs),
     /// Write an EQF model in another tool's format: GGUF for llama.cpp (Q4_0/Q4_1/Q8_0 carried bit-exactly) or a Hugging Face safetensors directory (GPTQ packing, compressed-tensors FP8, or float).
     Export(ExportArgs),
@@ -1140,15 +1146,15 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         if !json {
             writeln!(
                 out,
-                "\n{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10} {:>10} {:>8} {:>6} {:>7}",
-                "shape", "scheme", "implementation", "acts", "thr", "tok", "best µs", "median µs", "GB/s", "of BW", "GMAC/s"
+                "\n{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10} {:>10} {:>8} {:>6} {:>7} {:>7}",
+                "shape", "scheme", "implementation", "acts", "thr", "tok", "best µs", "median µs", "GB/s", "of BW", "of read", "GMAC/s"
             )?;
         }
         kernels = bench::kernels(&cfg, &bw, |r| {
             if !json {
                 let _ = writeln!(
                     std::io::stdout().lock(),
-                    "{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10.1} {:>10.1} {:>8.2} {:>5.0}% {:>7.1}",
+                    "{:<11} {:<9} {:<22} {:>5} {:>3} {:>4} {:>10.1} {:>10.1} {:>8.2} {:>5.0}% {:>6.0}% {:>7.1}",
                     r.shape,
                     r.scheme,
                     r.implementation,
@@ -1159,6 +1165,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     r.median_us,
                     r.weight_gbs,
                     r.of_bandwidth * 100.0,
+                    r.of_paired_read * 100.0,
                     r.gmacs
                 );
             }
