@@ -17,16 +17,8 @@
 # tests/fuzz*/runs.tsv, the executions of each run.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      (CI: scripts/fuzz.sh 20)
-#   scripts/fuzz.sh --build-only               (seeds and builds, no runs:
-#                                               scripts/test.sh starts it
-#                                               early, beside Miri)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build_only=0
-if [ "${1:-}" = --build-only ]; then
-    build_only=1
-    shift
-fi
 secs="${1:-60}"
 shift || true
 all=(eqf_reader session gguf_reader safetensors_import llama2c tokenizer hf_tokenizer calib_prepare)
@@ -59,10 +51,6 @@ built=0
 wait "$nostd" || { tail -40 target/fuzz-build-nostd.log; built=1; }
 wait "$host" || { tail -40 target/fuzz-build-host.log; built=1; }
 [ "$built" = 0 ] || { echo "fuzz: a build failed"; exit 1; }
-if [ "$build_only" = 1 ]; then
-    echo "fuzz: targets built"
-    exit 0
-fi
 
 # One target: runs it, writes its table row to $d/artifacts/$t/row, fails
 # on a finding.

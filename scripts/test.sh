@@ -28,18 +28,9 @@ stage "cargo test"
 cargo test --workspace --release --no-fail-fast
 stage "edgeq-core with the firmware's small CRC table (same checksums)"
 cargo test --release -p edgeq-core --features alloc,small-crc --test format --test miri_parse
-stage "Miri (nightly): the EQF parser and the scalar kernels (the fuzz targets build beside it)"
-# Miri interprets on one core, and the fuzz builds end in long one-core
-# compiles: they overlap here. The toolchain is installed first, so the two
-# scripts' own (idempotent) install checks do not race.
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-rustup +nightly component add miri rust-src >/dev/null 2>&1
-mkdir -p target
-scripts/fuzz.sh --build-only >target/fuzz-prebuild.log 2>&1 &
-fuzz_build=$!
+stage "Miri (nightly): the EQF parser and the scalar kernels"
 scripts/miri.sh
 stage "fuzz: every cargo-fuzz target for ${EDGEQ_FUZZ_SECONDS:-20} s (docs/RELIABILITY.md has the long runs)"
-wait "$fuzz_build" || { tail -40 target/fuzz-prebuild.log; echo "fuzz: building the targets failed (target/fuzz-prebuild.log)"; exit 1; }
 scripts/fuzz.sh "${EDGEQ_FUZZ_SECONDS:-20}"
 stage "SIMD kernels on aarch64 and riscv64 (qemu-user) against the scalar reference"
 scripts/test-cross.sh
