@@ -98,43 +98,28 @@ fn time_pair<F: FnMut(usize), G: FnMut(usize)>(min_time: Duration, min_iters: us
     })
 }
 
-/// Wrapping sum of `v` read as four interleaved quarters with four
-/// accumulators each (the integer twin of `sum8`, for bytes that are not
-/// floats: weight codes).
+/// Wrapping sum of `v` (weight codes, not floats) by [`quarters`].
 fn sum_words(v: &[u64]) -> u64 {
-    let q = v.len() / 16 * 4;
-    let (a, rest) = v.split_at(q);
-    let (b, rest) = rest.split_at(q);
-    let (c, rest) = rest.split_at(q);
-    let (d, tail) = rest.split_at(q);
-    let mut acc = [[0u64; 4]; 4];
-    for (((a, b), c), d) in a
-        .chunks_exact(4)
-        .zip(b.chunks_exact(4))
-        .zip(c.chunks_exact(4))
-        .zip(d.chunks_exact(4))
-    {
-        for k in 0..4 {
-            acc[0][k] = acc[0][k].wrapping_add(a[k]);
-            acc[1][k] = acc[1][k].wrapping_add(b[k]);
-            acc[2][k] = acc[2][k].wrapping_add(c[k]);
-            acc[3][k] = acc[3][k].wrapping_add(d[k]);
-        }
-    }
-    acc.iter().flatten().chain(tail).fold(0u64, |s, &x| s.wrapping_add(x))
+    quarters(v, 0, u64::wrapping_add)
+}
+
+/// f32 sum by [`quarters`].
+fn sum8(v: &[f32]) -> f32 {
+    quarters(v, 0.0, |a, b| a + b)
 }
 
 /// Sum with 16 independent accumulators over 4 interleaved streams
 /// (quarters of `v` read side by side, as a GEMV reads weight rows and
-/// scales): vectorizes, and is bound neither by FP latency nor by a single
+/// scales): vectorizes, and is bound neither by add latency nor by a single
 /// stream's prefetcher.
-fn sum8(v: &[f32]) -> f32 {
+#[inline(always)]
+fn quarters<T: Copy>(v: &[T], zero: T, add: impl Fn(T, T) -> T) -> T {
     let q = v.len() / 16 * 4;
     let (a, rest) = v.split_at(q);
     let (b, rest) = rest.split_at(q);
     let (c, rest) = rest.split_at(q);
     let (d, tail) = rest.split_at(q);
-    let mut acc = [[0.0f32; 4]; 4];
+    let mut acc = [[zero; 4]; 4];
     for (((a, b), c), d) in a
         .chunks_exact(4)
         .zip(b.chunks_exact(4))
@@ -142,13 +127,13 @@ fn sum8(v: &[f32]) -> f32 {
         .zip(d.chunks_exact(4))
     {
         for k in 0..4 {
-            acc[0][k] += a[k];
-            acc[1][k] += b[k];
-            acc[2][k] += c[k];
-            acc[3][k] += d[k];
+            acc[0][k] = add(acc[0][k], a[k]);
+            acc[1][k] = add(acc[1][k], b[k]);
+            acc[2][k] = add(acc[2][k], c[k]);
+            acc[3][k] = add(acc[3][k], d[k]);
         }
     }
-    acc.iter().flatten().sum::<f32>() + tail.iter().sum::<f32>()
+    acc.iter().flatten().chain(tail).fold(zero, |s, &x| add(s, x))
 }
 
 #[derive(Debug, Clone, Serialize)]
